@@ -1,0 +1,273 @@
+//! Veneer's one configuration schema, shared by every binary.
+//!
+//! Every setting is declared once, in [`Settings`], which is both the clap argument set (so it is a CLI
+//! flag and a `VENEER_*` environment variable) and the serde schema of the TOML file. Loading merges the
+//! three sources field by field — CLI > environment > file — and [`Config`] fills in the defaults and
+//! checks the combination. Unknown keys and bad values are rejected with a message naming the key.
+
+mod values;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{CommandFactory, Parser};
+use serde::Deserialize;
+
+pub use values::{HostPort, LogFormat, Millis, UpstreamTls};
+
+/// Every setting, as given by one source (CLI and environment, or the TOML file). `None` means "not
+/// given here"; defaults are applied only after the sources are merged, so a file value is not hidden
+/// by a default. Field doc comments are the `--help` text.
+#[derive(Debug, Default, Clone, Parser, Deserialize)]
+#[command(name = "veneer", version, about = "Veneer: a transparent caching proxy for PostgreSQL")]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// TOML configuration file; CLI flags and VENEER_* variables override its keys.
+    #[arg(long, env = "VENEER_CONFIG", value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Address clients connect to [default: 127.0.0.1:6432].
+    #[arg(long, env = "VENEER_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+
+    /// PostgreSQL server to forward to, as host:port [default: 127.0.0.1:5432].
+    #[arg(long, env = "VENEER_UPSTREAM", value_name = "HOST:PORT")]
+    pub upstream: Option<HostPort>,
+
+    /// TLS towards the upstream: disable, prefer or require (require encrypts without verifying the
+    /// server certificate, as libpq's sslmode=require) [default: prefer].
+    #[arg(long, env = "VENEER_UPSTREAM_TLS", value_name = "MODE")]
+    pub upstream_tls: Option<UpstreamTls>,
+
+    /// Time allowed to open the upstream connection before the client gets an error [default: 5s].
+    #[arg(long, env = "VENEER_CONNECT_TIMEOUT", value_name = "DURATION")]
+    pub connect_timeout: Option<Millis>,
+
+    /// PEM certificate chain offered to clients that ask for TLS; with tls_key, enables client TLS.
+    #[arg(long, env = "VENEER_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of tls_cert.
+    #[arg(long, env = "VENEER_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Client sessions served at once; further clients get SQLSTATE 53300 [default: 1000].
+    #[arg(long, env = "VENEER_MAX_CLIENT_CONNECTIONS", value_name = "N")]
+    pub max_client_connections: Option<usize>,
+
+    /// Largest message accepted from a client, in bytes; a larger one is refused with SQLSTATE 08P01
+    /// and closes only that session [default: 67108864].
+    #[arg(long, env = "VENEER_MAX_MESSAGE_BYTES", value_name = "BYTES")]
+    pub max_message_bytes: Option<usize>,
+
+    /// On SIGINT/SIGTERM, how long sessions busy in a query or transaction may run before they are
+    /// ended with SQLSTATE 57P01; idle sessions end at once [default: 30s].
+    #[arg(long, env = "VENEER_SHUTDOWN_DRAIN", value_name = "DURATION")]
+    pub shutdown_drain: Option<Millis>,
+
+    /// Log line format: text or json [default: text].
+    #[arg(long, env = "VENEER_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+
+    /// Log filter, in tracing's EnvFilter syntax (e.g. info, veneer_proxy=debug) [default: info].
+    #[arg(long, env = "VENEER_LOG_LEVEL", value_name = "FILTER")]
+    pub log_level: Option<String>,
+
+    /// Runtime worker threads [default: the number of cores].
+    #[arg(long, env = "VENEER_WORKERS", value_name = "N")]
+    pub workers: Option<usize>,
+}
+
+/// The settings in force: every source merged, defaults applied, combinations checked.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address the proxy accepts clients on.
+    pub listen: SocketAddr,
+    /// The PostgreSQL server every session is forwarded to.
+    pub upstream: HostPort,
+    /// Whether and how the upstream connection is encrypted.
+    pub upstream_tls: UpstreamTls,
+    /// Bound on opening the upstream connection.
+    pub connect_timeout: Duration,
+    /// Certificate and key for client TLS; `None` answers SSLRequest with 'N'.
+    pub client_tls: Option<ClientTls>,
+    /// Cap on concurrent client sessions.
+    pub max_client_connections: usize,
+    /// Cap on one client message, checked before any buffer grows for it.
+    pub max_message_bytes: usize,
+    /// Grace period for busy sessions at shutdown.
+    pub shutdown_drain: Duration,
+    /// Log line format.
+    pub log_format: LogFormat,
+    /// Log filter directive.
+    pub log_level: String,
+    /// Runtime worker threads; `None` lets the runtime use one per core.
+    pub workers: Option<usize>,
+}
+
+/// Files of the certificate offered to clients.
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// Why the configuration was refused; the message names the key or file and the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The CLI or an environment variable was malformed (clap's own report, which names the flag).
+    #[error("{0}")]
+    Cli(#[from] clap::Error),
+    /// The configuration file could not be read.
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        /// The file named by --config or VENEER_CONFIG.
+        path: PathBuf,
+        /// The I/O failure.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (unknown key, wrong type, bad value).
+    #[error("invalid configuration file {path}: {message}")]
+    File {
+        /// The file named by --config or VENEER_CONFIG.
+        path: PathBuf,
+        /// toml's report, with line, column and key.
+        message: String,
+    },
+    /// A `VENEER_*` variable that no setting reads: most likely a typo, which would otherwise be ignored.
+    #[error("unknown environment variable {0}: no setting reads it (see veneer --help)")]
+    UnknownEnv(String),
+    /// A value or combination that parses but cannot work.
+    #[error("invalid setting {key}: {problem}")]
+    Invalid {
+        /// The setting's file key (the flag is the same with dashes).
+        key: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
+
+impl Config {
+    /// Loads the configuration from the process's arguments and environment (and the file they name).
+    pub fn load() -> Result<Config, ConfigError> {
+        Config::load_from(std::env::args_os())
+    }
+
+    /// Loads from explicit arguments; the environment is still the process's (clap reads it).
+    pub fn load_from<I, T>(args: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        reject_unknown_env(std::env::vars_os())?;
+        let cli = Settings::try_parse_from(args)?;
+        let file = match &cli.config {
+            Some(path) => Settings::from_file(path)?,
+            None => Settings::default(),
+        };
+        Config::resolve(cli.or(file))
+    }
+
+    /// Applies defaults to merged settings and checks them.
+    pub fn resolve(s: Settings) -> Result<Config, ConfigError> {
+        let client_tls = match (s.tls_cert, s.tls_key) {
+            (Some(cert), Some(key)) => Some(ClientTls { cert, key }),
+            (None, None) => None,
+            (Some(_), None) => return Err(invalid("tls_key", "tls_cert is set but tls_key is not")),
+            (None, Some(_)) => return Err(invalid("tls_cert", "tls_key is set but tls_cert is not")),
+        };
+        let config = Config {
+            listen: s.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 6432))),
+            upstream: s.upstream.unwrap_or_else(|| HostPort::new("127.0.0.1", 5432)),
+            upstream_tls: s.upstream_tls.unwrap_or(UpstreamTls::Prefer),
+            connect_timeout: s.connect_timeout.map_or(Duration::from_secs(5), Into::into),
+            client_tls,
+            max_client_connections: s.max_client_connections.unwrap_or(1000),
+            max_message_bytes: s.max_message_bytes.unwrap_or(64 << 20),
+            shutdown_drain: s.shutdown_drain.map_or(Duration::from_secs(30), Into::into),
+            log_format: s.log_format.unwrap_or(LogFormat::Text),
+            log_level: s.log_level.unwrap_or_else(|| "info".to_owned()),
+            workers: s.workers,
+        };
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.max_client_connections == 0 {
+            return Err(invalid("max_client_connections", "must be at least 1"));
+        }
+        if self.max_message_bytes < 1024 {
+            return Err(invalid("max_message_bytes", "must be at least 1024"));
+        }
+        if self.connect_timeout.is_zero() {
+            return Err(invalid("connect_timeout", "must be longer than 0"));
+        }
+        if self.workers == Some(0) {
+            return Err(invalid("workers", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+impl Settings {
+    /// Reads a TOML file; unknown keys and malformed values are errors that name the file and key.
+    pub fn from_file(path: &Path) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::File {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })
+    }
+
+    /// Field-wise merge: a value set in `self` wins over `lower`.
+    pub fn or(self, lower: Settings) -> Settings {
+        Settings {
+            config: self.config.or(lower.config),
+            listen: self.listen.or(lower.listen),
+            upstream: self.upstream.or(lower.upstream),
+            upstream_tls: self.upstream_tls.or(lower.upstream_tls),
+            connect_timeout: self.connect_timeout.or(lower.connect_timeout),
+            tls_cert: self.tls_cert.or(lower.tls_cert),
+            tls_key: self.tls_key.or(lower.tls_key),
+            max_client_connections: self.max_client_connections.or(lower.max_client_connections),
+            max_message_bytes: self.max_message_bytes.or(lower.max_message_bytes),
+            shutdown_drain: self.shutdown_drain.or(lower.shutdown_drain),
+            log_format: self.log_format.or(lower.log_format),
+            log_level: self.log_level.or(lower.log_level),
+            workers: self.workers.or(lower.workers),
+        }
+    }
+}
+
+fn invalid(key: &'static str, problem: &str) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        problem: problem.to_owned(),
+    }
+}
+
+/// A misspelt `VENEER_*` variable would silently do nothing; refuse it instead.
+fn reject_unknown_env(
+    env: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> Result<(), ConfigError> {
+    let command = Settings::command();
+    let known: Vec<&std::ffi::OsStr> = command.get_arguments().filter_map(|a| a.get_env()).collect();
+    for (name, _) in env {
+        let is_ours = name.to_str().is_some_and(|n| n.starts_with("VENEER_"));
+        if is_ours && !known.contains(&name.as_os_str()) {
+            return Err(ConfigError::UnknownEnv(name.to_string_lossy().into_owned()));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,108 @@
+//! Loading, precedence and rejection of settings.
+
+use super::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// A uniquely named config file, removed on drop, so these tests need no extra crate.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn file(text: &str) -> TempFile {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("veneer-config-{}-{n}.toml", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    TempFile(path)
+}
+
+fn load(args: &[&str]) -> Result<Config, ConfigError> {
+    Config::load_from(std::iter::once("veneer").chain(args.iter().copied()))
+}
+
+#[test]
+fn defaults_apply_without_any_source() {
+    let c = load(&[]).unwrap();
+    assert_eq!(c.listen.to_string(), "127.0.0.1:6432");
+    assert_eq!(c.upstream, HostPort::new("127.0.0.1", 5432));
+    assert_eq!(c.upstream_tls, UpstreamTls::Prefer);
+    assert!(c.client_tls.is_none());
+}
+
+#[test]
+fn cli_overrides_file_and_file_overrides_defaults() {
+    let f = file("listen = \"127.0.0.1:7000\"\nupstream = \"db.internal:6543\"\nshutdown_drain = \"2s\"\n");
+    let path = f.0.to_str().unwrap();
+    let c = load(&["--config", path, "--listen", "127.0.0.1:7001"]).unwrap();
+    assert_eq!(c.listen.to_string(), "127.0.0.1:7001");
+    assert_eq!(c.upstream, HostPort::new("db.internal", 6543));
+    assert_eq!(c.shutdown_drain, Duration::from_secs(2));
+}
+
+#[test]
+fn environment_sits_between_cli_and_file() {
+    // The only test that touches the process environment: the variable is one no other test reads.
+    let f = file("max_message_bytes = 2048\nworkers = 3\n");
+    let path = f.0.to_str().unwrap();
+    std::env::set_var("VENEER_WORKERS", "2");
+    let from_env = load(&["--config", path]);
+    let from_cli = load(&["--config", path, "--workers", "1"]);
+    std::env::remove_var("VENEER_WORKERS");
+    let from_env = from_env.unwrap();
+    assert_eq!(from_env.workers, Some(2));
+    assert_eq!(from_env.max_message_bytes, 2048);
+    assert_eq!(from_cli.unwrap().workers, Some(1));
+}
+
+#[test]
+fn unknown_file_key_is_named() {
+    let f = file("listen = \"127.0.0.1:7000\"\nlisten_port = 5\n");
+    let err = load(&["--config", f.0.to_str().unwrap()]).unwrap_err().to_string();
+    assert!(err.contains("unknown field `listen_port`"), "{err}");
+    assert!(err.contains("line 2"), "{err}");
+}
+
+#[test]
+fn bad_file_value_names_key_and_problem() {
+    let f = file("upstream_tls = \"sometimes\"\n");
+    let err = load(&["--config", f.0.to_str().unwrap()]).unwrap_err().to_string();
+    assert!(err.contains("upstream_tls"), "{err}");
+    assert!(err.contains("not one of: disable, prefer, require"), "{err}");
+}
+
+#[test]
+fn bad_cli_value_names_flag() {
+    let err = load(&["--upstream", "localhost"]).unwrap_err().to_string();
+    assert!(err.contains("--upstream"), "{err}");
+    assert!(err.contains("not host:port"), "{err}");
+}
+
+#[test]
+fn half_configured_tls_is_refused() {
+    let err = load(&["--tls-cert", "/x.pem"]).unwrap_err().to_string();
+    assert!(err.contains("tls_key"), "{err}");
+}
+
+#[test]
+fn missing_file_is_named() {
+    let err = load(&["--config", "/nonexistent/veneer.toml"]).unwrap_err().to_string();
+    assert!(err.contains("/nonexistent/veneer.toml"), "{err}");
+}
+
+#[test]
+fn unknown_environment_variable_is_refused() {
+    let err = reject_unknown_env([("VENEER_LISTN".into(), "x".into())]).unwrap_err();
+    assert!(err.to_string().contains("VENEER_LISTN"));
+    assert!(reject_unknown_env([("VENEER_LISTEN".into(), "x".into())]).is_ok());
+}
+
+#[test]
+fn ipv6_upstream_round_trips() {
+    let hp: HostPort = "[::1]:5432".parse().unwrap();
+    assert_eq!(hp, HostPort::new("::1", 5432));
+    assert_eq!(hp.to_string(), "[::1]:5432");
+}

@@ -1,0 +1,133 @@
+//! Value types of settings: each parses from the same text on the command line, in an environment
+//! variable and in the TOML file, so a value means one thing wherever it is written.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// Deserializes any `FromStr` value from a TOML string, keeping its own error message.
+macro_rules! deserialize_from_str {
+    ($ty:ty) => {
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = String::deserialize(d)?;
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+/// An upstream address as `host:port`; the host may be a name, resolved at each connection so a
+/// changed DNS record is followed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    /// Host name or IP address (IPv6 without brackets).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl HostPort {
+    /// Builds an address from its parts.
+    pub fn new(host: &str, port: u16) -> HostPort {
+        HostPort {
+            host: host.to_owned(),
+            port,
+        }
+    }
+}
+
+impl FromStr for HostPort {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (host, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("'{s}' is not host:port"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(format!("'{s}' has no host"));
+        }
+        let port = port
+            .parse()
+            .map_err(|_| format!("'{port}' in '{s}' is not a port number"))?;
+        Ok(HostPort::new(host, port))
+    }
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+deserialize_from_str!(HostPort);
+
+/// A duration written as humans do: `250ms`, `5s`, `2m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Millis(pub Duration);
+
+impl FromStr for Millis {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        humantime::parse_duration(s)
+            .map(Millis)
+            .map_err(|e| format!("'{s}' is not a duration such as 500ms or 5s ({e})"))
+    }
+}
+
+impl From<Millis> for Duration {
+    fn from(m: Millis) -> Duration {
+        m.0
+    }
+}
+deserialize_from_str!(Millis);
+
+/// Names the accepted words of an enum setting, so errors can list them.
+macro_rules! word_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $word:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name { $($(#[$vdoc])* $variant),+ }
+
+        impl FromStr for $name {
+            type Err = String;
+
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s.to_ascii_lowercase().as_str() {
+                    $($word => Ok($name::$variant),)+
+                    _ => Err(format!("'{s}' is not one of: {}", [$($word),+].join(", "))),
+                }
+            }
+        }
+        deserialize_from_str!($name);
+    };
+}
+
+word_enum!(
+    /// How the upstream connection is encrypted, with libpq's sslmode meanings.
+    UpstreamTls {
+        /// Plain TCP.
+        Disable = "disable",
+        /// TLS when the server offers it, plain TCP otherwise.
+        Prefer = "prefer",
+        /// TLS or no connection; the certificate is not verified (as libpq's sslmode=require).
+        Require = "require",
+    }
+);
+
+word_enum!(
+    /// Shape of log lines.
+    LogFormat {
+        /// Human-readable lines.
+        Text = "text",
+        /// One JSON object a line, for log collectors.
+        Json = "json",
+    }
+);
