@@ -20,7 +20,11 @@ pub use values::{HostPort, LogFormat, Millis, UpstreamTls};
 /// given here"; defaults are applied only after the sources are merged, so a file value is not hidden
 /// by a default. Field doc comments are the `--help` text.
 #[derive(Debug, Default, Clone, Parser, Deserialize)]
-#[command(name = "veneer", version, about = "Veneer: a transparent caching proxy for PostgreSQL")]
+#[command(
+    name = "veneer",
+    version,
+    about = "Veneer: a transparent caching proxy for PostgreSQL"
+)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// TOML configuration file; CLI flags and VENEER_* variables override its keys.
@@ -177,12 +181,20 @@ impl Config {
         let client_tls = match (s.tls_cert, s.tls_key) {
             (Some(cert), Some(key)) => Some(ClientTls { cert, key }),
             (None, None) => None,
-            (Some(_), None) => return Err(invalid("tls_key", "tls_cert is set but tls_key is not")),
-            (None, Some(_)) => return Err(invalid("tls_cert", "tls_key is set but tls_cert is not")),
+            (Some(_), None) => {
+                return Err(invalid("tls_key", "tls_cert is set but tls_key is not"))
+            }
+            (None, Some(_)) => {
+                return Err(invalid("tls_cert", "tls_key is set but tls_cert is not"))
+            }
         };
         let config = Config {
-            listen: s.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 6432))),
-            upstream: s.upstream.unwrap_or_else(|| HostPort::new("127.0.0.1", 5432)),
+            listen: s
+                .listen
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 6432))),
+            upstream: s
+                .upstream
+                .unwrap_or_else(|| HostPort::new("127.0.0.1", 5432)),
             upstream_tls: s.upstream_tls.unwrap_or(UpstreamTls::Prefer),
             connect_timeout: s.connect_timeout.map_or(Duration::from_secs(5), Into::into),
             client_tls,
@@ -259,7 +271,10 @@ fn reject_unknown_env(
     env: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
 ) -> Result<(), ConfigError> {
     let command = Settings::command();
-    let known: Vec<&std::ffi::OsStr> = command.get_arguments().filter_map(|a| a.get_env()).collect();
+    let known: Vec<&std::ffi::OsStr> = command
+        .get_arguments()
+        .filter_map(|a| a.get_env())
+        .collect();
     for (name, _) in env {
         let is_ours = name.to_str().is_some_and(|n| n.starts_with("VENEER_"));
         if is_ours && !known.contains(&name.as_os_str()) {

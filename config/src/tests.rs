@@ -35,7 +35,9 @@ fn defaults_apply_without_any_source() {
 
 #[test]
 fn cli_overrides_file_and_file_overrides_defaults() {
-    let f = file("listen = \"127.0.0.1:7000\"\nupstream = \"db.internal:6543\"\nshutdown_drain = \"2s\"\n");
+    let f = file(
+        "listen = \"127.0.0.1:7000\"\nupstream = \"db.internal:6543\"\nshutdown_drain = \"2s\"\n",
+    );
     let path = f.0.to_str().unwrap();
     let c = load(&["--config", path, "--listen", "127.0.0.1:7001"]).unwrap();
     assert_eq!(c.listen.to_string(), "127.0.0.1:7001");
@@ -61,7 +63,9 @@ fn environment_sits_between_cli_and_file() {
 #[test]
 fn unknown_file_key_is_named() {
     let f = file("listen = \"127.0.0.1:7000\"\nlisten_port = 5\n");
-    let err = load(&["--config", f.0.to_str().unwrap()]).unwrap_err().to_string();
+    let err = load(&["--config", f.0.to_str().unwrap()])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("unknown field `listen_port`"), "{err}");
     assert!(err.contains("line 2"), "{err}");
 }
@@ -69,9 +73,14 @@ fn unknown_file_key_is_named() {
 #[test]
 fn bad_file_value_names_key_and_problem() {
     let f = file("upstream_tls = \"sometimes\"\n");
-    let err = load(&["--config", f.0.to_str().unwrap()]).unwrap_err().to_string();
+    let err = load(&["--config", f.0.to_str().unwrap()])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("upstream_tls"), "{err}");
-    assert!(err.contains("not one of: disable, prefer, require"), "{err}");
+    assert!(
+        err.contains("not one of: disable, prefer, require"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -89,7 +98,9 @@ fn half_configured_tls_is_refused() {
 
 #[test]
 fn missing_file_is_named() {
-    let err = load(&["--config", "/nonexistent/veneer.toml"]).unwrap_err().to_string();
+    let err = load(&["--config", "/nonexistent/veneer.toml"])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("/nonexistent/veneer.toml"), "{err}");
 }
 

@@ -1,1 +1,20 @@
+//! Veneer's proxy: a transparent PostgreSQL wire-protocol proxy. Each client gets its own upstream
+//! connection; every message passes through unchanged while the session state the cache builds on is
+//! followed from the traffic.
+//!
+//! Layers, outermost first: [`server`] (listener, limits, shutdown) → [`handshake`] (TLS negotiation,
+//! startup packet) → [`session`] (the relay and its state) → [`wire`] (framing, authored messages).
 
+pub mod cancel;
+pub mod error;
+pub mod handshake;
+pub mod logging;
+pub mod server;
+pub mod session;
+pub mod stream;
+pub mod tls;
+pub mod upstream;
+pub mod wire;
+
+pub use error::Error;
+pub use server::Proxy;

@@ -1,0 +1,126 @@
+//! The proxy's one error type: what went wrong, where (client, upstream, setup), its cause, and the
+//! SQLSTATE a client is told.
+
+use std::fmt;
+
+use crate::wire::authored::sqlstate;
+
+/// An error of the proxy, cheap to move (one box).
+pub struct Error(Box<Inner>);
+
+struct Inner {
+    kind: Kind,
+    message: String,
+    cause: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+/// Where an error came from, which decides what the client is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Listening socket could not be opened.
+    Bind,
+    /// TLS material could not be loaded or a TLS handshake failed.
+    Tls,
+    /// The upstream could not be reached or refused the session.
+    UpstreamConnect,
+    /// The upstream connection broke mid-session.
+    UpstreamIo,
+    /// The client broke the protocol.
+    ClientProtocol,
+    /// The client connection broke.
+    ClientIo,
+}
+
+impl Error {
+    fn new(kind: Kind, message: String) -> Error {
+        Error(Box::new(Inner {
+            kind,
+            message,
+            cause: None,
+        }))
+    }
+
+    fn with_cause(mut self, cause: impl std::error::Error + Send + Sync + 'static) -> Error {
+        self.0.cause = Some(Box::new(cause));
+        self
+    }
+
+    /// The listener could not bind.
+    pub fn bind(addr: std::net::SocketAddr, cause: std::io::Error) -> Error {
+        Error::new(Kind::Bind, format!("cannot listen on {addr}")).with_cause(cause)
+    }
+
+    /// TLS setup failed; the message names the file or peer.
+    pub fn tls(message: String) -> Error {
+        Error::new(Kind::Tls, message)
+    }
+
+    /// The upstream at `addr` could not be reached.
+    pub fn upstream_connect(
+        addr: &dyn fmt::Display,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> Error {
+        Error::new(
+            Kind::UpstreamConnect,
+            format!("could not connect to upstream {addr}"),
+        )
+        .with_cause(cause)
+    }
+
+    /// The upstream refused something the proxy needs (e.g. TLS under upstream_tls=require).
+    pub fn upstream_refused(addr: &dyn fmt::Display, what: &str) -> Error {
+        Error::new(Kind::UpstreamConnect, format!("upstream {addr} {what}"))
+    }
+
+    /// Reading from or writing to the upstream failed.
+    pub fn upstream_io(cause: std::io::Error) -> Error {
+        Error::new(Kind::UpstreamIo, "upstream connection lost".to_owned()).with_cause(cause)
+    }
+
+    /// The client broke the protocol.
+    pub fn client_protocol(cause: impl std::error::Error + Send + Sync + 'static) -> Error {
+        Error::new(Kind::ClientProtocol, "protocol violation".to_owned()).with_cause(cause)
+    }
+
+    /// Reading from or writing to the client failed.
+    pub fn client_io(cause: std::io::Error) -> Error {
+        Error::new(Kind::ClientIo, "client connection lost".to_owned()).with_cause(cause)
+    }
+
+    /// Where the error came from.
+    pub fn kind(&self) -> Kind {
+        self.0.kind
+    }
+
+    /// The SQLSTATE to tell the client, where the client can still be told anything.
+    pub fn sqlstate(&self) -> Option<&'static str> {
+        match self.0.kind {
+            Kind::UpstreamConnect => Some(sqlstate::CONNECTION_REJECTED),
+            Kind::UpstreamIo => Some(sqlstate::CONNECTION_FAILURE),
+            Kind::ClientProtocol => Some(sqlstate::PROTOCOL_VIOLATION),
+            Kind::Bind | Kind::Tls | Kind::ClientIo => None,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.message)?;
+        if let Some(cause) = &self.0.cause {
+            write!(f, ": {cause}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Error({:?}: {self})", self.0.kind)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.cause.as_deref().map(|c| c as _)
+    }
+}

@@ -1,0 +1,209 @@
+//! The listener: accepts clients, caps how many are served, opens each one's upstream connection,
+//! routes cancel requests, logs every connection, and drains sessions at shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
+use veneer_config::Config;
+
+use crate::cancel::CancelRegistry;
+use crate::error::Error;
+use crate::handshake::{self, Hello};
+use crate::session::{End, Session};
+use crate::stream::Stream;
+use crate::upstream;
+use crate::wire::authored::{error_response, sqlstate, Severity};
+use crate::wire::startup::StartupMessage;
+
+/// Where the proxy is in its life; sessions watch it to know when to close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    /// Serving.
+    Running,
+    /// Shutdown requested: no new clients; sessions close as soon as they are idle.
+    Draining,
+    /// The drain time is over: every session closes now.
+    Terminating,
+}
+
+/// State every session task shares.
+pub struct Shared {
+    /// The settings in force.
+    pub config: Config,
+    /// Client TLS, when a certificate is configured.
+    tls: Option<TlsAcceptor>,
+    /// Backend keys of live sessions, for routing CancelRequests.
+    pub cancels: CancelRegistry,
+    /// One permit per client session: the max_client_connections cap.
+    slots: Arc<Semaphore>,
+}
+
+/// A bound proxy, ready to run.
+pub struct Proxy {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+}
+
+impl Proxy {
+    /// Binds the listener and loads TLS material; errors name the address or file.
+    pub async fn bind(config: Config) -> Result<Proxy, Error> {
+        let tls = config
+            .client_tls
+            .as_ref()
+            .map(crate::tls::acceptor)
+            .transpose()?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| Error::bind(config.listen, e))?;
+        let shared = Arc::new(Shared {
+            slots: Arc::new(Semaphore::new(config.max_client_connections)),
+            config,
+            tls,
+            cancels: CancelRegistry::default(),
+        });
+        Ok(Proxy { listener, shared })
+    }
+
+    /// The address clients connect to (useful when the config asked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serves clients until `shutdown` completes, then drains: idle sessions end at once, busy ones
+    /// when they become idle or when `shutdown_drain` runs out, whichever is first.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+        let (phase_tx, phase_rx) = watch::channel(Phase::Running);
+        // Every session task holds a sender; the channel closing means they have all ended.
+        let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok((tcp, peer)) => {
+                        let shared = self.shared.clone();
+                        let phase = phase_rx.clone();
+                        let alive = alive_tx.clone();
+                        tokio::spawn(async move {
+                            serve(tcp, peer, shared, phase).await;
+                            drop(alive);
+                        });
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and the like: keep the proxy up, give it a moment.
+                        tracing::error!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+        drop(self.listener);
+        let busy =
+            self.shared.config.max_client_connections - self.shared.slots.available_permits();
+        tracing::info!(sessions = busy, drain = ?self.shared.config.shutdown_drain, "shutting down");
+        let _ = phase_tx.send(Phase::Draining);
+        drop(alive_tx);
+        let drain = tokio::time::sleep(self.shared.config.shutdown_drain);
+        tokio::select! {
+            _ = alive_rx.recv() => {}
+            _ = drain => {
+                tracing::info!("drain time over: terminating remaining sessions");
+                let _ = phase_tx.send(Phase::Terminating);
+                alive_rx.recv().await;
+            }
+        }
+        tracing::info!("shutdown complete");
+        Ok(())
+    }
+}
+
+/// Serves one accepted connection from greeting to close.
+async fn serve(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    phase: watch::Receiver<Phase>,
+) {
+    let _ = tcp.set_nodelay(true);
+    let greeting = tokio::time::timeout(
+        handshake::STARTUP_TIMEOUT,
+        handshake::greet(tcp, shared.tls.as_ref()),
+    );
+    match greeting.await {
+        Ok(Ok(Hello::Startup(client, startup))) => {
+            open_session(client, startup, peer, shared, phase).await
+        }
+        Ok(Ok(Hello::Cancel { key, raw })) => shared.cancels.cancel(&key, &raw).await,
+        Ok(Err(e)) => {
+            tracing::info!(client = %peer, error = %e, "connection refused during startup")
+        }
+        Err(_) => tracing::info!(client = %peer, "startup packet not received in time"),
+    }
+}
+
+async fn open_session(
+    mut client: Stream,
+    startup: StartupMessage,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    phase: watch::Receiver<Phase>,
+) {
+    let started = Instant::now();
+    let (user, database) = (startup.user().to_owned(), startup.database().to_owned());
+    let refuse = |code, message: String| error_response(Severity::Fatal, code, &message);
+    let Ok(_slot) = shared.slots.clone().try_acquire_owned() else {
+        tracing::warn!(client = %peer, %user, %database, limit = shared.config.max_client_connections,
+            "connection refused: max_client_connections reached");
+        let message = refuse(
+            sqlstate::TOO_MANY_CONNECTIONS,
+            "sorry, too many clients already".into(),
+        );
+        let _ = client.write_all(&message).await;
+        return;
+    };
+    if *phase.borrow() != Phase::Running {
+        let message = refuse(
+            sqlstate::ADMIN_SHUTDOWN,
+            "the proxy is shutting down".into(),
+        );
+        let _ = client.write_all(&message).await;
+        return;
+    }
+    let mut upstream = match upstream::connect(&shared.config).await {
+        Ok(upstream) => upstream,
+        Err(e) => {
+            tracing::warn!(client = %peer, %user, %database, error = %e, "connection refused: upstream unreachable");
+            let code = e.sqlstate().unwrap_or(sqlstate::CONNECTION_REJECTED);
+            let _ = client.write_all(&refuse(code, e.to_string())).await;
+            return;
+        }
+    };
+    if let Err(e) = upstream.stream.write_all(&startup.raw).await {
+        let e = Error::upstream_io(e);
+        let _ = client
+            .write_all(&refuse(sqlstate::CONNECTION_FAILURE, e.to_string()))
+            .await;
+        return;
+    }
+    tracing::info!(client = %peer, %user, %database, tls = client.is_tls(), upstream = %upstream.addr,
+        "connection opened");
+    let (end, traffic) = Session::new(client, upstream, shared).run(phase).await;
+    let duration_ms = started.elapsed().as_millis() as u64;
+    let reason = match &end {
+        End::ClientClosed => "client closed".to_owned(),
+        End::UpstreamClosed => "upstream closed".to_owned(),
+        End::Shutdown => "proxy shutdown".to_owned(),
+        End::Failed(e) => e.to_string(),
+    };
+    tracing::info!(client = %peer, %user, %database, duration_ms,
+        bytes_from_client = traffic.from_client, bytes_to_client = traffic.to_client, %reason,
+        "connection closed");
+}

@@ -1,0 +1,358 @@
+//! One client session: relays messages both ways between the client and its own upstream connection,
+//! unchanged and uncopied, while [`SessionState`] follows what they do to the session.
+//!
+//! The driver is a single task selecting over both sockets, so the state needs no lock. Each read is
+//! walked header by header; the complete messages at its front are split off as one `Bytes` and
+//! written on in one call, so a pipelined batch costs one write however many messages it holds. Only
+//! whole messages are forwarded, which keeps the client stream at a message boundary whenever the proxy
+//! has to speak itself (errors, shutdown).
+
+mod sql_scan;
+pub mod state;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+
+pub use state::{SessionState, TxStatus};
+
+use crate::cancel::Registration;
+use crate::error::{Error, Kind};
+use crate::server::{Phase, Shared};
+use crate::stream::Stream;
+use crate::upstream::Upstream;
+use crate::wire::authored::{error_response, sqlstate, Severity, TERMINATE};
+use crate::wire::frame::{Header, HEADER_LEN};
+
+/// Read buffers start at this size and are topped up to it; results larger than this stream through
+/// in several reads.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Upstream messages are bounded only by the protocol's length field: Postgres is trusted to send
+/// what it means, and a row is as large as the data in it.
+const MAX_BACKEND_MESSAGE: usize = u32::MAX as usize;
+
+/// SASL mechanisms are listed in AuthenticationSASL (R, code 10).
+const AUTH_SASL: [u8; 4] = 10u32.to_be_bytes();
+
+/// The mechanism that binds SCRAM to the TLS channel; see [`Session::relay_upstream`].
+const SCRAM_PLUS: &[u8] = b"SCRAM-SHA-256-PLUS";
+
+/// Why a session ended, for the connection-closed log line.
+#[derive(Debug)]
+pub enum End {
+    /// The client closed its connection (after Terminate, or not).
+    ClientClosed,
+    /// The upstream closed the connection.
+    UpstreamClosed,
+    /// The proxy is shutting down.
+    Shutdown,
+    /// An error ended the session; the client was told if it could be.
+    Failed(Error),
+}
+
+/// Bytes relayed in each direction.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Traffic {
+    /// From the client to the upstream.
+    pub from_client: u64,
+    /// From the upstream to the client.
+    pub to_client: u64,
+}
+
+/// A client session in its relaying phase: the startup message has gone upstream.
+pub struct Session {
+    client: Stream,
+    upstream: Stream,
+    client_buf: BytesMut,
+    upstream_buf: BytesMut,
+    state: SessionState,
+    shared: std::sync::Arc<Shared>,
+    upstream_addr: std::net::SocketAddr,
+    /// Keeps the backend's cancel key routable while the session lives.
+    cancel: Option<Registration>,
+    /// The client sent Terminate, so the upstream needs no other goodbye.
+    client_terminated: bool,
+    /// Tag of the last message forwarded to the client, to tell a clean upstream close from a crash.
+    last_to_client: u8,
+    traffic: Traffic,
+}
+
+impl Session {
+    /// Starts relaying for `client`, whose startup message has been sent on `upstream`.
+    pub fn new(client: Stream, upstream: Upstream, shared: std::sync::Arc<Shared>) -> Session {
+        Session {
+            client,
+            upstream: upstream.stream,
+            client_buf: BytesMut::with_capacity(READ_CHUNK),
+            upstream_buf: BytesMut::with_capacity(READ_CHUNK),
+            state: SessionState::default(),
+            shared,
+            upstream_addr: upstream.addr,
+            cancel: None,
+            client_terminated: false,
+            last_to_client: 0,
+            traffic: Traffic::default(),
+        }
+    }
+
+    /// Relays until either side closes, an error, or shutdown; then closes both sides properly.
+    pub async fn run(mut self, mut phase: watch::Receiver<Phase>) -> (End, Traffic) {
+        let end = self.relay(&mut phase).await;
+        self.finish(&end).await;
+        (end, self.traffic)
+    }
+
+    async fn relay(&mut self, phase: &mut watch::Receiver<Phase>) -> End {
+        loop {
+            if self.must_close(*phase.borrow_and_update()) {
+                return End::Shutdown;
+            }
+            top_up(&mut self.client_buf);
+            top_up(&mut self.upstream_buf);
+            tokio::select! {
+                // Results first: a client streaming a large COPY must not starve its replies.
+                biased;
+                read = self.upstream.read_buf(&mut self.upstream_buf) => match read {
+                    Ok(0) => return End::UpstreamClosed,
+                    Ok(_) => {
+                        if let Err(e) = self.relay_upstream().await {
+                            return End::Failed(e);
+                        }
+                    }
+                    Err(e) => return End::Failed(Error::upstream_io(e)),
+                },
+                read = self.client.read_buf(&mut self.client_buf) => match read {
+                    Ok(0) => return End::ClientClosed,
+                    Ok(_) => {
+                        if let Err(e) = self.relay_client().await {
+                            return End::Failed(e);
+                        }
+                    }
+                    Err(e) => return End::Failed(Error::client_io(e)),
+                },
+                changed = phase.changed() => {
+                    if changed.is_err() {
+                        // The server is gone without saying so: end as at a shutdown deadline.
+                        return End::Shutdown;
+                    }
+                }
+            }
+        }
+    }
+
+    /// During a drain a session closes as soon as it is idle; at the deadline, whatever it is doing.
+    fn must_close(&self, phase: Phase) -> bool {
+        match phase {
+            Phase::Running => false,
+            Phase::Draining => self.state.is_idle() && self.client_buf.is_empty(),
+            Phase::Terminating => true,
+        }
+    }
+
+    /// Forwards the complete client messages at the front of the buffer.
+    async fn relay_client(&mut self) -> Result<(), Error> {
+        let max = self.shared.config.max_message_bytes;
+        let len = complete_prefix(&mut self.client_buf, max).map_err(Error::client_protocol)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let chunk = self.client_buf.split_to(len).freeze();
+        for (tag, body) in frames(&chunk) {
+            self.state.on_frontend(tag, &body);
+            self.client_terminated |= tag == b'X';
+        }
+        self.traffic.from_client += len as u64;
+        write(&mut self.upstream, &chunk)
+            .await
+            .map_err(Error::upstream_io)
+    }
+
+    /// Forwards the complete upstream messages at the front of the buffer.
+    ///
+    /// One message may be changed: when the client reached the proxy over TLS, SCRAM-SHA-256-PLUS is
+    /// removed from the mechanisms the upstream offers, because a client would bind it to the proxy's
+    /// certificate, which the upstream cannot verify. Clients then use SCRAM-SHA-256 (channel_binding=
+    /// prefer) or fail clearly (channel_binding=require).
+    async fn relay_upstream(&mut self) -> Result<(), Error> {
+        let len = complete_prefix(&mut self.upstream_buf, MAX_BACKEND_MESSAGE).map_err(|e| {
+            Error::upstream_io(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+        })?;
+        if len == 0 {
+            return Ok(());
+        }
+        let chunk = self.upstream_buf.split_to(len).freeze();
+        let mut rewrite = None;
+        let mut offset = 0;
+        for (tag, body) in frames(&chunk) {
+            self.state.on_backend(tag, &body);
+            match tag {
+                b'K' => {
+                    let key = body.clone();
+                    self.cancel = Some(self.shared.cancels.register(key, self.upstream_addr));
+                }
+                b'R' if self.client.is_tls() && body.starts_with(&AUTH_SASL) => {
+                    let end = offset + HEADER_LEN + body.len();
+                    rewrite = without_scram_plus(&body).map(|m| (offset..end, m));
+                }
+                _ => {}
+            }
+            self.last_to_client = tag;
+            offset += HEADER_LEN + body.len();
+        }
+        self.traffic.to_client += len as u64;
+        let written = match rewrite {
+            None => write(&mut self.client, &chunk).await,
+            Some((range, message)) => {
+                let parts = [
+                    chunk.slice(..range.start),
+                    message,
+                    chunk.slice(range.end..),
+                ];
+                write_all_parts(&mut self.client, &parts).await
+            }
+        };
+        written.map_err(Error::client_io)
+    }
+
+    /// Tells the client why the session ends (when it can still hear it) and says goodbye upstream.
+    async fn finish(&mut self, end: &End) {
+        let notice = match end {
+            End::Shutdown => Some(error_response(
+                Severity::Fatal,
+                sqlstate::ADMIN_SHUTDOWN,
+                "terminating connection due to administrator command",
+            )),
+            End::UpstreamClosed if !self.state.is_idle() && self.last_to_client != b'E' => {
+                Some(error_response(
+                    Severity::Fatal,
+                    sqlstate::CONNECTION_FAILURE,
+                    &format!(
+                        "upstream {} closed the connection unexpectedly",
+                        self.upstream_addr
+                    ),
+                ))
+            }
+            End::Failed(e) if e.kind() != Kind::ClientIo => e
+                .sqlstate()
+                .map(|code| error_response(Severity::Fatal, code, &e.to_string())),
+            _ => None,
+        };
+        if let Some(message) = notice {
+            let _ = write(&mut self.client, &message).await;
+        }
+        let _ = self.client.shutdown().await;
+        if !self.client_terminated {
+            let _ = write(&mut self.upstream, TERMINATE).await;
+        }
+        let _ = self.upstream.shutdown().await;
+    }
+}
+
+/// Keeps room for one more read without reallocating in the steady state: once the `Bytes` split off
+/// earlier are dropped, `reserve` reclaims their space.
+fn top_up(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+        buf.reserve(READ_CHUNK);
+    }
+}
+
+/// Length of the run of complete messages at the front of `buf`; reserves room for a partial message
+/// that follows them, after checking its length against `max`.
+fn complete_prefix(
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<usize, crate::wire::frame::FrameError> {
+    let mut offset = 0;
+    while let Some(header) = Header::peek(&buf[offset..], max)? {
+        let available = buf.len() - offset;
+        if available < header.total_len {
+            if offset == 0 {
+                buf.reserve(header.total_len - available);
+            }
+            break;
+        }
+        offset += header.total_len;
+    }
+    Ok(offset)
+}
+
+/// Walks the messages of a chunk made only of complete messages: (tag, body) with zero-copy bodies.
+fn frames(chunk: &Bytes) -> impl Iterator<Item = (u8, Bytes)> + '_ {
+    let mut offset = 0;
+    std::iter::from_fn(move || {
+        let header = Header::peek(&chunk[offset..], usize::MAX).ok()??;
+        let body = chunk.slice(offset + HEADER_LEN..offset + header.total_len);
+        offset += header.total_len;
+        Some((header.tag, body))
+    })
+}
+
+/// AuthenticationSASL without SCRAM-SHA-256-PLUS, or `None` when it is not offered.
+fn without_scram_plus(body: &[u8]) -> Option<Bytes> {
+    let mechanisms = &body[AUTH_SASL.len()..];
+    let listed: Vec<&[u8]> = mechanisms
+        .split(|&b| b == 0)
+        .filter(|m| !m.is_empty())
+        .collect();
+    if !listed.contains(&SCRAM_PLUS) {
+        return None;
+    }
+    let mut kept = Vec::from(AUTH_SASL);
+    for m in listed.into_iter().filter(|m| *m != SCRAM_PLUS) {
+        kept.extend_from_slice(m);
+        kept.push(0);
+    }
+    kept.push(0);
+    let mut message = BytesMut::with_capacity(HEADER_LEN + kept.len());
+    message.extend_from_slice(b"R");
+    message.extend_from_slice(&(kept.len() as u32 + 4).to_be_bytes());
+    message.extend_from_slice(&kept);
+    Some(message.freeze())
+}
+
+async fn write<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> std::io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
+}
+
+async fn write_all_parts<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    parts: &[Bytes],
+) -> std::io::Result<()> {
+    for part in parts {
+        stream.write_all(part).await?;
+    }
+    stream.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scram_plus_is_removed_and_the_rest_kept() {
+        let body = [&AUTH_SASL[..], b"SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0"].concat();
+        let message = without_scram_plus(&body).unwrap();
+        assert_eq!(&message[..], b"R\0\0\0\x17\0\0\0\x0aSCRAM-SHA-256\0\0");
+        let plain = [&AUTH_SASL[..], b"SCRAM-SHA-256\0\0"].concat();
+        assert_eq!(without_scram_plus(&plain), None);
+    }
+
+    #[test]
+    fn complete_prefix_stops_at_a_partial_message_and_reserves_for_it() {
+        let mut buf = BytesMut::from(&b"Z\0\0\0\x05I"[..]);
+        buf.extend_from_slice(b"D\0\0\x10\x00");
+        assert_eq!(complete_prefix(&mut buf, usize::MAX).unwrap(), 6);
+        let mut partial = BytesMut::from(&b"D\0\0\x10\x00"[..]);
+        assert_eq!(complete_prefix(&mut partial, usize::MAX).unwrap(), 0);
+        assert!(partial.capacity() >= 0x1001);
+    }
+
+    #[test]
+    fn frames_walks_every_message() {
+        let chunk = Bytes::from_static(b"1\0\0\0\x042\0\0\0\x04Z\0\0\0\x05I");
+        let tags: Vec<u8> = frames(&chunk).map(|(t, _)| t).collect();
+        assert_eq!(tags, b"12Z");
+    }
+}

@@ -1,0 +1,402 @@
+//! What the proxy knows of one session, kept current from the messages it forwards: transaction
+//! status, ParameterStatus values, the settings history (SET / RESET / DISCARD), prepared statements
+//! and portals, and whether temp tables exist. The cache keys results on this state, so it must never
+//! claim more than it knows: whenever the traffic does something it cannot follow, the settings are
+//! marked `opaque` and the session stops sharing results with others.
+//!
+//! Requests and responses are matched FIFO (as in rust-postgres' connection): each frontend message
+//! that gets a reply pushes a [`Pending`] entry and the backend replies pop them in order, which is what
+//! lets pipelined batches be followed and lets an effect (a SET, a Parse) count only once it succeeded.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::sql_scan::{self, Effect, TxControl};
+use crate::wire::frame::cstr;
+
+/// Transaction status as the last ReadyForQuery reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxStatus {
+    /// Not in a transaction block ('I').
+    Idle,
+    /// In a transaction block ('T').
+    InBlock,
+    /// In a failed transaction block ('E').
+    Failed,
+}
+
+/// A prepared statement known to the session (protocol-level Parse).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreparedStatement {
+    /// The statement's SQL text, as sent.
+    pub sql: Bytes,
+    /// Parameter type OIDs the client declared (0 = let the server infer).
+    pub param_types: Vec<u32>,
+    /// What executing it does to session state.
+    pub effect: Effect,
+}
+
+/// A settings change in force or pending: the statement text as sent, and what kind it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SettingChange {
+    sql: Bytes,
+    effect: Effect,
+}
+
+/// The SET / RESET / DISCARD history: `committed` is in force for the rest of the session, `in_tx`
+/// was made by the current transaction and survives only if it commits.
+#[derive(Debug, Default)]
+pub struct Settings {
+    committed: Vec<Bytes>,
+    in_tx: Vec<SettingChange>,
+    /// Set once the session did something to its settings the proxy cannot follow.
+    opaque: bool,
+}
+
+impl Settings {
+    /// Statements in force (committed, then the current transaction's), in order.
+    pub fn history(&self) -> impl Iterator<Item = &Bytes> {
+        self.committed
+            .iter()
+            .chain(self.in_tx.iter().map(|c| &c.sql))
+    }
+
+    /// Whether the settings can no longer be described by the history.
+    pub fn is_opaque(&self) -> bool {
+        self.opaque
+    }
+
+    fn commit(&mut self) {
+        for change in self.in_tx.drain(..) {
+            match change.effect {
+                Effect::ResetAll | Effect::DiscardAll => self.committed.clear(),
+                Effect::Setting { local: true } => {}
+                _ => self.committed.push(change.sql),
+            }
+        }
+    }
+
+    /// A savepoint rollback or prepared transaction undoes or removes an unknown part of `in_tx`.
+    fn lose_track_if_pending(&mut self) {
+        if !self.in_tx.is_empty() {
+            self.opaque = true;
+            self.in_tx.clear();
+        }
+    }
+}
+
+/// A frontend request still waiting for its reply.
+#[derive(Debug)]
+enum Pending {
+    /// A simple query: its statements not yet completed; ends at ReadyForQuery.
+    Query(VecDeque<(Bytes, Effect)>),
+    Parse {
+        name: String,
+        statement: Arc<PreparedStatement>,
+    },
+    /// Names are resolved when the reply arrives: by then every earlier Parse has been answered, which
+    /// is what makes pipelined Parse/Bind/Execute batches resolve correctly.
+    Bind {
+        portal: String,
+        statement: String,
+    },
+    Describe,
+    Execute {
+        portal: String,
+    },
+    Close {
+        kind: u8,
+        name: String,
+    },
+    /// Sync or FunctionCall: ends at ReadyForQuery.
+    Sync,
+}
+
+impl Pending {
+    fn ends_at_ready(&self) -> bool {
+        matches!(self, Pending::Query(_) | Pending::Sync)
+    }
+}
+
+/// The session state of one client, driven by [`SessionState::on_frontend`] and
+/// [`SessionState::on_backend`] for every message that passes.
+#[derive(Debug)]
+pub struct SessionState {
+    /// From the last ReadyForQuery.
+    pub tx: TxStatus,
+    /// ParameterStatus values reported by the upstream.
+    pub params: HashMap<String, String>,
+    /// SET / RESET / DISCARD history.
+    pub settings: Settings,
+    /// Protocol-level prepared statements by name ("" is the unnamed one).
+    pub statements: HashMap<String, Arc<PreparedStatement>>,
+    /// Open portals by name, with the statement they were bound from.
+    pub portals: HashMap<String, Option<Arc<PreparedStatement>>>,
+    /// Whether the session may have temporary tables.
+    pub temp_tables: bool,
+    /// The upstream's key for CancelRequests (BackendKeyData body).
+    pub backend_key: Option<Bytes>,
+    pending: VecDeque<Pending>,
+    /// An error arrived since the last ReadyForQuery (the implicit transaction, if any, rolled back).
+    error_since_ready: bool,
+}
+
+impl Default for SessionState {
+    fn default() -> Self {
+        SessionState {
+            tx: TxStatus::Idle,
+            params: HashMap::new(),
+            settings: Settings::default(),
+            statements: HashMap::new(),
+            portals: HashMap::new(),
+            temp_tables: false,
+            backend_key: None,
+            pending: VecDeque::new(),
+            error_since_ready: false,
+        }
+    }
+}
+
+impl SessionState {
+    /// Whether the session is between transactions with nothing in flight: the only point at which it
+    /// can be closed without the client losing work.
+    pub fn is_idle(&self) -> bool {
+        self.tx == TxStatus::Idle && self.pending.is_empty()
+    }
+
+    /// Follows one complete frontend message (`body` without tag and length).
+    pub fn on_frontend(&mut self, tag: u8, body: &Bytes) {
+        match tag {
+            b'Q' => {
+                let sql = body.slice(..body.len().saturating_sub(1));
+                let statements = sql_scan::scan(&sql)
+                    .into_iter()
+                    .map(|s| {
+                        self.note_sent(&s.effect);
+                        (sql.slice(s.span), s.effect)
+                    })
+                    .collect();
+                self.pending.push_back(Pending::Query(statements));
+            }
+            b'P' => match parse_message(body) {
+                Some((name, statement)) => {
+                    self.note_sent(&statement.effect);
+                    self.pending.push_back(Pending::Parse {
+                        name,
+                        statement: Arc::new(statement),
+                    });
+                }
+                None => self.lose_track(),
+            },
+            b'B' => match cstr(body).and_then(|(portal, rest)| Some((portal, cstr(rest)?.0))) {
+                Some((portal, statement)) => self.pending.push_back(Pending::Bind {
+                    portal: portal.to_owned(),
+                    statement: statement.to_owned(),
+                }),
+                None => self.lose_track(),
+            },
+            b'D' => self.pending.push_back(Pending::Describe),
+            b'E' => match cstr(body) {
+                Some((portal, _)) => self.pending.push_back(Pending::Execute {
+                    portal: portal.to_owned(),
+                }),
+                None => self.lose_track(),
+            },
+            b'C' => match body
+                .split_first()
+                .and_then(|(&kind, rest)| Some((kind, cstr(rest)?.0)))
+            {
+                Some((kind, name)) => self.pending.push_back(Pending::Close {
+                    kind,
+                    name: name.to_owned(),
+                }),
+                None => self.lose_track(),
+            },
+            b'S' | b'F' => self.pending.push_back(Pending::Sync),
+            // Flush, Terminate, COPY data and password messages get no reply of their own; unknown
+            // types are forwarded and Postgres's reply, if any, ends at the next ReadyForQuery.
+            _ => {}
+        }
+    }
+
+    /// Follows one complete backend message (`body` without tag and length).
+    pub fn on_backend(&mut self, tag: u8, body: &[u8]) {
+        match tag {
+            b'1' => match self.pending.pop_front() {
+                Some(Pending::Parse { name, statement }) => {
+                    self.statements.insert(name, statement);
+                }
+                other => self.out_of_step(other),
+            },
+            b'2' => match self.pending.pop_front() {
+                Some(Pending::Bind { portal, statement }) => {
+                    let statement = self.statements.get(&statement).cloned();
+                    self.portals.insert(portal, statement);
+                }
+                other => self.out_of_step(other),
+            },
+            b'3' => match self.pending.pop_front() {
+                Some(Pending::Close { kind: b'S', name }) => {
+                    self.statements.remove(&name);
+                }
+                Some(Pending::Close { name, .. }) => {
+                    self.portals.remove(&name);
+                }
+                other => self.out_of_step(other),
+            },
+            b'T' | b'n' if matches!(self.pending.front(), Some(Pending::Describe)) => {
+                self.pending.pop_front();
+            }
+            b'C' => self.on_command_complete(body),
+            b'I' | b's' if matches!(self.pending.front(), Some(Pending::Execute { .. })) => {
+                self.pending.pop_front();
+            }
+            b'E' => self.on_error(),
+            b'Z' => self.on_ready(body.first().copied()),
+            b'S' => {
+                if let Some((name, rest)) = cstr(body) {
+                    if let Some((value, _)) = cstr(rest) {
+                        self.params.insert(name.to_owned(), value.to_owned());
+                    }
+                }
+            }
+            b'K' => self.backend_key = Some(Bytes::copy_from_slice(body)),
+            _ => {}
+        }
+    }
+
+    fn on_command_complete(&mut self, tag: &[u8]) {
+        let completed = match self.pending.front_mut() {
+            Some(Pending::Query(statements)) => statements.pop_front(),
+            Some(Pending::Execute { portal }) => {
+                let statement = self.portals.get(portal.as_str()).cloned().flatten();
+                self.pending.pop_front();
+                statement.map(|s| (s.sql.clone(), s.effect.clone()))
+            }
+            // COPY and unknown requests complete inside a Query or Sync we are not tracking closely.
+            _ => None,
+        };
+        if let Some((sql, effect)) = completed {
+            self.apply(sql, effect, tag);
+        }
+    }
+
+    /// Applies a statement's effect once its CommandComplete arrives.
+    fn apply(&mut self, sql: Bytes, effect: Effect, tag: &[u8]) {
+        let tag = tag.strip_suffix(b"\0").unwrap_or(tag);
+        match effect {
+            Effect::Setting { .. } | Effect::ResetAll => {
+                self.settings.in_tx.push(SettingChange { sql, effect });
+            }
+            Effect::DiscardAll => {
+                self.settings.in_tx.push(SettingChange { sql, effect });
+                self.statements.clear();
+                self.temp_tables = false;
+            }
+            Effect::DiscardTemp => self.temp_tables = false,
+            Effect::Deallocate(None) => self.statements.clear(),
+            Effect::Deallocate(Some(name)) => self
+                .statements
+                .retain(|k, _| !k.eq_ignore_ascii_case(&name)),
+            Effect::Transaction(TxControl::RollbackToSavepoint)
+            | Effect::Transaction(TxControl::PrepareTransaction) => {
+                self.settings.lose_track_if_pending()
+            }
+            Effect::Opaque => self.settings.opaque = true,
+            Effect::CreatesTemp | Effect::None => {}
+        }
+        match tag {
+            b"COMMIT" => self.settings.commit(),
+            b"ROLLBACK" => self.settings.in_tx.clear(),
+            _ => {}
+        }
+    }
+
+    /// Effects that must hold from the moment a statement is sent, whatever its outcome.
+    fn note_sent(&mut self, effect: &Effect) {
+        if *effect == Effect::CreatesTemp {
+            self.temp_tables = true;
+        }
+    }
+
+    fn on_error(&mut self) {
+        self.error_since_ready = true;
+        match self.pending.front_mut() {
+            Some(Pending::Query(statements)) => statements.clear(),
+            Some(Pending::Sync) | None => {}
+            Some(_) => {
+                // The server skips everything up to the next Sync: so do the replies.
+                while self.pending.front().is_some_and(|p| !p.ends_at_ready()) {
+                    self.pending.pop_front();
+                }
+            }
+        }
+    }
+
+    fn on_ready(&mut self, status: Option<u8>) {
+        while let Some(p) = self.pending.pop_front() {
+            if p.ends_at_ready() {
+                break;
+            }
+            self.out_of_step(Some(p));
+        }
+        self.tx = match status {
+            Some(b'T') => TxStatus::InBlock,
+            Some(b'E') => TxStatus::Failed,
+            _ => TxStatus::Idle,
+        };
+        if self.tx == TxStatus::Idle {
+            if self.error_since_ready {
+                self.settings.in_tx.clear();
+            } else {
+                self.settings.commit();
+            }
+            self.portals.clear();
+        }
+        self.error_since_ready = false;
+    }
+
+    /// A reply that does not match the request at the head of the queue: stop trusting what the
+    /// session state says about settings, and resynchronise at the next ReadyForQuery.
+    fn out_of_step(&mut self, expected: Option<Pending>) {
+        tracing::debug!(?expected, "session tracking out of step with the server");
+        self.lose_track();
+    }
+
+    fn lose_track(&mut self) {
+        self.settings.opaque = true;
+        self.pending.retain(Pending::ends_at_ready);
+    }
+}
+
+fn parse_message(body: &Bytes) -> Option<(String, PreparedStatement)> {
+    let (name, rest) = cstr(body)?;
+    let sql_len = rest.iter().position(|&b| b == 0)?;
+    let sql_start = body.len() - rest.len();
+    let sql = body.slice(sql_start..sql_start + sql_len);
+    let types = &rest[sql_len + 1..];
+    let count = u16::from_be_bytes(types.get(..2)?.try_into().ok()?) as usize;
+    let param_types = types
+        .get(2..2 + 4 * count)?
+        .chunks_exact(4)
+        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let effect = sql_scan::scan(&sql)
+        .into_iter()
+        .next()
+        .map_or(Effect::None, |s| s.effect);
+    Some((
+        name.to_owned(),
+        PreparedStatement {
+            sql,
+            param_types,
+            effect,
+        },
+    ))
+}
+
+#[cfg(test)]
+#[path = "state_tests.rs"]
+mod tests;
