@@ -1,18 +1,22 @@
 //! One client session: relays messages both ways between the client and its own upstream connection,
 //! unchanged and uncopied, while [`SessionState`] follows what they do to the session.
 //!
-//! The driver is a single task selecting over both sockets, so the state needs no lock. Each read is
-//! walked header by header; the complete messages at its front are split off as one `Bytes` and
-//! written on in one call, so a pipelined batch costs one write however many messages it holds. Only
-//! whole messages are forwarded, which keeps the client stream at a message boundary whenever the proxy
-//! has to speak itself (errors, shutdown).
+//! The driver is a single task selecting over reads and writes of both sockets, so the state needs no
+//! lock and neither direction ever waits on the other (see [`outbox`]). Each read is walked header by
+//! header; the complete messages at its front are split off as one `Bytes` and queued whole, so a
+//! pipelined batch costs one write however many messages it holds. Only whole messages are forwarded,
+//! which keeps the client stream at a message boundary whenever the proxy has to speak itself (errors,
+//! shutdown).
 
+mod outbox;
 mod sql_scan;
 pub mod state;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::watch;
+
+use outbox::Outbox;
 
 pub use state::{SessionState, TxStatus};
 
@@ -31,6 +35,10 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Upstream messages are bounded only by the protocol's length field: Postgres is trusted to send
 /// what it means, and a row is as large as the data in it.
 const MAX_BACKEND_MESSAGE: usize = u32::MAX as usize;
+
+/// How long the last bytes of a session may take to be written: a peer that stopped reading must
+/// not hold the session (and its connection slot) open.
+const FAREWELL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// SASL mechanisms are listed in AuthenticationSASL (R, code 10).
 const AUTH_SASL: [u8; 4] = 10u32.to_be_bytes();
@@ -62,10 +70,16 @@ pub struct Traffic {
 
 /// A client session in its relaying phase: the startup message has gone upstream.
 pub struct Session {
-    client: Stream,
-    upstream: Stream,
+    client_rd: ReadHalf<Stream>,
+    client_wr: WriteHalf<Stream>,
+    upstream_rd: ReadHalf<Stream>,
+    upstream_wr: WriteHalf<Stream>,
+    /// The client reached the proxy over TLS.
+    client_tls: bool,
     client_buf: BytesMut,
     upstream_buf: BytesMut,
+    to_client: Outbox,
+    to_upstream: Outbox,
     state: SessionState,
     shared: std::sync::Arc<Shared>,
     upstream_addr: std::net::SocketAddr,
@@ -81,11 +95,20 @@ pub struct Session {
 impl Session {
     /// Starts relaying for `client`, whose startup message has been sent on `upstream`.
     pub fn new(client: Stream, upstream: Upstream, shared: std::sync::Arc<Shared>) -> Session {
+        let client_tls = client.is_tls();
+        // The halves of a stream are only ever polled by this task, so their lock is never contended.
+        let (client_rd, client_wr) = tokio::io::split(client);
+        let (upstream_rd, upstream_wr) = tokio::io::split(upstream.stream);
         Session {
-            client,
-            upstream: upstream.stream,
+            client_rd,
+            client_wr,
+            upstream_rd,
+            upstream_wr,
+            client_tls,
             client_buf: BytesMut::with_capacity(READ_CHUNK),
             upstream_buf: BytesMut::with_capacity(READ_CHUNK),
+            to_client: Outbox::default(),
+            to_upstream: Outbox::default(),
             state: SessionState::default(),
             shared,
             upstream_addr: upstream.addr,
@@ -99,7 +122,9 @@ impl Session {
     /// Relays until either side closes, an error, or shutdown; then closes both sides properly.
     pub async fn run(mut self, mut phase: watch::Receiver<Phase>) -> (End, Traffic) {
         let end = self.relay(&mut phase).await;
-        self.finish(&end).await;
+        if tokio::time::timeout(FAREWELL_TIMEOUT, self.finish(&end)).await.is_err() {
+            tracing::debug!("peer did not take the session's last bytes in time");
+        }
         (end, self.traffic)
     }
 
@@ -110,22 +135,34 @@ impl Session {
             }
             top_up(&mut self.client_buf);
             top_up(&mut self.upstream_buf);
+            let (client_full, upstream_full) =
+                (self.to_client.is_full(), self.to_upstream.is_full());
             tokio::select! {
-                // Results first: a client streaming a large COPY must not starve its replies.
+                // Writes first, then results, then requests: drain before taking in more.
                 biased;
-                read = self.upstream.read_buf(&mut self.upstream_buf) => match read {
+                written = self.to_client.write_some(&mut self.client_wr), if !self.to_client.is_empty() => {
+                    if let Err(e) = written {
+                        return End::Failed(Error::client_io(e));
+                    }
+                }
+                written = self.to_upstream.write_some(&mut self.upstream_wr), if !self.to_upstream.is_empty() => {
+                    if let Err(e) = written {
+                        return End::Failed(Error::upstream_io(e));
+                    }
+                }
+                read = self.upstream_rd.read_buf(&mut self.upstream_buf), if !client_full => match read {
                     Ok(0) => return End::UpstreamClosed,
                     Ok(_) => {
-                        if let Err(e) = self.relay_upstream().await {
+                        if let Err(e) = self.relay_upstream() {
                             return End::Failed(e);
                         }
                     }
                     Err(e) => return End::Failed(Error::upstream_io(e)),
                 },
-                read = self.client.read_buf(&mut self.client_buf) => match read {
+                read = self.client_rd.read_buf(&mut self.client_buf), if !upstream_full => match read {
                     Ok(0) => return End::ClientClosed,
                     Ok(_) => {
-                        if let Err(e) = self.relay_client().await {
+                        if let Err(e) = self.relay_client() {
                             return End::Failed(e);
                         }
                     }
@@ -145,13 +182,18 @@ impl Session {
     fn must_close(&self, phase: Phase) -> bool {
         match phase {
             Phase::Running => false,
-            Phase::Draining => self.state.is_idle() && self.client_buf.is_empty(),
+            Phase::Draining => {
+                self.state.is_idle()
+                    && self.client_buf.is_empty()
+                    && self.to_client.is_empty()
+                    && self.to_upstream.is_empty()
+            }
             Phase::Terminating => true,
         }
     }
 
-    /// Forwards the complete client messages at the front of the buffer.
-    async fn relay_client(&mut self) -> Result<(), Error> {
+    /// Queues the complete client messages at the front of the buffer for the upstream.
+    fn relay_client(&mut self) -> Result<(), Error> {
         let max = self.shared.config.max_message_bytes;
         let len = complete_prefix(&mut self.client_buf, max).map_err(Error::client_protocol)?;
         if len == 0 {
@@ -163,18 +205,17 @@ impl Session {
             self.client_terminated |= tag == b'X';
         }
         self.traffic.from_client += len as u64;
-        write(&mut self.upstream, &chunk)
-            .await
-            .map_err(Error::upstream_io)
+        self.to_upstream.push(chunk);
+        Ok(())
     }
 
-    /// Forwards the complete upstream messages at the front of the buffer.
+    /// Queues the complete upstream messages at the front of the buffer for the client.
     ///
     /// One message may be changed: when the client reached the proxy over TLS, SCRAM-SHA-256-PLUS is
     /// removed from the mechanisms the upstream offers, because a client would bind it to the proxy's
     /// certificate, which the upstream cannot verify. Clients then use SCRAM-SHA-256 (channel_binding=
     /// prefer) or fail clearly (channel_binding=require).
-    async fn relay_upstream(&mut self) -> Result<(), Error> {
+    fn relay_upstream(&mut self) -> Result<(), Error> {
         let len = complete_prefix(&mut self.upstream_buf, MAX_BACKEND_MESSAGE).map_err(|e| {
             Error::upstream_io(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
         })?;
@@ -191,7 +232,7 @@ impl Session {
                     let key = body.clone();
                     self.cancel = Some(self.shared.cancels.register(key, self.upstream_addr));
                 }
-                b'R' if self.client.is_tls() && body.starts_with(&AUTH_SASL) => {
+                b'R' if self.client_tls && body.starts_with(&AUTH_SASL) => {
                     let end = offset + HEADER_LEN + body.len();
                     rewrite = without_scram_plus(&body).map(|m| (offset..end, m));
                 }
@@ -201,21 +242,19 @@ impl Session {
             offset += HEADER_LEN + body.len();
         }
         self.traffic.to_client += len as u64;
-        let written = match rewrite {
-            None => write(&mut self.client, &chunk).await,
+        match rewrite {
+            None => self.to_client.push(chunk),
             Some((range, message)) => {
-                let parts = [
-                    chunk.slice(..range.start),
-                    message,
-                    chunk.slice(range.end..),
-                ];
-                write_all_parts(&mut self.client, &parts).await
+                self.to_client.push(chunk.slice(..range.start));
+                self.to_client.push(message);
+                self.to_client.push(chunk.slice(range.end..));
             }
-        };
-        written.map_err(Error::client_io)
+        }
+        Ok(())
     }
 
-    /// Tells the client why the session ends (when it can still hear it) and says goodbye upstream.
+    /// Delivers what was already relayed, tells the client why the session ends (when it can still
+    /// hear it) and says goodbye upstream.
     async fn finish(&mut self, end: &End) {
         let notice = match end {
             End::Shutdown => Some(error_response(
@@ -233,19 +272,28 @@ impl Session {
                     ),
                 ))
             }
-            End::Failed(e) if e.kind() != Kind::ClientIo => e
+            End::Failed(e) => e
                 .sqlstate()
                 .map(|code| error_response(Severity::Fatal, code, &e.to_string())),
             _ => None,
         };
-        if let Some(message) = notice {
-            let _ = write(&mut self.client, &message).await;
+        let client_gone = match end {
+            End::ClientClosed => true,
+            End::Failed(e) => e.kind() == Kind::ClientIo,
+            _ => false,
+        };
+        if !client_gone {
+            if let Some(message) = notice {
+                self.to_client.push(message);
+            }
+            let _ = self.to_client.write_all(&mut self.client_wr).await;
+            let _ = self.client_wr.shutdown().await;
         }
-        let _ = self.client.shutdown().await;
         if !self.client_terminated {
-            let _ = write(&mut self.upstream, TERMINATE).await;
+            self.to_upstream.push(Bytes::from_static(TERMINATE));
         }
-        let _ = self.upstream.shutdown().await;
+        let _ = self.to_upstream.write_all(&mut self.upstream_wr).await;
+        let _ = self.upstream_wr.shutdown().await;
     }
 }
 
@@ -309,21 +357,6 @@ fn without_scram_plus(body: &[u8]) -> Option<Bytes> {
     message.extend_from_slice(&(kept.len() as u32 + 4).to_be_bytes());
     message.extend_from_slice(&kept);
     Some(message.freeze())
-}
-
-async fn write<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> std::io::Result<()> {
-    stream.write_all(bytes).await?;
-    stream.flush().await
-}
-
-async fn write_all_parts<S: AsyncWrite + Unpin>(
-    stream: &mut S,
-    parts: &[Bytes],
-) -> std::io::Result<()> {
-    for part in parts {
-        stream.write_all(part).await?;
-    }
-    stream.flush().await
 }
 
 #[cfg(test)]
