@@ -10,6 +10,8 @@ use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use crate::wire::startup::CANCEL_REQUEST;
+
 /// Backend keys of live sessions and the upstream each belongs to. A std `Mutex`: it is held only
 /// for a map operation, never across an await.
 #[derive(Clone, Default)]
@@ -33,16 +35,20 @@ impl CancelRegistry {
         }
     }
 
-    /// Relays a CancelRequest to the upstream that owns its key; unknown keys are dropped silently,
-    /// as Postgres does, so cancel requests cannot probe for keys.
-    pub async fn cancel(&self, key: &Bytes, raw: &Bytes) {
+    /// Sends a CancelRequest to the upstream that owns `key`; unknown keys are dropped silently, as
+    /// Postgres does, so cancel requests cannot probe for keys.
+    pub async fn cancel(&self, key: &Bytes) {
         let Some(addr) = self.lock().get(key).copied() else {
             tracing::debug!("cancel request for an unknown backend key ignored");
             return;
         };
+        let mut packet = Vec::with_capacity(8 + key.len());
+        packet.extend_from_slice(&(8 + key.len() as u32).to_be_bytes());
+        packet.extend_from_slice(&CANCEL_REQUEST.to_be_bytes());
+        packet.extend_from_slice(key);
         let relay = async {
             let mut upstream = TcpStream::connect(addr).await?;
-            upstream.write_all(raw).await?;
+            upstream.write_all(&packet).await?;
             upstream.shutdown().await
         };
         match relay.await {

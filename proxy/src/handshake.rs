@@ -24,13 +24,8 @@ const MAX_NEGOTIATIONS: usize = 2;
 pub enum Hello {
     /// A session: the (possibly TLS) client stream and its startup message.
     Startup(Stream, StartupMessage),
-    /// A cancel request for the backend named by `key`; `raw` is the packet to relay.
-    Cancel {
-        /// BackendKeyData of the target backend.
-        key: Bytes,
-        /// The whole packet as received.
-        raw: Bytes,
-    },
+    /// A cancel request for the backend named by `key` (its BackendKeyData).
+    Cancel(Bytes),
 }
 
 /// Runs the startup phase on a freshly accepted connection. Protocol errors are reported to the client
@@ -45,7 +40,7 @@ pub async fn greet(tcp: TcpStream, tls: Option<&TlsAcceptor>) -> Result<Hello, E
         };
         client = match packet {
             StartupPacket::Startup(message) => return Ok(Hello::Startup(client, message)),
-            StartupPacket::Cancel { key, raw } => return Ok(Hello::Cancel { key, raw }),
+            StartupPacket::Cancel { key } => return Ok(Hello::Cancel(key)),
             StartupPacket::GssEnc => answer(client, b'N').await?,
             StartupPacket::Ssl => match (client, tls) {
                 (Stream::Plain(mut tcp), Some(acceptor)) => {

@@ -141,7 +141,7 @@ async fn serve(
         Ok(Ok(Hello::Startup(client, startup))) => {
             open_session(client, startup, peer, shared, phase).await
         }
-        Ok(Ok(Hello::Cancel { key, raw })) => shared.cancels.cancel(&key, &raw).await,
+        Ok(Ok(Hello::Cancel(key))) => shared.cancels.cancel(&key).await,
         Ok(Err(e)) => {
             tracing::info!(client = %peer, error = %e, "connection refused during startup")
         }

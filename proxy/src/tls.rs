@@ -49,6 +49,12 @@ pub fn acceptor(files: &ClientTls) -> Result<TlsAcceptor, Error> {
 
 /// Builds the connector used when the upstream accepts TLS.
 pub fn upstream_connector() -> TlsConnector {
+    TlsConnector::from(encrypt_only_client_config())
+}
+
+/// A client configuration that encrypts without verifying the server's certificate (libpq's
+/// sslmode=require). Public so that tests talking to the proxy's own TLS can use the same policy.
+pub fn encrypt_only_client_config() -> Arc<rustls::ClientConfig> {
     let provider = provider();
     let config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -56,7 +62,7 @@ pub fn upstream_connector() -> TlsConnector {
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(EncryptOnly(provider)))
         .with_no_client_auth();
-    TlsConnector::from(Arc::new(config))
+    Arc::new(config)
 }
 
 /// The server name to present upstream: the configured host, or a placeholder the verifier ignores.

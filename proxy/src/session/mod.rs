@@ -26,7 +26,7 @@ use crate::server::{Phase, Shared};
 use crate::stream::Stream;
 use crate::upstream::Upstream;
 use crate::wire::authored::{error_response, sqlstate, Severity, TERMINATE};
-use crate::wire::frame::{Header, HEADER_LEN};
+use crate::wire::frame::{error_field, Header, HEADER_LEN};
 
 /// Read buffers start at this size and are topped up to it; results larger than this stream through
 /// in several reads.
@@ -122,7 +122,16 @@ impl Session {
     /// Relays until either side closes, an error, or shutdown; then closes both sides properly.
     pub async fn run(mut self, mut phase: watch::Receiver<Phase>) -> (End, Traffic) {
         let end = self.relay(&mut phase).await;
-        if tokio::time::timeout(FAREWELL_TIMEOUT, self.finish(&end)).await.is_err() {
+        let farewell = async {
+            if matches!(end, End::Shutdown) {
+                self.cancel_in_flight().await;
+            }
+            self.finish(&end).await;
+        };
+        if tokio::time::timeout(FAREWELL_TIMEOUT, farewell)
+            .await
+            .is_err()
+        {
             tracing::debug!("peer did not take the session's last bytes in time");
         }
         (end, self.traffic)
@@ -251,6 +260,44 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// At the drain deadline a statement may still be running upstream. Closing the socket would not
+    /// stop it (a busy backend does not read), and a client told 57P01 must not see its statement
+    /// commit afterwards. So, as Postgres's own fast shutdown does, the statement is cancelled; what the
+    /// upstream answers up to the cancellation is still relayed (a statement that finished first shows
+    /// its result), and the cancellation's own error and what follows it are replaced by the 57P01.
+    async fn cancel_in_flight(&mut self) {
+        let Some(key) = self.state.backend_key.clone() else {
+            return;
+        };
+        if !self.state.awaits_reply() {
+            return;
+        }
+        self.shared.cancels.cancel(&key).await;
+        while self.state.awaits_reply() {
+            top_up(&mut self.upstream_buf);
+            match self.upstream_rd.read_buf(&mut self.upstream_buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            let Ok(len) = complete_prefix(&mut self.upstream_buf, MAX_BACKEND_MESSAGE) else {
+                return;
+            };
+            let chunk = self.upstream_buf.split_to(len).freeze();
+            let mut offset = 0;
+            for (tag, body) in frames(&chunk) {
+                if tag == b'E'
+                    && error_field(&body, b'C') == Some(sqlstate::QUERY_CANCELED.as_bytes())
+                {
+                    self.to_client.push(chunk.slice(..offset));
+                    return;
+                }
+                self.state.on_backend(tag, &body);
+                offset += HEADER_LEN + body.len();
+            }
+            self.to_client.push(chunk);
+        }
     }
 
     /// Delivers what was already relayed, tells the client why the session ends (when it can still

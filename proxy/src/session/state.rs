@@ -166,6 +166,11 @@ impl SessionState {
         self.tx == TxStatus::Idle && self.pending.is_empty()
     }
 
+    /// Whether a request sent upstream has not been answered to its end yet.
+    pub fn awaits_reply(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
     /// Follows one complete frontend message (`body` without tag and length).
     pub fn on_frontend(&mut self, tag: u8, body: &Bytes) {
         match tag {

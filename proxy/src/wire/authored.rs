@@ -14,6 +14,8 @@ pub mod sqlstate {
     pub const PROTOCOL_VIOLATION: &str = "08P01";
     /// Over the connection limit.
     pub const TOO_MANY_CONNECTIONS: &str = "53300";
+    /// A statement was cancelled (query_canceled).
+    pub const QUERY_CANCELED: &str = "57014";
     /// The proxy is shutting down.
     pub const ADMIN_SHUTDOWN: &str = "57P01";
     /// An unsupported protocol version or request.

@@ -109,6 +109,19 @@ pub fn cstr(buf: &[u8]) -> Option<(&str, &[u8])> {
     Some((s, &buf[end + 1..]))
 }
 
+/// A field of an ErrorResponse or NoticeResponse body (e.g. `b'C'` for the SQLSTATE).
+pub fn error_field(body: &[u8], code: u8) -> Option<&[u8]> {
+    let mut rest = body;
+    while let Some((&field, tail)) = rest.split_first() {
+        let end = tail.iter().position(|&b| b == 0)?;
+        if field == code {
+            return Some(&tail[..end]);
+        }
+        rest = &tail[end + 1..];
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,6 +178,14 @@ mod tests {
     fn unknown_tags_frame_like_any_other() {
         let m = msg(0xfe, b"xyz");
         assert_eq!(Header::peek(&m, 100).unwrap().unwrap().total_len, 8);
+    }
+
+    #[test]
+    fn error_fields_are_found_by_code() {
+        let body = b"SERROR\0C57014\0Mcanceled\0\0";
+        assert_eq!(error_field(body, b'C'), Some(&b"57014"[..]));
+        assert_eq!(error_field(body, b'D'), None);
+        assert_eq!(error_field(b"Sbroken", b'C'), None);
     }
 
     #[test]

@@ -10,7 +10,8 @@ pub const MAX_STARTUP_LEN: usize = 10_000;
 
 const SSL_REQUEST: u32 = 80_877_103;
 const GSSENC_REQUEST: u32 = 80_877_104;
-const CANCEL_REQUEST: u32 = 80_877_102;
+/// Also used by [`crate::cancel`] to write the requests it relays.
+pub const CANCEL_REQUEST: u32 = 80_877_102;
 
 /// One startup-phase packet, classified.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,8 +22,6 @@ pub enum StartupPacket {
     GssEnc,
     /// Cancel the query running on the backend named by `key` (process id and secret).
     Cancel {
-        /// The whole packet as received, to be relayed unchanged.
-        raw: Bytes,
         /// The backend key: everything after the request code.
         key: Bytes,
     },
@@ -99,7 +98,7 @@ pub fn parse(raw: Bytes) -> Result<StartupPacket, StartupError> {
     match code {
         SSL_REQUEST => Ok(StartupPacket::Ssl),
         GSSENC_REQUEST => Ok(StartupPacket::GssEnc),
-        CANCEL_REQUEST => Ok(StartupPacket::Cancel { raw, key: body }),
+        CANCEL_REQUEST => Ok(StartupPacket::Cancel { key: body }),
         version if version >> 16 == 3 => {
             let params = parse_params(&body)?;
             Ok(StartupPacket::Startup(StartupMessage {
