@@ -29,6 +29,9 @@ pub const MD5_PASSWORD: &str = "md5 secret";
 pub const PASSWORD_USER: &str = "password_user";
 /// [`PASSWORD_USER`]'s password.
 pub const PASSWORD_PASSWORD: &str = "plain secret";
+/// A role `pg_hba.conf` admits only over TLS (`hostssl` trust, `hostnossl` reject): a session of it
+/// through the proxy proves the proxy's upstream connection is encrypted.
+pub const TLS_USER: &str = "tls_user";
 /// A role authenticated by `scram-sha-256`.
 pub const SCRAM_USER: &str = "scram_user";
 /// [`SCRAM_USER`]'s password.
@@ -145,13 +148,16 @@ impl PgServer {
             "\n# veneer-tests\nlisten_addresses = '127.0.0.1'\nport = {port}\n\
              unix_socket_directories = '{sock}'\nwal_level = logical\nmax_wal_senders = 10\n\
              max_replication_slots = 10\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\n\
-             max_connections = 200\n",
+             max_connections = 200\nssl = on\n",
             port = self.port,
             sock = self.base.display(),
         );
         append(&data.join("postgresql.conf"), &conf);
+        self.install_server_certificate(&data);
         let hba = format!(
             "local all all trust\n\
+             hostssl all {TLS_USER} 127.0.0.1/32 trust\n\
+             hostnossl all {TLS_USER} 127.0.0.1/32 reject\n\
              host all {TRUST_USER} 127.0.0.1/32 trust\n\
              host all {MD5_USER} 127.0.0.1/32 md5\n\
              host all {SCRAM_USER} 127.0.0.1/32 scram-sha-256\n\
@@ -162,6 +168,20 @@ impl PgServer {
         std::fs::write(data.join("pg_hba.conf"), hba).expect("write pg_hba.conf");
     }
 
+    /// `ssl = on` needs `server.crt` and a `server.key` only the server's user can read.
+    fn install_server_certificate(&self, data: &Path) {
+        let cert = crate::tls::TestCert::generate();
+        for (from, name) in [(&cert.cert, "server.crt"), (&cert.key, "server.key")] {
+            let to = data.join(name);
+            std::fs::copy(from, &to).unwrap_or_else(|e| panic!("copy {}: {e}", to.display()));
+            std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .unwrap_or_else(|e| panic!("chmod {}: {e}", to.display()));
+            if self.as_postgres {
+                chown_to_postgres(&to);
+            }
+        }
+    }
+
     fn create_roles(&self) {
         let sql = format!(
             "SET password_encryption = 'md5';\n\
@@ -170,6 +190,7 @@ impl PgServer {
              CREATE ROLE {SCRAM_USER} LOGIN PASSWORD '{SCRAM_PASSWORD}';\n\
              CREATE ROLE {PASSWORD_USER} LOGIN PASSWORD '{PASSWORD_PASSWORD}';\n\
              CREATE ROLE {TRUST_USER} LOGIN;\n\
+             CREATE ROLE {TLS_USER} LOGIN;\n\
              GRANT ALL ON SCHEMA public TO {TRUST_USER}, {MD5_USER}, {SCRAM_USER}, {PASSWORD_USER};\n"
         );
         let output = Command::new(self.bin("psql"))

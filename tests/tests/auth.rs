@@ -2,6 +2,7 @@
 //! (trust, password, md5, SCRAM-SHA-256), and every refusal is the server's own, word for word.
 
 use tokio_postgres::error::DbError;
+use veneer_config::UpstreamTls;
 use veneer_tests::client::config;
 use veneer_tests::tools::PgTool;
 use veneer_tests::*;
@@ -45,13 +46,14 @@ async fn every_method_logs_in_with_psql() {
     }
 }
 
-/// The server's refusal of a login, directly and through the proxy.
+/// The server's refusal of a login, directly and through the proxy. The direct client does not use
+/// TLS, so neither does the proxy's upstream leg: the server names the transport in some refusals.
 async fn refusals(
     user: &str,
     password: Option<&str>,
     database: Option<&str>,
 ) -> (Box<DbError>, Box<DbError>) {
-    let proxy = ProxyHandle::start().await;
+    let proxy = ProxyHandle::start_with(|s| s.upstream_tls = Some(UpstreamTls::Disable)).await;
     let refusal = |addr| {
         let mut config = config(addr, user, password, "auth-refused");
         if let Some(database) = database {
@@ -106,9 +108,12 @@ async fn unknown_role_and_database_are_refused_as_directly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_reports_the_same_wrong_password_error() {
     let proxy = ProxyHandle::start().await;
+    // sslmode=disable on both paths: with prefer, psql retries a refused TLS login in plain TCP and
+    // prints the refusal twice, which only the direct path (a server with TLS) would show.
     let attempt = |addr| {
         PgTool::psql(addr, SCRAM_USER)
             .password("not the password")
+            .conn("sslmode", "disable")
             .command("SELECT 1")
             .run()
     };

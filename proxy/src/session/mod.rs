@@ -36,15 +36,15 @@ const READ_CHUNK: usize = 16 * 1024;
 /// what it means, and a row is as large as the data in it.
 const MAX_BACKEND_MESSAGE: usize = u32::MAX as usize;
 
-/// How long the last bytes of a session may take to be written: a peer that stopped reading must
-/// not hold the session (and its connection slot) open.
-const FAREWELL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
 /// SASL mechanisms are listed in AuthenticationSASL (R, code 10).
 const AUTH_SASL: [u8; 4] = 10u32.to_be_bytes();
 
 /// The mechanism that binds SCRAM to the TLS channel; see [`Session::relay_upstream`].
 const SCRAM_PLUS: &[u8] = b"SCRAM-SHA-256-PLUS";
+
+/// How long the last bytes of a session may take to be written: a peer that stopped reading must
+/// not hold the session (and its connection slot) open.
+const FAREWELL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Why a session ended, for the connection-closed log line.
 #[derive(Debug)]
@@ -220,10 +220,12 @@ impl Session {
 
     /// Queues the complete upstream messages at the front of the buffer for the client.
     ///
-    /// One message may be changed: when the client reached the proxy over TLS, SCRAM-SHA-256-PLUS is
-    /// removed from the mechanisms the upstream offers, because a client would bind it to the proxy's
-    /// certificate, which the upstream cannot verify. Clients then use SCRAM-SHA-256 (channel_binding=
-    /// prefer) or fail clearly (channel_binding=require).
+    /// One message may be changed. An upstream reached over TLS offers SCRAM-SHA-256-PLUS, and a client
+    /// on plain TCP to the proxy must refuse that offer (libpq: "server offered SCRAM-SHA-256-PLUS
+    /// authentication over a non-SSL connection", a defence against a man in the middle). For such a
+    /// client the mechanism is removed from the list, so it uses SCRAM-SHA-256 and tells the server it
+    /// has no channel to bind, which the server accepts. Clients on TLS to the proxy see the list
+    /// unchanged: hiding it from them would look like a downgrade attack (see the README).
     fn relay_upstream(&mut self) -> Result<(), Error> {
         let len = complete_prefix(&mut self.upstream_buf, MAX_BACKEND_MESSAGE).map_err(|e| {
             Error::upstream_io(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
@@ -236,19 +238,18 @@ impl Session {
         let mut offset = 0;
         for (tag, body) in frames(&chunk) {
             self.state.on_backend(tag, &body);
+            let end = offset + HEADER_LEN + body.len();
             match tag {
                 b'K' => {
-                    let key = body.clone();
-                    self.cancel = Some(self.shared.cancels.register(key, self.upstream_addr));
+                    self.cancel = Some(self.shared.cancels.register(body, self.upstream_addr));
                 }
-                b'R' if self.client_tls && body.starts_with(&AUTH_SASL) => {
-                    let end = offset + HEADER_LEN + body.len();
+                b'R' if !self.client_tls && body.starts_with(&AUTH_SASL) => {
                     rewrite = without_scram_plus(&body).map(|m| (offset..end, m));
                 }
                 _ => {}
             }
             self.last_to_client = tag;
-            offset += HEADER_LEN + body.len();
+            offset = end;
         }
         self.traffic.to_client += len as u64;
         match rewrite {
