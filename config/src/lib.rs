@@ -79,7 +79,8 @@ pub struct Settings {
     #[arg(long, env = "VENEER_LOG_LEVEL", value_name = "FILTER")]
     pub log_level: Option<String>,
 
-    /// Runtime worker threads [default: the number of cores].
+    /// Runtime worker threads; 1 runs everything on one thread [default: 1 on machines with 2 cores or
+    /// fewer, else the number of cores].
     #[arg(long, env = "VENEER_WORKERS", value_name = "N")]
     pub workers: Option<usize>,
 }
