@@ -288,12 +288,12 @@ async fn backend_stream_is_identical() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ssl_and_gssenc_requests_are_declined() {
-    // Without client TLS configured the proxy answers SSLRequest 'N', as this TLS-less server does,
-    // and GSSENCRequest 'N' (the server, built with GSSAPI, would say 'G'; the proxy does not offer
-    // GSS encryption). Either way the client then sends a plain startup on the same connection.
+    // Without client TLS configured the proxy answers SSLRequest 'N' (the test server, which has TLS,
+    // would say 'S'), and GSSENCRequest 'N' (the server, built with GSSAPI, would say 'G'; the proxy
+    // does not offer GSS encryption). Either way the client then sends a plain startup on the same
+    // connection.
     let proxy = ProxyHandle::start().await;
     let cases = [
-        ("SSLRequest", raw::ssl_request(), pg().addr()),
         ("SSLRequest", raw::ssl_request(), proxy.addr()),
         ("GSSENCRequest", raw::gssenc_request(), proxy.addr()),
     ];

@@ -13,7 +13,7 @@ mod sql_scan;
 pub mod state;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 use outbox::Outbox;
@@ -23,7 +23,7 @@ pub use state::{SessionState, TxStatus};
 use crate::cancel::Registration;
 use crate::error::{Error, Kind};
 use crate::server::{Phase, Shared};
-use crate::stream::Stream;
+use crate::stream::{ReadHalf, Stream, WriteHalf};
 use crate::upstream::Upstream;
 use crate::wire::authored::{error_response, sqlstate, Severity, TERMINATE};
 use crate::wire::frame::{error_field, Header, HEADER_LEN};
@@ -70,10 +70,10 @@ pub struct Traffic {
 
 /// A client session in its relaying phase: the startup message has gone upstream.
 pub struct Session {
-    client_rd: ReadHalf<Stream>,
-    client_wr: WriteHalf<Stream>,
-    upstream_rd: ReadHalf<Stream>,
-    upstream_wr: WriteHalf<Stream>,
+    client_rd: ReadHalf,
+    client_wr: WriteHalf,
+    upstream_rd: ReadHalf,
+    upstream_wr: WriteHalf,
     /// The client reached the proxy over TLS.
     client_tls: bool,
     client_buf: BytesMut,
@@ -96,9 +96,8 @@ impl Session {
     /// Starts relaying for `client`, whose startup message has been sent on `upstream`.
     pub fn new(client: Stream, upstream: Upstream, shared: std::sync::Arc<Shared>) -> Session {
         let client_tls = client.is_tls();
-        // The halves of a stream are only ever polled by this task, so their lock is never contended.
-        let (client_rd, client_wr) = tokio::io::split(client);
-        let (upstream_rd, upstream_wr) = tokio::io::split(upstream.stream);
+        let (client_rd, client_wr) = client.into_split();
+        let (upstream_rd, upstream_wr) = upstream.stream.into_split();
         Session {
             client_rd,
             client_wr,
@@ -137,10 +136,38 @@ impl Session {
         (end, self.traffic)
     }
 
+    /// Relays until the session ends. The shutdown watch is awaited beside the I/O loop rather than in
+    /// it, so its future lives across many I/O events instead of being made anew for each.
     async fn relay(&mut self, phase: &mut watch::Receiver<Phase>) -> End {
         loop {
-            if self.must_close(*phase.borrow_and_update()) {
+            let now = *phase.borrow_and_update();
+            if self.must_close(now) {
                 return End::Shutdown;
+            }
+            tokio::select! {
+                biased;
+                end = self.relay_io(now == Phase::Draining) => {
+                    if let Some(end) = end {
+                        return end;
+                    }
+                }
+                changed = phase.changed() => {
+                    if changed.is_err() {
+                        // The server is gone without saying so: end as at a shutdown deadline.
+                        return End::Shutdown;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The I/O event loop. Returns the session's end, or `None` when `draining` and the session has
+    /// become idle. Every await in it is cancel-safe and the work between awaits is synchronous, so it
+    /// may be dropped at any await when the phase changes.
+    async fn relay_io(&mut self, draining: bool) -> Option<End> {
+        loop {
+            if draining && self.must_close(Phase::Draining) {
+                return None;
             }
             top_up(&mut self.client_buf);
             top_up(&mut self.upstream_buf);
@@ -151,38 +178,32 @@ impl Session {
                 biased;
                 written = self.to_client.write_some(&mut self.client_wr), if !self.to_client.is_empty() => {
                     if let Err(e) = written {
-                        return End::Failed(Error::client_io(e));
+                        return Some(End::Failed(Error::client_io(e)));
                     }
                 }
                 written = self.to_upstream.write_some(&mut self.upstream_wr), if !self.to_upstream.is_empty() => {
                     if let Err(e) = written {
-                        return End::Failed(Error::upstream_io(e));
+                        return Some(End::Failed(Error::upstream_io(e)));
                     }
                 }
                 read = self.upstream_rd.read_buf(&mut self.upstream_buf), if !client_full => match read {
-                    Ok(0) => return End::UpstreamClosed,
+                    Ok(0) => return Some(End::UpstreamClosed),
                     Ok(_) => {
                         if let Err(e) = self.relay_upstream() {
-                            return End::Failed(e);
+                            return Some(End::Failed(e));
                         }
                     }
-                    Err(e) => return End::Failed(Error::upstream_io(e)),
+                    Err(e) => return Some(End::Failed(Error::upstream_io(e))),
                 },
                 read = self.client_rd.read_buf(&mut self.client_buf), if !upstream_full => match read {
-                    Ok(0) => return End::ClientClosed,
+                    Ok(0) => return Some(End::ClientClosed),
                     Ok(_) => {
                         if let Err(e) = self.relay_client() {
-                            return End::Failed(e);
+                            return Some(End::Failed(e));
                         }
                     }
-                    Err(e) => return End::Failed(Error::client_io(e)),
+                    Err(e) => return Some(End::Failed(Error::client_io(e))),
                 },
-                changed = phase.changed() => {
-                    if changed.is_err() {
-                        // The server is gone without saying so: end as at a shutdown deadline.
-                        return End::Shutdown;
-                    }
-                }
             }
         }
     }
