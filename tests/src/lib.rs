@@ -72,19 +72,53 @@ pub fn install_panic_counter() {
 
 static LOGGING: Once = Once::new();
 
-/// Shows the in-process proxy's logs when `VENEER_TESTS_LOG` is set (a tracing filter such as
-/// `veneer_proxy=debug`), for diagnosing a failing test; silent otherwise, so passing runs stay
-/// readable. The `veneer` subprocesses never see it: they start with every `VENEER_*` variable removed,
-/// since the binary rejects unknown ones.
+/// Events in which the proxy's session tracking lost step with the server (see
+/// [`tracking_losses`]).
+static TRACKING_LOSSES: AtomicUsize = AtomicUsize::new(0);
+
+/// The module whose debug events report lost session tracking.
+const TRACKING_TARGET: &str = "veneer_proxy::session::state";
+
+/// Counts the proxy's session-tracking events. The tracking matches every reply to its request; a
+/// reply it cannot match makes the session's settings opaque (safe, but no longer shareable), so
+/// real clients driving real servers must never cause one.
+struct TrackingLossCounter;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for TrackingLossCounter {
+    fn on_event(&self, _: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        TRACKING_LOSSES.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Installs the test binary's subscriber: the tracking-loss counter always, and the in-process
+/// proxy's logs on stderr when `VENEER_TESTS_LOG` is set (a tracing filter such as
+/// `veneer_proxy=debug`), for diagnosing a failing test. The `veneer` subprocesses never see it: they
+/// start with every `VENEER_*` variable removed, since the binary rejects unknown ones.
 pub fn init_test_logging() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     LOGGING.call_once(|| {
-        if let Ok(filter) = std::env::var("VENEER_TESTS_LOG") {
-            let _ = tracing_subscriber::fmt()
-                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        let counter = TrackingLossCounter.with_filter(
+            tracing_subscriber::filter::Targets::new()
+                .with_target(TRACKING_TARGET, tracing::Level::DEBUG),
+        );
+        let logs = std::env::var("VENEER_TESTS_LOG").ok().map(|filter| {
+            tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
-                .try_init();
-        }
+                .with_filter(tracing_subscriber::EnvFilter::new(filter))
+        });
+        let _ = tracing_subscriber::registry()
+            .with(counter)
+            .with(logs)
+            .try_init();
     });
+}
+
+/// How often the in-process proxy's session tracking lost step with the server since the process
+/// started. Tests of well-formed traffic assert it stays at zero.
+pub fn tracking_losses() -> usize {
+    TRACKING_LOSSES.load(Ordering::SeqCst)
 }
 
 /// Panics seen on tokio worker threads since the process started (see [`install_panic_counter`]).

@@ -46,5 +46,10 @@ async fn tpcb_in_every_query_mode() {
         );
         eprintln!("pgbench -M {mode}: {} transactions", done.unwrap_or(0));
     }
+    assert_eq!(
+        tracking_losses(),
+        0,
+        "session tracking lost step with the server under pgbench"
+    );
     proxy.shutdown().await.expect("clean shutdown");
 }

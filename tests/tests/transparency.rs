@@ -284,6 +284,9 @@ async fn backend_stream_is_identical() {
         );
         assert_same(&step.name, d, t);
     }
+    // Every step (pipelines, COPY, FunctionCall, errors mid-batch, PortalSuspended) kept the proxy's
+    // request/reply matching in step.
+    assert_eq!(tracking_losses(), 0, "session tracking lost step");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
