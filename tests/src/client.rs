@@ -93,6 +93,18 @@ pub async fn direct_admin() -> Conn {
     connect_as(pg().addr(), "veneer-tests-observer").await
 }
 
+/// The single value `sql` returns (first column of its one row); the test fails if the query does.
+pub async fn scalar<T: for<'a> tokio_postgres::types::FromSql<'a>>(
+    client: &Client,
+    sql: &str,
+) -> T {
+    client
+        .query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+        .get(0)
+}
+
 /// Number of server backends whose `application_name` is `name`.
 pub async fn backends_named(observer: &Client, name: &str) -> i64 {
     let row = observer

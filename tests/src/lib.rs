@@ -24,8 +24,8 @@ use std::sync::Once;
 use std::time::Duration;
 
 pub use client::{
-    backends_named, connect, connect_as, direct_admin, wait_backend_active, wait_backend_gone,
-    wait_for, Conn,
+    backends_named, connect, connect_as, direct_admin, scalar, wait_backend_active,
+    wait_backend_gone, wait_for, Conn,
 };
 pub use pg::{
     pg, PgServer, DATABASE, MD5_PASSWORD, MD5_USER, PASSWORD_PASSWORD, PASSWORD_USER,

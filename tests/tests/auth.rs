@@ -156,11 +156,5 @@ async fn failed_logins_do_not_hold_backends() {
     ))
     .await
     .unwrap();
-    assert_eq!(
-        conn.query_one("SELECT 1", &[])
-            .await
-            .unwrap()
-            .get::<_, i32>(0),
-        1
-    );
+    assert_eq!(scalar::<i32>(&conn, "SELECT 1").await, 1);
 }

@@ -18,13 +18,7 @@ async fn start_proxy() -> ProxyHandle {
 /// A session opened before the bad one, which must be unaffected by it.
 async fn bystander(proxy: &ProxyHandle, name: &str) -> Conn {
     let conn = connect_as(proxy.addr(), name).await;
-    assert_eq!(
-        conn.query_one("SELECT 1", &[])
-            .await
-            .unwrap()
-            .get::<_, i32>(0),
-        1
-    );
+    assert_eq!(scalar::<i32>(&conn, "SELECT 1").await, 1);
     conn
 }
 
@@ -37,14 +31,7 @@ async fn assert_still_serving(proxy: &ProxyHandle, bystander: &Conn) {
     .expect("the bystander session was disturbed");
     assert_eq!(row.get::<_, String>(0), "alive");
     let fresh = connect_as(proxy.addr(), "bad-fresh").await;
-    assert_eq!(
-        fresh
-            .query_one("SELECT 2", &[])
-            .await
-            .unwrap()
-            .get::<_, i32>(0),
-        2
-    );
+    assert_eq!(scalar::<i32>(&fresh, "SELECT 2").await, 2);
     assert_eq!(worker_panics(), 0, "a proxy task panicked on client input");
 }
 
@@ -232,15 +219,8 @@ async fn client_vanishes_during_copy_from_stdin() {
         .await;
     drop(client);
     wait_backend_gone(&observer, "bad-copy", STEP_TIMEOUT).await;
-    let row = observer
-        .query_one("SELECT count(*) FROM bad_copy_target", &[])
-        .await
-        .unwrap();
-    assert_eq!(
-        row.get::<_, i64>(0),
-        0,
-        "an unfinished COPY must not commit rows"
-    );
+    let count: i64 = scalar(&observer, "SELECT count(*) FROM bad_copy_target").await;
+    assert_eq!(count, 0, "an unfinished COPY must not commit rows");
     observer
         .batch_execute("DROP TABLE bad_copy_target")
         .await
@@ -289,15 +269,8 @@ async fn client_vanishes_inside_a_transaction() {
     );
     drop(client);
     wait_backend_gone(&observer, "bad-tx", STEP_TIMEOUT).await;
-    let row = observer
-        .query_one("SELECT count(*) FROM bad_tx_target", &[])
-        .await
-        .unwrap();
-    assert_eq!(
-        row.get::<_, i64>(0),
-        0,
-        "an abandoned transaction must roll back"
-    );
+    let count: i64 = scalar(&observer, "SELECT count(*) FROM bad_tx_target").await;
+    assert_eq!(count, 0, "an abandoned transaction must roll back");
     observer
         .batch_execute("DROP TABLE bad_tx_target")
         .await

@@ -117,14 +117,7 @@ async fn file_settings_apply_and_flags_win() {
     .unwrap();
     let veneer = VeneerProcess::start(&["--config", path.to_str().unwrap()]).await;
     let first = connect_as(veneer.addr(), "cli-file-first").await;
-    assert_eq!(
-        first
-            .query_one("SELECT 1", &[])
-            .await
-            .unwrap()
-            .get::<_, i32>(0),
-        1
-    );
+    assert_eq!(scalar::<i32>(&first, "SELECT 1").await, 1);
     let err = connect(&config(veneer.addr(), SUPERUSER, None, "cli-file-second"))
         .await
         .expect_err("max_client_connections = 1 from the file");

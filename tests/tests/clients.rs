@@ -167,13 +167,7 @@ async fn named_prepared_statements() {
     // A statement whose Parse fails leaves the session usable.
     let err = conn.prepare("SELEC 1").await.unwrap_err();
     assert_eq!(err.code(), Some(&SqlState::SYNTAX_ERROR));
-    assert_eq!(
-        conn.query_one("SELECT 5", &[])
-            .await
-            .unwrap()
-            .get::<_, i32>(0),
-        5
-    );
+    assert_eq!(scalar::<i32>(&conn, "SELECT 5").await, 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -253,11 +247,8 @@ async fn copy_in_and_out() {
         .unwrap();
     let err = sink.finish().await.unwrap_err();
     assert_eq!(err.code(), Some(&SqlState::INVALID_TEXT_REPRESENTATION));
-    let row = conn
-        .query_one("SELECT count(*) FROM copy_t", &[])
-        .await
-        .unwrap();
-    assert_eq!(row.get::<_, i64>(0), 10_000);
+    let count: i64 = scalar(&conn, "SELECT count(*) FROM copy_t").await;
+    assert_eq!(count, 10_000);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -298,14 +289,7 @@ async fn notifications_reach_a_listener() {
         .batch_execute("DO $$ BEGIN RAISE NOTICE 'hello'; END $$")
         .await
         .unwrap();
-    assert_eq!(
-        listener
-            .query_one("SELECT 1", &[])
-            .await
-            .unwrap()
-            .get::<_, i32>(0),
-        1
-    );
+    assert_eq!(scalar::<i32>(&listener, "SELECT 1").await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -334,23 +318,11 @@ async fn cancel_request_reaches_the_backend() {
         started.elapsed()
     );
     // The session survives its cancelled query.
-    assert_eq!(
-        conn.query_one("SELECT 7", &[])
-            .await
-            .unwrap()
-            .get::<_, i32>(0),
-        7
-    );
+    assert_eq!(scalar::<i32>(&conn, "SELECT 7").await, 7);
 
     // A cancel for a session that is idle changes nothing.
     token.cancel_query(NoTls).await.unwrap();
-    assert_eq!(
-        conn.query_one("SELECT 8", &[])
-            .await
-            .unwrap()
-            .get::<_, i32>(0),
-        8
-    );
+    assert_eq!(scalar::<i32>(&conn, "SELECT 8").await, 8);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -426,15 +398,8 @@ async fn transactions_with_savepoints() {
     let err = conn.batch_execute("SELECT 1").await.unwrap_err();
     assert_eq!(err.code(), Some(&SqlState::IN_FAILED_SQL_TRANSACTION));
     conn.batch_execute("COMMIT").await.unwrap();
-    let row = conn
-        .query_one("SELECT count(*) FROM sp_items WHERE id = 8", &[])
-        .await
-        .unwrap();
-    assert_eq!(
-        row.get::<_, i64>(0),
-        0,
-        "a failed transaction must not commit"
-    );
+    let count: i64 = scalar(&conn, "SELECT count(*) FROM sp_items WHERE id = 8").await;
+    assert_eq!(count, 0, "a failed transaction must not commit");
     conn.batch_execute("DROP TABLE sp_items").await.unwrap();
 }
 

@@ -73,13 +73,7 @@ async fn over_max_client_connections_gets_53300() {
     assert_eq!(backends_named(&observer, "errors-limit-third").await, 0);
     // The two held sessions are unaffected.
     for conn in [&first, &second] {
-        assert_eq!(
-            conn.query_one("SELECT 1", &[])
-                .await
-                .unwrap()
-                .get::<_, i32>(0),
-            1
-        );
+        assert_eq!(scalar::<i32>(conn, "SELECT 1").await, 1);
     }
 
     // A freed slot is usable again once the proxy has seen the session end.
@@ -128,11 +122,5 @@ async fn upstream_ending_a_session_reaches_the_client() {
     );
     // The proxy serves new sessions as before.
     let conn = connect_as(proxy.addr(), "errors-after-terminate").await;
-    assert_eq!(
-        conn.query_one("SELECT 1", &[])
-            .await
-            .unwrap()
-            .get::<_, i32>(0),
-        1
-    );
+    assert_eq!(scalar::<i32>(&conn, "SELECT 1").await, 1);
 }

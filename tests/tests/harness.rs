@@ -10,8 +10,8 @@ use veneer_tests::*;
 #[tokio::test]
 async fn server_runs_with_logical_wal() {
     let admin = direct_admin().await;
-    let row = admin.query_one("SHOW wal_level", &[]).await.unwrap();
-    assert_eq!(row.get::<_, String>(0), "logical");
+    let wal_level: String = scalar(&admin, "SHOW wal_level").await;
+    assert_eq!(wal_level, "logical");
     let row = admin
         .query_one("SHOW server_version_num", &[])
         .await
@@ -30,11 +30,8 @@ async fn every_role_logs_in_directly() {
         let conn = connect(&config(addr, user, password, "harness-login"))
             .await
             .unwrap_or_else(|e| panic!("{user}: {e:?}"));
-        let row = conn
-            .query_one("SELECT current_user::text", &[])
-            .await
-            .unwrap();
-        assert_eq!(row.get::<_, String>(0), user);
+        let current_user: String = scalar(&conn, "SELECT current_user::text").await;
+        assert_eq!(current_user, user);
     }
     let wrong = connect(&config(addr, MD5_USER, Some("wrong"), "harness-login")).await;
     assert_eq!(wrong.unwrap_err().code().map(|c| c.code()), Some("28P01"));

@@ -118,15 +118,8 @@ async fn open_transaction_can_commit_during_the_drain() {
         .await
         .expect("clean shutdown");
 
-    let row = observer
-        .query_one("SELECT count(*) FROM drain_target", &[])
-        .await
-        .unwrap();
-    assert_eq!(
-        row.get::<_, i64>(0),
-        2,
-        "the transaction committed during the drain"
-    );
+    let count: i64 = scalar(&observer, "SELECT count(*) FROM drain_target").await;
+    assert_eq!(count, 2, "the transaction committed during the drain");
     observer
         .batch_execute("DROP TABLE drain_target")
         .await
@@ -183,13 +176,9 @@ async fn statement_cut_at_the_deadline_does_not_commit() {
         .await
         .expect("clean shutdown");
     wait_backend_gone(&observer, "shutdown-cut", STEP_TIMEOUT).await;
-    let row = observer
-        .query_one("SELECT count(*) FROM cut_target", &[])
-        .await
-        .unwrap();
+    let count: i64 = scalar(&observer, "SELECT count(*) FROM cut_target").await;
     assert_eq!(
-        row.get::<_, i64>(0),
-        0,
+        count, 0,
         "the INSERT of a session ended with 57P01 committed after the proxy said it was terminated"
     );
     observer

@@ -139,12 +139,5 @@ async fn without_tls_require_fails_and_prefer_falls_back() {
     config.ssl_mode(SslMode::Prefer);
     let (client, connection) = config.connect(NoVerifyTls::default()).await.unwrap();
     tokio::spawn(connection);
-    assert_eq!(
-        client
-            .query_one("SELECT 3", &[])
-            .await
-            .unwrap()
-            .get::<_, i32>(0),
-        3
-    );
+    assert_eq!(scalar::<i32>(&client, "SELECT 3").await, 3);
 }
