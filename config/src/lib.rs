@@ -40,10 +40,16 @@ pub struct Settings {
     #[arg(long, env = "VENEER_UPSTREAM", value_name = "HOST:PORT")]
     pub upstream: Option<HostPort>,
 
-    /// TLS towards the upstream: disable, prefer or require (require encrypts without verifying the
-    /// server certificate, as libpq's sslmode=require) [default: prefer].
+    /// TLS towards the upstream: disable, prefer, require or verify-full, with libpq's sslmode
+    /// meanings (require encrypts without verifying the certificate; verify-full checks it against
+    /// upstream_tls_root_cert and the upstream host name) [default: prefer].
     #[arg(long, env = "VENEER_UPSTREAM_TLS", value_name = "MODE")]
     pub upstream_tls: Option<UpstreamTls>,
+
+    /// PEM file of the certificate authorities trusted for the upstream's certificate; required by
+    /// upstream_tls = verify-full.
+    #[arg(long, env = "VENEER_UPSTREAM_TLS_ROOT_CERT", value_name = "FILE")]
+    pub upstream_tls_root_cert: Option<PathBuf>,
 
     /// Time allowed to open the upstream connection before the client gets an error [default: 5s].
     #[arg(long, env = "VENEER_CONNECT_TIMEOUT", value_name = "DURATION")]
@@ -94,6 +100,8 @@ pub struct Config {
     pub upstream: HostPort,
     /// Whether and how the upstream connection is encrypted.
     pub upstream_tls: UpstreamTls,
+    /// Trusted authorities for verify-full; set exactly when the mode is verify-full.
+    pub upstream_tls_root_cert: Option<PathBuf>,
     /// Bound on opening the upstream connection.
     pub connect_timeout: Duration,
     /// Certificate and key for client TLS; `None` answers SSLRequest with 'N'.
@@ -197,6 +205,7 @@ impl Config {
                 .upstream
                 .unwrap_or_else(|| HostPort::new("127.0.0.1", 5432)),
             upstream_tls: s.upstream_tls.unwrap_or(UpstreamTls::Prefer),
+            upstream_tls_root_cert: s.upstream_tls_root_cert,
             connect_timeout: s.connect_timeout.map_or(Duration::from_secs(5), Into::into),
             client_tls,
             max_client_connections: s.max_client_connections.unwrap_or(1000),
@@ -219,6 +228,21 @@ impl Config {
         }
         if self.connect_timeout.is_zero() {
             return Err(invalid("connect_timeout", "must be longer than 0"));
+        }
+        match (self.upstream_tls, &self.upstream_tls_root_cert) {
+            (UpstreamTls::VerifyFull, None) => {
+                return Err(invalid(
+                    "upstream_tls_root_cert",
+                    "upstream_tls = verify-full needs the authorities to verify against",
+                ))
+            }
+            (UpstreamTls::Disable | UpstreamTls::Prefer | UpstreamTls::Require, Some(_)) => {
+                return Err(invalid(
+                    "upstream_tls_root_cert",
+                    "is only used with upstream_tls = verify-full",
+                ))
+            }
+            _ => {}
         }
         if self.workers == Some(0) {
             return Err(invalid("workers", "must be at least 1"));
@@ -247,6 +271,7 @@ impl Settings {
             listen: self.listen.or(lower.listen),
             upstream: self.upstream.or(lower.upstream),
             upstream_tls: self.upstream_tls.or(lower.upstream_tls),
+            upstream_tls_root_cert: self.upstream_tls_root_cert.or(lower.upstream_tls_root_cert),
             connect_timeout: self.connect_timeout.or(lower.connect_timeout),
             tls_cert: self.tls_cert.or(lower.tls_cert),
             tls_key: self.tls_key.or(lower.tls_key),

@@ -117,3 +117,26 @@ fn ipv6_upstream_round_trips() {
     assert_eq!(hp, HostPort::new("::1", 5432));
     assert_eq!(hp.to_string(), "[::1]:5432");
 }
+
+#[test]
+fn verify_full_needs_a_root_certificate_and_only_it_uses_one() {
+    let err = load(&["--upstream-tls", "verify-full"])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("upstream_tls_root_cert"), "{err}");
+    let err = load(&["--upstream-tls-root-cert", "/ca.pem"])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("only used with upstream_tls = verify-full"),
+        "{err}"
+    );
+    let c = load(&[
+        "--upstream-tls",
+        "verify-full",
+        "--upstream-tls-root-cert",
+        "/ca.pem",
+    ])
+    .unwrap();
+    assert_eq!(c.upstream_tls, UpstreamTls::VerifyFull);
+}

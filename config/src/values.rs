@@ -119,6 +119,9 @@ word_enum!(
         Prefer = "prefer",
         /// TLS or no connection; the certificate is not verified (as libpq's sslmode=require).
         Require = "require",
+        /// TLS or no connection, with the certificate verified against `upstream_tls_root_cert` and
+        /// the upstream's host name (as libpq's sslmode=verify-full).
+        VerifyFull = "verify-full",
     }
 );
 

@@ -9,7 +9,7 @@ use std::time::Instant;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 use veneer_config::Config;
 
 use crate::cancel::CancelRegistry;
@@ -38,6 +38,8 @@ pub struct Shared {
     pub config: Config,
     /// Client TLS, when a certificate is configured.
     tls: Option<TlsAcceptor>,
+    /// Upstream TLS, built once for every session; `None` under upstream_tls = disable.
+    upstream_tls: Option<TlsConnector>,
     /// Backend keys of live sessions, for routing CancelRequests.
     pub cancels: CancelRegistry,
     /// One permit per client session: the max_client_connections cap.
@@ -58,6 +60,7 @@ impl Proxy {
             .as_ref()
             .map(crate::tls::acceptor)
             .transpose()?;
+        let upstream_tls = crate::tls::upstream_connector(&config)?;
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| Error::bind(config.listen, e))?;
@@ -65,6 +68,7 @@ impl Proxy {
             slots: Arc::new(Semaphore::new(config.max_client_connections)),
             config,
             tls,
+            upstream_tls,
             cancels: CancelRegistry::default(),
         });
         Ok(Proxy { listener, shared })
@@ -177,7 +181,7 @@ async fn open_session(
         let _ = client.write_all(&message).await;
         return;
     }
-    let mut upstream = match upstream::connect(&shared.config).await {
+    let mut upstream = match upstream::connect(&shared.config, shared.upstream_tls.as_ref()).await {
         Ok(upstream) => upstream,
         Err(e) => {
             tracing::warn!(client = %peer, %user, %database, error = %e, "connection refused: upstream unreachable");

@@ -8,8 +8,10 @@ use rustls::crypto::{ring, verify_tls12_signature, verify_tls13_signature, Crypt
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
+use std::path::Path;
+
 use tokio_rustls::{TlsAcceptor, TlsConnector};
-use veneer_config::ClientTls;
+use veneer_config::{ClientTls, Config, UpstreamTls};
 
 use crate::error::Error;
 
@@ -47,9 +49,45 @@ pub fn acceptor(files: &ClientTls) -> Result<TlsAcceptor, Error> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Builds the connector used when the upstream accepts TLS.
-pub fn upstream_connector() -> TlsConnector {
-    TlsConnector::from(encrypt_only_client_config())
+/// Builds, once, the connector the `upstream_tls` mode calls for: none for `disable`, encryption only
+/// for `prefer` and `require`, and certificate plus host-name verification for `verify-full`.
+pub fn upstream_connector(config: &Config) -> Result<Option<TlsConnector>, Error> {
+    let client_config = match (config.upstream_tls, &config.upstream_tls_root_cert) {
+        (UpstreamTls::Disable, _) => return Ok(None),
+        (UpstreamTls::VerifyFull, Some(roots)) => verifying_client_config(roots)?,
+        (UpstreamTls::VerifyFull, None) => {
+            return Err(Error::tls(
+                "verify-full needs upstream_tls_root_cert".to_owned(),
+            ))
+        }
+        (UpstreamTls::Prefer | UpstreamTls::Require, _) => encrypt_only_client_config(),
+    };
+    Ok(Some(TlsConnector::from(client_config)))
+}
+
+/// A client configuration that trusts the authorities in a PEM file; errors name the file.
+fn verifying_client_config(roots_file: &Path) -> Result<Arc<rustls::ClientConfig>, Error> {
+    let unreadable = |e: &dyn std::fmt::Display| {
+        Error::tls(format!(
+            "cannot read upstream_tls_root_cert {}: {e}",
+            roots_file.display()
+        ))
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(roots_file).map_err(|e| unreadable(&e))? {
+        roots
+            .add(cert.map_err(|e| unreadable(&e))?)
+            .map_err(|e| unreadable(&e))?;
+    }
+    if roots.is_empty() {
+        return Err(unreadable(&"no certificate in the file"));
+    }
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 /// A client configuration that encrypts without verifying the server's certificate (libpq's
@@ -65,7 +103,8 @@ pub fn encrypt_only_client_config() -> Arc<rustls::ClientConfig> {
     Arc::new(config)
 }
 
-/// The server name to present upstream: the configured host, or a placeholder the verifier ignores.
+/// The server name to present and, under verify-full, to verify: the configured host (a name or an IP
+/// address); a host rustls cannot name gets a placeholder, which verification then rejects.
 pub fn server_name(host: &str) -> ServerName<'static> {
     ServerName::try_from(host.to_owned())
         .unwrap_or_else(|_| ServerName::try_from("upstream").expect("a valid DNS name"))

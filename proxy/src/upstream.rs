@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 use veneer_config::{Config, UpstreamTls};
 
 use crate::error::Error;
@@ -22,8 +23,9 @@ pub struct Upstream {
     pub addr: SocketAddr,
 }
 
-/// Connects to the configured upstream; errors name its address.
-pub async fn connect(config: &Config) -> Result<Upstream, Error> {
+/// Connects to the configured upstream, with TLS through `tls` (built once by
+/// [`tls::upstream_connector`]; `None` when the mode is disable); errors name the upstream's address.
+pub async fn connect(config: &Config, tls: Option<&TlsConnector>) -> Result<Upstream, Error> {
     let target = &config.upstream;
     let tcp = tokio::time::timeout(
         config.connect_timeout,
@@ -44,16 +46,16 @@ pub async fn connect(config: &Config) -> Result<Upstream, Error> {
     // Small protocol messages must not wait for Nagle's algorithm.
     tcp.set_nodelay(true)
         .map_err(|e| Error::upstream_connect(target, e))?;
-    let stream = match config.upstream_tls {
-        UpstreamTls::Disable => Stream::Plain(tcp),
-        mode => negotiate_tls(tcp, mode, config).await?,
+    let stream = match tls {
+        None => Stream::Plain(tcp),
+        Some(connector) => negotiate_tls(tcp, connector, config).await?,
     };
     Ok(Upstream { stream, addr })
 }
 
 async fn negotiate_tls(
     mut tcp: TcpStream,
-    mode: UpstreamTls,
+    connector: &TlsConnector,
     config: &Config,
 ) -> Result<Stream, Error> {
     let target = &config.upstream;
@@ -64,19 +66,19 @@ async fn negotiate_tls(
         .read_u8()
         .await
         .map_err(|e| Error::upstream_connect(target, e))?;
-    match (answer, mode) {
+    match (answer, config.upstream_tls) {
         (b'S', _) => {
-            let tls = tls::upstream_connector()
+            let tls = connector
                 .connect(tls::server_name(&target.host), tcp)
                 .await
                 .map_err(|e| Error::upstream_connect(target, e))?;
             Ok(Stream::ClientTls(Box::new(tls)))
         }
-        (b'N', UpstreamTls::Require) => Err(Error::upstream_refused(
+        (b'N', UpstreamTls::Prefer | UpstreamTls::Disable) => Ok(Stream::Plain(tcp)),
+        (b'N', UpstreamTls::Require | UpstreamTls::VerifyFull) => Err(Error::upstream_refused(
             target,
-            "does not accept TLS, and upstream_tls is require",
+            "does not accept TLS, and upstream_tls asks for it",
         )),
-        (b'N', _) => Ok(Stream::Plain(tcp)),
         (other, _) => Err(Error::upstream_refused(
             target,
             &format!("answered SSLRequest with unexpected byte 0x{other:02x}"),

@@ -168,9 +168,16 @@ impl PgServer {
         std::fs::write(data.join("pg_hba.conf"), hba).expect("write pg_hba.conf");
     }
 
-    /// `ssl = on` needs `server.crt` and a `server.key` only the server's user can read.
+    /// The authority that signed the server's certificate, for verify-full tests.
+    pub fn ca_cert(&self) -> PathBuf {
+        self.base.join("server-ca.pem")
+    }
+
+    /// `ssl = on` needs `server.crt` and a `server.key` only the server's user can read; the signing
+    /// authority is kept beside the data directory.
     fn install_server_certificate(&self, data: &Path) {
         let cert = crate::tls::TestCert::generate();
+        std::fs::copy(&cert.ca, self.ca_cert()).expect("keep the server's CA certificate");
         for (from, name) in [(&cert.cert, "server.crt"), (&cert.key, "server.key")] {
             let to = data.join(name);
             std::fs::copy(from, &to).unwrap_or_else(|e| panic!("copy {}: {e}", to.display()));

@@ -21,42 +21,101 @@ use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect};
 
 use crate::TempDir;
 
-/// A self-signed certificate and its key as PEM files, removed with the value.
+/// A server certificate for `localhost` and 127.0.0.1, signed by a throwaway certificate authority,
+/// as PEM files removed with the value. Signed rather than self-signed because rustls, rightly,
+/// refuses a CA certificate as a server's own: verify-full tests need a real chain.
 #[derive(Debug)]
 pub struct TestCert {
     /// Keeps the files alive.
     _dir: TempDir,
-    /// The certificate, for the proxy's `tls_cert`.
+    /// The authority that signed `cert`, for `upstream_tls_root_cert`.
+    pub ca: PathBuf,
+    /// The certificate, for the proxy's `tls_cert` or the server's `server.crt`.
     pub cert: PathBuf,
-    /// The private key, for the proxy's `tls_key`.
+    /// The private key of `cert`.
     pub key: PathBuf,
 }
 
 impl TestCert {
-    /// Makes a fresh certificate for `localhost` valid for one day.
+    /// Makes a fresh authority and a certificate it signs, valid for one day.
     pub fn generate() -> TestCert {
         let dir = TempDir::new("cert");
-        let cert = dir.path().join("cert.pem");
-        let key = dir.path().join("key.pem");
-        let output = Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout"])
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .args(["-days", "1", "-subj", "/CN=localhost"])
-            .output()
-            .expect("run openssl (apt-get install openssl)");
-        assert!(
-            output.status.success(),
-            "openssl req failed: {}",
-            String::from_utf8_lossy(&output.stderr)
+        let file = |name: &str| dir.path().join(name);
+        let (ca, ca_key, cert, key, csr, ext) = (
+            file("ca.pem"),
+            file("ca.key"),
+            file("cert.pem"),
+            file("key.pem"),
+            file("cert.csr"),
+            file("ext.cnf"),
+        );
+        std::fs::write(
+            &ext,
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+        )
+        .expect("write the extensions file");
+        openssl(
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=veneer-test-ca",
+                "-keyout",
+            ],
+            &[&ca_key, "-out".as_ref(), &ca],
+        );
+        openssl(
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=localhost",
+                "-keyout",
+            ],
+            &[&key, "-out".as_ref(), &csr],
+        );
+        openssl(
+            &["x509", "-req", "-days", "1", "-CAcreateserial", "-in"],
+            &[
+                &csr,
+                "-CA".as_ref(),
+                &ca,
+                "-CAkey".as_ref(),
+                &ca_key,
+                "-extfile".as_ref(),
+                &ext,
+                "-out".as_ref(),
+                &cert,
+            ],
         );
         TestCert {
             _dir: dir,
+            ca,
             cert,
             key,
         }
     }
+}
+
+/// Runs the openssl CLI with fixed words then paths, failing the test with its error output.
+fn openssl(words: &[&str], paths: &[&std::path::Path]) {
+    let output = Command::new("openssl")
+        .args(words)
+        .args(paths)
+        .output()
+        .expect("run openssl (apt-get install openssl)");
+    assert!(
+        output.status.success(),
+        "openssl {words:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 /// A tokio-postgres TLS connector over rustls (ring) that accepts any server certificate.

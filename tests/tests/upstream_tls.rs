@@ -89,3 +89,61 @@ async fn require_against_a_server_without_tls_is_refused_with_the_address() {
     let conn = connect_as(fallback.addr(), "upstream-prefer-fallback").await;
     assert!(!backend_uses_tls(&conn).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_full_accepts_the_servers_authority() {
+    let ca = pg().ca_cert();
+    let proxy = ProxyHandle::start_with(move |s| {
+        s.upstream_tls = Some(UpstreamTls::VerifyFull);
+        s.upstream_tls_root_cert = Some(ca);
+    })
+    .await;
+    let conn = connect(&config(proxy.addr(), TLS_USER, None, "upstream-verify"))
+        .await
+        .unwrap_or_else(|e| panic!("verify-full against the server's own authority: {e:?}"));
+    assert!(backend_uses_tls(&conn).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_full_refuses_a_certificate_from_another_authority() {
+    let stranger = veneer_tests::tls::TestCert::generate();
+    let ca = stranger.ca.clone();
+    let proxy = ProxyHandle::start_with(move |s| {
+        s.upstream_tls = Some(UpstreamTls::VerifyFull);
+        s.upstream_tls_root_cert = Some(ca);
+    })
+    .await;
+    let Err(err) = connect(&config(proxy.addr(), SUPERUSER, None, "upstream-verify")).await else {
+        panic!("a certificate from an unknown authority must be refused");
+    };
+    let db = err
+        .as_db_error()
+        .expect("an ErrorResponse, never a silent close");
+    assert_eq!(
+        db.code(),
+        &SqlState::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION
+    );
+    assert!(
+        db.message().contains(&pg().addr().to_string()),
+        "{}",
+        db.message()
+    );
+    assert!(db.message().contains("certificate"), "{}", db.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_root_certificate_stops_the_proxy_at_start() {
+    let settings = veneer_config::Settings {
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        upstream: Some(pg().upstream()),
+        upstream_tls: Some(UpstreamTls::VerifyFull),
+        upstream_tls_root_cert: Some("/nonexistent/ca.pem".into()),
+        ..Default::default()
+    };
+    let config =
+        veneer_config::Config::resolve(settings).expect("the settings themselves are valid");
+    let Err(err) = veneer_proxy::Proxy::bind(config).await else {
+        panic!("a proxy that cannot verify its upstream must not start");
+    };
+    assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
+}
