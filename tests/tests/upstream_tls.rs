@@ -12,6 +12,29 @@ async fn proxy_with(mode: UpstreamTls) -> ProxyHandle {
     ProxyHandle::start_with(move |s| s.upstream_tls = Some(mode)).await
 }
 
+/// Connects through `proxy` expecting the proxy to refuse with 08001 naming `upstream` (`why` says
+/// what the refusal stands for), and returns the message.
+async fn refused_upstream(
+    proxy: &ProxyHandle,
+    application_name: &str,
+    upstream: std::net::SocketAddr,
+    why: &str,
+) -> String {
+    let Err(err) = connect(&config(proxy.addr(), SUPERUSER, None, application_name)).await else {
+        panic!("{why}");
+    };
+    let db = err
+        .as_db_error()
+        .expect("an ErrorResponse, never a silent close");
+    assert_eq!(
+        db.code(),
+        &SqlState::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION
+    );
+    let message = db.message().to_owned();
+    assert!(message.contains(&upstream.to_string()), "{message}");
+    message
+}
+
 /// Whether the server sees the session's own backend as encrypted.
 async fn backend_uses_tls(conn: &Conn) -> bool {
     conn.query_one(
@@ -63,22 +86,14 @@ async fn require_against_a_server_without_tls_is_refused_with_the_address() {
         s.upstream_tls = Some(UpstreamTls::Require);
     })
     .await;
-    let Err(err) = connect(&config(outer.addr(), SUPERUSER, None, "upstream-require")).await else {
-        panic!("require must not fall back to plain TCP");
-    };
-    let db = err
-        .as_db_error()
-        .expect("an ErrorResponse, never a silent close");
-    assert_eq!(
-        db.code(),
-        &SqlState::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION
-    );
-    assert!(
-        db.message().contains(&inner.to_string()),
-        "{}",
-        db.message()
-    );
-    assert!(db.message().contains("TLS"), "{}", db.message());
+    let message = refused_upstream(
+        &outer,
+        "upstream-require",
+        inner,
+        "require must not fall back to plain TCP",
+    )
+    .await;
+    assert!(message.contains("TLS"), "{message}");
 
     // With prefer, the same chain falls back to plain TCP and works.
     let fallback = ProxyHandle::start_with(move |s| {
@@ -113,22 +128,14 @@ async fn verify_full_refuses_a_certificate_from_another_authority() {
         s.upstream_tls_root_cert = Some(ca);
     })
     .await;
-    let Err(err) = connect(&config(proxy.addr(), SUPERUSER, None, "upstream-verify")).await else {
-        panic!("a certificate from an unknown authority must be refused");
-    };
-    let db = err
-        .as_db_error()
-        .expect("an ErrorResponse, never a silent close");
-    assert_eq!(
-        db.code(),
-        &SqlState::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION
-    );
-    assert!(
-        db.message().contains(&pg().addr().to_string()),
-        "{}",
-        db.message()
-    );
-    assert!(db.message().contains("certificate"), "{}", db.message());
+    let message = refused_upstream(
+        &proxy,
+        "upstream-verify",
+        pg().addr(),
+        "a certificate from an unknown authority must be refused",
+    )
+    .await;
+    assert!(message.contains("certificate"), "{message}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
