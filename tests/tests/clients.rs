@@ -325,6 +325,16 @@ async fn cancel_request_reaches_the_backend() {
     assert_eq!(scalar::<i32>(&conn, "SELECT 8").await, 8);
 }
 
+/// The ids committed to the savepoint test's table, in order.
+async fn sp_item_ids(conn: &Conn) -> Vec<i32> {
+    conn.query("SELECT id FROM sp_items ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transactions_with_savepoints() {
     let proxy = ProxyHandle::start().await;
@@ -349,13 +359,7 @@ async fn transactions_with_savepoints() {
     conn.batch_execute("ROLLBACK TO SAVEPOINT b; INSERT INTO sp_items VALUES (4); COMMIT")
         .await
         .unwrap();
-    let ids: Vec<i32> = conn
-        .query("SELECT id FROM sp_items ORDER BY id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let ids = sp_item_ids(&conn).await;
     assert_eq!(ids, vec![1, 3, 4]);
 
     // The driver's transaction API (savepoints by name, rollback on drop).
@@ -378,13 +382,7 @@ async fn transactions_with_savepoints() {
             .unwrap();
         // Dropped without commit: rolled back.
     }
-    let ids: Vec<i32> = conn
-        .query("SELECT id FROM sp_items ORDER BY id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let ids = sp_item_ids(&conn).await;
     assert_eq!(ids, vec![1, 3, 4, 5]);
 
     // An error inside a block: later statements get 25P02 until the block ends.
