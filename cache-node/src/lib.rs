@@ -1,0 +1,74 @@
+//! Veneer's cache tier: what a stored result is keyed by, the [`CacheStore`] trait every tier
+//! implements, and the embedded tier ([`EmbeddedStore`], moka) that is the default.
+//!
+//! Stores are dumb on purpose. Freshness lives in the key (its generation stamp, see
+//! `veneer-invalidation`), so a store never scans or invalidates by predicate: it maps keys to the
+//! stored response bytes, bounds its memory and expires entries at their TTL.
+
+mod embedded;
+
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+pub use embedded::EmbeddedStore;
+
+/// What a stored response answers. Two requests share an entry only when every field is equal, which
+/// is when Postgres would have sent both the same bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CacheKey {
+    /// Database, role and output-affecting settings, interned by the proxy.
+    pub scope: u64,
+    /// The generations the result depends on, read before the request went upstream.
+    pub stamp: u64,
+    /// The client's request exactly as sent: a Query message, or an extended-protocol run up to Sync
+    /// (statement text, parameter values and formats, result formats, protocol flavor).
+    pub request: Bytes,
+    /// The definition (SQL and parameter types) of a named prepared statement the request runs, which
+    /// the request itself names only; empty when it runs none.
+    pub definition: Bytes,
+}
+
+impl CacheKey {
+    /// Bytes the key occupies in a store, for its weight.
+    pub fn len(&self) -> usize {
+        self.request.len() + self.definition.len()
+    }
+
+    /// Whether the key holds no request bytes (never the case for a real request).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// How full a store is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Entries held.
+    pub entries: u64,
+    /// Bytes held, per-entry overhead included.
+    pub bytes: u64,
+    /// The configured bound on `bytes`.
+    pub max_bytes: u64,
+    /// Entries removed to stay within the bound.
+    pub evictions: u64,
+    /// Entries removed because their TTL ran out.
+    pub expirations: u64,
+}
+
+/// A cache tier. A fault inside a tier is a miss, never an error: the caller then asks upstream.
+pub trait CacheStore: Send + Sync + 'static {
+    /// The response stored under `key`, if any.
+    fn get(&self, key: &CacheKey) -> impl Future<Output = Option<Bytes>> + Send;
+
+    /// Stores `response` under `key` for at most `ttl`.
+    fn put(&self, key: CacheKey, response: Bytes, ttl: Duration)
+        -> impl Future<Output = ()> + Send;
+
+    /// Drops every entry (they are already unreachable after a global bump; this frees the memory).
+    fn clear(&self);
+
+    /// Current usage, with pending bookkeeping applied first so the figures are exact.
+    fn usage(&self) -> impl Future<Output = Usage> + Send;
+}

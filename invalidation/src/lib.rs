@@ -1,0 +1,169 @@
+//! Generations: the invalidation core of Veneer (see ARCHITECTURE.md, "Generations").
+//!
+//! A cached result is stored under a *stamp* read from the generations it depends on **before** its
+//! query went upstream. Every change bumps a generation to a value higher than any value handed out
+//! before, so the stamp of every later read differs from the stamp of every earlier one: older
+//! entries become unreachable at once, whatever tier holds them, and a fill that raced a write is
+//! stored under the old stamp and never read. Invalidation is O(1) and needs no scan of the cache.
+//!
+//! Values come from one monotonic clock per [`Generations`]. Nothing here assumes they are small local
+//! counters: a stamp is only ever compared for equality, so a later version may take them from the
+//! WAL (commit LSNs), which every proxy following the same stream computes alike.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+/// The generations of one table.
+#[derive(Debug, Default)]
+pub struct TableGeneration {
+    /// Bumped by every change to the table; what queries that read the table as a whole depend on.
+    any: AtomicU64,
+    /// Bumped only by whole-table events (TRUNCATE, schema change, flush); what every query of the
+    /// table depends on, point lookups included.
+    epoch: AtomicU64,
+}
+
+impl TableGeneration {
+    /// The value a query reading the whole table depends on.
+    pub fn any(&self) -> u64 {
+        self.any.load(Ordering::Acquire)
+    }
+
+    /// The value every query of the table depends on, point lookups included.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+}
+
+/// Where a bump came from, for the invalidation metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// A write that passed through the proxy, applied when it committed.
+    WriteThrough,
+    /// The replication listener, at a Commit.
+    Replication,
+    /// An administrator's flush.
+    Admin,
+}
+
+/// The generations of one database: per table, and global. (Row-key buckets for point lookups come
+/// with the replication listener, which is what sees the keys of changed rows.)
+#[derive(Debug, Default)]
+pub struct Generations {
+    clock: AtomicU64,
+    global: AtomicU64,
+    tables: RwLock<HashMap<Arc<str>, Arc<TableGeneration>>>,
+}
+
+impl Generations {
+    /// The generations of table `name`, created on first use. Callers keep the `Arc` (for instance in
+    /// a memoized query plan) so that reading a stamp costs a few atomic loads and no lookup.
+    ///
+    /// Tables are named by their relation name without schema: a write to `a.t` then also invalidates
+    /// reads of `b.t`, which costs a miss but can never leave a result stale, whatever the search_path.
+    pub fn table(&self, name: &str) -> Arc<TableGeneration> {
+        if let Some(t) = self.tables.read().expect("not poisoned").get(name) {
+            return Arc::clone(t);
+        }
+        let mut tables = self.tables.write().expect("not poisoned");
+        Arc::clone(tables.entry(Arc::from(name)).or_default())
+    }
+
+    /// The global epoch, which every cached result depends on.
+    pub fn global(&self) -> u64 {
+        self.global.load(Ordering::Acquire)
+    }
+
+    /// A change to some rows of `table`: queries reading the table as a whole miss from now on.
+    pub fn bump_table(&self, table: &TableGeneration) {
+        bump(&table.any, self.tick());
+    }
+
+    /// A whole-table event (TRUNCATE, DDL, flush): every query of `table` misses from now on.
+    pub fn bump_table_epoch(&self, table: &TableGeneration) {
+        let v = self.tick();
+        bump(&table.epoch, v);
+        bump(&table.any, v);
+    }
+
+    /// Something changed that the proxy cannot place: every cached result of the database misses.
+    pub fn bump_global(&self) {
+        bump(&self.global, self.tick());
+    }
+
+    /// Every table the database has seen, for status and flushes.
+    pub fn tables(&self) -> Vec<(Arc<str>, Arc<TableGeneration>)> {
+        let tables = self.tables.read().expect("not poisoned");
+        tables
+            .iter()
+            .map(|(k, v)| (Arc::clone(k), Arc::clone(v)))
+            .collect()
+    }
+
+    /// A value higher than every value handed out before.
+    fn tick(&self) -> u64 {
+        self.clock.fetch_add(1, Ordering::AcqRel) + 1
+    }
+}
+
+/// Raises `counter` to `value`: concurrent bumps never move a generation backwards.
+fn bump(counter: &AtomicU64, value: u64) {
+    counter.fetch_max(value, Ordering::AcqRel);
+}
+
+/// What a cached result depends on, resolved once per statement so a stamp costs only atomic loads.
+#[derive(Debug, Clone, Default)]
+pub struct Dependencies {
+    /// Tables read as a whole.
+    pub tables: Vec<Arc<TableGeneration>>,
+}
+
+impl Dependencies {
+    /// The stamp of a result read now: the highest generation among its dependencies and the global
+    /// epoch. Every bump hands out a value above all earlier ones, so any bump of a dependency makes
+    /// every later stamp differ from every earlier one.
+    pub fn stamp(&self, generations: &Generations) -> u64 {
+        self.tables
+            .iter()
+            .map(|t| t.any())
+            .fold(generations.global(), u64::max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bump_of_any_dependency_changes_the_stamp_and_others_do_not() {
+        let g = Generations::default();
+        let (a, b, c) = (g.table("a"), g.table("b"), g.table("c"));
+        let deps = Dependencies {
+            tables: vec![Arc::clone(&a), Arc::clone(&b)],
+        };
+        let s0 = deps.stamp(&g);
+        g.bump_table(&c);
+        assert_eq!(
+            deps.stamp(&g),
+            s0,
+            "an unrelated table leaves the stamp alone"
+        );
+        g.bump_table(&b);
+        let s1 = deps.stamp(&g);
+        assert_ne!(s1, s0);
+        g.bump_table_epoch(&a);
+        let s2 = deps.stamp(&g);
+        assert!(s2 != s1 && s2 != s0);
+        g.bump_global();
+        let s3 = deps.stamp(&g);
+        assert!(![s0, s1, s2].contains(&s3));
+    }
+
+    #[test]
+    fn the_same_name_gives_the_same_generation() {
+        let g = Generations::default();
+        assert!(Arc::ptr_eq(&g.table("t"), &g.table("t")));
+        assert_eq!(g.tables().len(), 1);
+    }
+}
