@@ -14,7 +14,7 @@ use std::time::Duration;
 use clap::{CommandFactory, Parser};
 use serde::Deserialize;
 
-pub use values::{HostPort, LogFormat, Millis, UpstreamTls};
+pub use values::{CacheRule, Endpoint, HostPort, LogFormat, Millis, RuleTarget, Ttl, UpstreamTls};
 
 /// Every setting, as given by one source (CLI and environment, or the TOML file). `None` means "not
 /// given here"; defaults are applied only after the sources are merged, so a file value is not hidden
@@ -89,6 +89,73 @@ pub struct Settings {
     /// fewer, else the number of cores].
     #[arg(long, env = "VENEER_WORKERS", value_name = "N")]
     pub workers: Option<usize>,
+
+    /// Serve repeated reads from the cache; false makes Veneer a plain pass-through proxy
+    /// [default: true].
+    #[arg(long, env = "VENEER_CACHE", value_name = "BOOL")]
+    pub cache: Option<bool>,
+
+    /// Memory the cache may hold: stored result bytes plus a per-entry overhead [default: 268435456].
+    #[arg(long, env = "VENEER_CACHE_MAX_BYTES", value_name = "BYTES")]
+    pub cache_max_bytes: Option<u64>,
+
+    /// How long a result is kept when no rule or hint says otherwise. Writes through the proxy
+    /// invalidate at once; this bounds how long a write made elsewhere can go unseen [default: 60s].
+    #[arg(long, env = "VENEER_CACHE_DEFAULT_TTL", value_name = "DURATION")]
+    pub cache_default_ttl: Option<Millis>,
+
+    /// Largest result stored, in bytes of protocol messages; larger results stream through uncached
+    /// [default: 1048576].
+    #[arg(long, env = "VENEER_MAX_RESULT_BYTES", value_name = "BYTES")]
+    pub max_result_bytes: Option<usize>,
+
+    /// Caching rules, `table:NAME=TTL` or `query:PATTERN=TTL` (TTL a duration or never; PATTERN is
+    /// normalized query text where * matches anything). Repeat the flag, or separate with ; in the
+    /// environment variable; in the file, a list of strings. A per-statement hint in a comment,
+    /// /* veneer: ttl=5s */ or /* veneer: nocache */, overrides them. The first matching query rule
+    /// wins, then the shortest TTL among the tables read.
+    #[arg(
+        long = "cache-rule",
+        env = "VENEER_CACHE_RULES",
+        value_name = "RULE",
+        value_delimiter = ';'
+    )]
+    #[serde(default)]
+    pub cache_rules: Vec<CacheRule>,
+
+    /// How often the proxy rereads which relations are plain tables and which functions are safe to
+    /// cache, per database; DDL through the proxy rereads at once [default: 60s].
+    #[arg(long, env = "VENEER_CATALOG_REFRESH", value_name = "DURATION")]
+    pub catalog_refresh: Option<Millis>,
+
+    /// Role of Veneer's own upstream connections (catalog reads). Without a working login, reads
+    /// are forwarded uncached [default: postgres].
+    #[arg(long, env = "VENEER_SERVICE_USER", value_name = "ROLE")]
+    pub service_user: Option<String>,
+
+    /// Password of service_user, when its authentication needs one.
+    #[arg(
+        long,
+        env = "VENEER_SERVICE_PASSWORD",
+        value_name = "PASSWORD",
+        hide_env_values = true
+    )]
+    pub service_password: Option<String>,
+
+    /// Roles allowed to run VENEER FLUSH and SHOW VENEER QUERIES besides superusers; separate with ,
+    /// in the environment variable.
+    #[arg(
+        long = "admin-user",
+        env = "VENEER_ADMIN_USERS",
+        value_name = "ROLE",
+        value_delimiter = ','
+    )]
+    #[serde(default)]
+    pub admin_users: Vec<String>,
+
+    /// Address of the Prometheus endpoint (GET /metrics), or off [default: 127.0.0.1:9432].
+    #[arg(long, env = "VENEER_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<Endpoint>,
 }
 
 /// The settings in force: every source merged, defaults applied, combinations checked.
@@ -118,6 +185,31 @@ pub struct Config {
     pub log_level: String,
     /// Runtime worker threads; `None` lets the runtime use one per core.
     pub workers: Option<usize>,
+    /// The query-result cache; `None` when disabled.
+    pub cache: Option<CacheConfig>,
+    /// Veneer's own login for catalog reads.
+    pub service_user: String,
+    /// Password of `service_user`.
+    pub service_password: Option<String>,
+    /// Roles allowed the administrative commands besides superusers.
+    pub admin_users: Vec<String>,
+    /// Where the Prometheus endpoint listens; `None` when off.
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// Settings of the query-result cache.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// Bound on the memory the cache holds.
+    pub max_bytes: u64,
+    /// TTL of results no rule or hint covers.
+    pub default_ttl: Duration,
+    /// Largest result stored.
+    pub max_result_bytes: usize,
+    /// Rules by table and query pattern.
+    pub rules: Vec<CacheRule>,
+    /// Interval between catalog rereads.
+    pub catalog_refresh: Duration,
 }
 
 /// Files of the certificate offered to clients.
@@ -214,6 +306,23 @@ impl Config {
             log_format: s.log_format.unwrap_or(LogFormat::Text),
             log_level: s.log_level.unwrap_or_else(|| "info".to_owned()),
             workers: s.workers,
+            cache: s.cache.unwrap_or(true).then(|| CacheConfig {
+                max_bytes: s.cache_max_bytes.unwrap_or(256 << 20),
+                default_ttl: s
+                    .cache_default_ttl
+                    .map_or(Duration::from_secs(60), Into::into),
+                max_result_bytes: s.max_result_bytes.unwrap_or(1 << 20),
+                rules: s.cache_rules,
+                catalog_refresh: s
+                    .catalog_refresh
+                    .map_or(Duration::from_secs(60), Into::into),
+            }),
+            service_user: s.service_user.unwrap_or_else(|| "postgres".to_owned()),
+            service_password: s.service_password,
+            admin_users: s.admin_users,
+            metrics_listen: s
+                .metrics_listen
+                .map_or(Some(SocketAddr::from(([127, 0, 0, 1], 9432))), |e| e.0),
         };
         config.check()?;
         Ok(config)
@@ -246,6 +355,17 @@ impl Config {
         }
         if self.workers == Some(0) {
             return Err(invalid("workers", "must be at least 1"));
+        }
+        if let Some(cache) = &self.cache {
+            if cache.default_ttl.is_zero() {
+                return Err(invalid("cache_default_ttl", "must be longer than 0"));
+            }
+            if cache.max_bytes < 1 << 20 {
+                return Err(invalid("cache_max_bytes", "must be at least 1048576"));
+            }
+            if cache.catalog_refresh < Duration::from_secs(1) {
+                return Err(invalid("catalog_refresh", "must be at least 1s"));
+            }
         }
         Ok(())
     }
@@ -281,7 +401,26 @@ impl Settings {
             log_format: self.log_format.or(lower.log_format),
             log_level: self.log_level.or(lower.log_level),
             workers: self.workers.or(lower.workers),
+            cache: self.cache.or(lower.cache),
+            cache_max_bytes: self.cache_max_bytes.or(lower.cache_max_bytes),
+            cache_default_ttl: self.cache_default_ttl.or(lower.cache_default_ttl),
+            max_result_bytes: self.max_result_bytes.or(lower.max_result_bytes),
+            cache_rules: non_empty_or(self.cache_rules, lower.cache_rules),
+            catalog_refresh: self.catalog_refresh.or(lower.catalog_refresh),
+            service_user: self.service_user.or(lower.service_user),
+            service_password: self.service_password.or(lower.service_password),
+            admin_users: non_empty_or(self.admin_users, lower.admin_users),
+            metrics_listen: self.metrics_listen.or(lower.metrics_listen),
         }
+    }
+}
+
+/// Lists merge whole: a list given by a higher source replaces the lower one.
+fn non_empty_or<T>(higher: Vec<T>, lower: Vec<T>) -> Vec<T> {
+    if higher.is_empty() {
+        lower
+    } else {
+        higher
     }
 }
 

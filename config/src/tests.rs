@@ -140,3 +140,68 @@ fn verify_full_needs_a_root_certificate_and_only_it_uses_one() {
     .unwrap();
     assert_eq!(c.upstream_tls, UpstreamTls::VerifyFull);
 }
+
+#[test]
+fn cache_rules_parse_from_every_source_alike() {
+    let f =
+        file("cache_rules = [\"table:orders=5s\", \"query:SELECT * FROM t WHERE a = ?=never\"]\n");
+    let c = load(&["--config", f.0.to_str().unwrap()]).unwrap();
+    let rules = c.cache.unwrap().rules;
+    assert_eq!(
+        rules,
+        vec![
+            CacheRule {
+                target: RuleTarget::Table("orders".into()),
+                ttl: Ttl::For(Duration::from_secs(5)),
+            },
+            CacheRule {
+                target: RuleTarget::Query("SELECT * FROM t WHERE a = ?".into()),
+                ttl: Ttl::Never,
+            },
+        ]
+    );
+    let cli = load(&[
+        "--cache-rule",
+        "table:x=1m",
+        "--config",
+        f.0.to_str().unwrap(),
+    ])
+    .unwrap();
+    assert_eq!(
+        cli.cache.unwrap().rules.len(),
+        1,
+        "the CLI list replaces the file's"
+    );
+}
+
+#[test]
+fn bad_cache_settings_name_the_key() {
+    let err = load(&["--cache-rule", "view:x=5s"])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("cache-rule") && err.contains("not table or query"),
+        "{err}"
+    );
+    let err = load(&["--cache-rule", "table:x=0s"])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("write never"), "{err}");
+    let f = file("cache_max_bytes = 10\n");
+    let err = load(&["--config", f.0.to_str().unwrap()])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cache_max_bytes"), "{err}");
+    let err = load(&["--metrics-listen", "nowhere"])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("metrics-listen") && err.contains("or off"),
+        "{err}"
+    );
+    assert!(load(&["--cache", "false"]).unwrap().cache.is_none());
+    assert_eq!(
+        load(&["--metrics-listen", "off"]).unwrap().metrics_listen,
+        None
+    );
+}

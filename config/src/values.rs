@@ -134,3 +134,90 @@ word_enum!(
         Json = "json",
     }
 );
+
+/// How long results matched by a rule are kept, or `never` to keep them out of the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ttl {
+    /// Never cached.
+    Never,
+    /// Cached for at most this long.
+    For(Duration),
+}
+
+impl FromStr for Ttl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.trim().eq_ignore_ascii_case("never") {
+            return Ok(Ttl::Never);
+        }
+        let Millis(d) = s.trim().parse()?;
+        if d.is_zero() {
+            return Err(format!("'{s}': a TTL of 0 caches nothing; write never"));
+        }
+        Ok(Ttl::For(d))
+    }
+}
+deserialize_from_str!(Ttl);
+
+/// What a caching rule applies to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuleTarget {
+    /// Every query that reads this table (name without schema, as Postgres folds it).
+    Table(String),
+    /// Queries whose normalized text (literals replaced by `?`, whitespace collapsed) matches this
+    /// pattern, where `*` stands for any text; compared without regard to ASCII case.
+    Query(String),
+}
+
+/// A caching rule: `table:NAME=TTL` or `query:PATTERN=TTL`, where TTL is a duration or `never`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheRule {
+    /// What the rule matches.
+    pub target: RuleTarget,
+    /// What it decides.
+    pub ttl: Ttl,
+}
+
+impl FromStr for CacheRule {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let shape = || format!("'{s}' is not table:NAME=TTL or query:PATTERN=TTL");
+        let (kind, rest) = s.split_once(':').ok_or_else(shape)?;
+        let (pattern, ttl) = rest.rsplit_once('=').ok_or_else(shape)?;
+        let pattern = pattern.trim();
+        if pattern.is_empty() {
+            return Err(shape());
+        }
+        let target = match kind.trim().to_ascii_lowercase().as_str() {
+            "table" => RuleTarget::Table(pattern.to_owned()),
+            "query" => RuleTarget::Query(pattern.to_owned()),
+            other => return Err(format!("'{other}' in '{s}' is not table or query")),
+        };
+        Ok(CacheRule {
+            target,
+            ttl: ttl.parse()?,
+        })
+    }
+}
+deserialize_from_str!(CacheRule);
+
+/// An address to serve on, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoint(pub Option<std::net::SocketAddr>);
+
+impl FromStr for Endpoint {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.trim().eq_ignore_ascii_case("off") {
+            return Ok(Endpoint(None));
+        }
+        s.trim()
+            .parse()
+            .map(|a| Endpoint(Some(a)))
+            .map_err(|_| format!("'{s}' is not an address such as 127.0.0.1:9432, or off"))
+    }
+}
+deserialize_from_str!(Endpoint);

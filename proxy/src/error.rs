@@ -29,6 +29,10 @@ pub enum Kind {
     ClientProtocol,
     /// The client connection broke.
     ClientIo,
+    /// Veneer's own login (service_user) failed or its query did; only the cache is affected.
+    Service,
+    /// The metrics endpoint could not be started.
+    Metrics,
 }
 
 impl Error {
@@ -87,6 +91,27 @@ impl Error {
         Error::new(Kind::ClientIo, "client connection lost".to_owned()).with_cause(cause)
     }
 
+    /// Veneer's own session as `user` on `database` failed.
+    pub fn service_login(
+        user: &str,
+        database: &str,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> Error {
+        Error::new(
+            Kind::Service,
+            format!("catalog read as service_user {user} in database {database} failed"),
+        )
+        .with_cause(cause)
+    }
+
+    /// The Prometheus endpoint could not start.
+    pub fn metrics(
+        addr: std::net::SocketAddr,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> Error {
+        Error::new(Kind::Metrics, format!("cannot serve metrics on {addr}")).with_cause(cause)
+    }
+
     /// Where the error came from.
     pub fn kind(&self) -> Kind {
         self.0.kind
@@ -98,7 +123,7 @@ impl Error {
             Kind::UpstreamConnect => Some(sqlstate::CONNECTION_REJECTED),
             Kind::UpstreamIo => Some(sqlstate::CONNECTION_FAILURE),
             Kind::ClientProtocol => Some(sqlstate::PROTOCOL_VIOLATION),
-            Kind::Bind | Kind::Tls | Kind::ClientIo => None,
+            Kind::Bind | Kind::Tls | Kind::ClientIo | Kind::Service | Kind::Metrics => None,
         }
     }
 }

@@ -5,10 +5,12 @@
 //! Layers, outermost first: [`server`] (listener, limits, shutdown) → [`handshake`] (TLS negotiation,
 //! startup packet) → [`session`] (the relay and its state) → [`wire`] (framing, authored messages).
 
+pub mod cache;
 pub mod cancel;
 pub mod error;
 pub mod handshake;
 pub mod logging;
+pub mod metrics;
 pub mod server;
 pub mod session;
 pub mod stream;

@@ -1,0 +1,282 @@
+//! What the names in a statement refer to, read from the upstream's catalog over Veneer's own login:
+//! which relations are plain tables (a view's result depends on tables the query does not name), which
+//! belong to the system catalogs, and how volatile each function is (`provolatile` in pg_proc).
+//!
+//! Names are looked up without their schema and every relation or function of that name counts, in any
+//! schema: whatever the session's search_path resolves a name to, the verdict covers it.
+
+use std::collections::{HashMap, HashSet};
+
+use tokio_postgres::NoTls;
+use veneer_config::Config;
+
+use super::classify::Name;
+use crate::error::Error;
+use crate::upstream;
+
+/// What a relation name can refer to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Relation {
+    /// Only permanent (or unlogged) plain or partitioned tables, none in a system schema.
+    Table,
+    /// A system catalog table or view (pg_catalog, information_schema): cached only under a TTL rule.
+    System,
+    /// A view, materialized view, foreign table, sequence or temporary table: never cached.
+    Other,
+}
+
+/// What calling a function by this name can do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Function {
+    /// Its result depends only on its arguments and the session's settings.
+    Safe,
+    /// Its result may change between calls; `may_write` when it may also change data (a volatile
+    /// function outside pg_catalog, which the proxy cannot see into).
+    Unsafe {
+        /// Whether a call may change data.
+        may_write: bool,
+    },
+}
+
+/// A snapshot of one database's catalog.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    relations: HashMap<String, Relation>,
+    functions: HashMap<String, Function>,
+    /// Tables whose writes reach tables the statement does not name: triggers (foreign keys
+    /// included), rules, partitioning and inheritance.
+    spreading: HashSet<String>,
+}
+
+/// Built-in STABLE functions whose result changes without any write: the clock, the session's own
+/// identity, and the catalog (which writes through the proxy do not bump). Other stable built-ins
+/// depend on their arguments and the settings, which the cache key holds.
+const STABLE_BUT_CHANGING: &[&str] = &[
+    "now",
+    "transaction_timestamp",
+    "statement_timestamp",
+    "age",
+    "inet_client_addr",
+    "inet_client_port",
+    "inet_server_addr",
+    "inet_server_port",
+    "obj_description",
+    "col_description",
+    "shobj_description",
+    "format_type",
+];
+
+/// Prefixes of the same kind: privilege checks, catalog lookups, pg_* introspection.
+const STABLE_BUT_CHANGING_PREFIXES: &[&str] = &["has_", "pg_", "to_reg"];
+
+/// SQL-standard forms sqlparser reports as function calls though pg_proc has no entry by that name.
+const SPECIAL_FORMS: &[(&str, Function)] = &[
+    ("coalesce", Function::Safe),
+    ("nullif", Function::Safe),
+    ("greatest", Function::Safe),
+    ("least", Function::Safe),
+    ("current_user", Function::Safe),
+    ("session_user", Function::Safe),
+    ("current_role", Function::Safe),
+    ("user", Function::Safe),
+    ("current_catalog", Function::Safe),
+    ("current_schema", Function::Safe),
+    ("current_timestamp", Function::Unsafe { may_write: false }),
+    ("current_date", Function::Unsafe { may_write: false }),
+    ("current_time", Function::Unsafe { may_write: false }),
+    ("localtime", Function::Unsafe { may_write: false }),
+    ("localtimestamp", Function::Unsafe { may_write: false }),
+];
+
+const RELATIONS: &str = "SELECT c.relname, n.nspname, c.relkind::text, c.relpersistence::text, \
+     c.relhastriggers OR c.relhasrules OR c.relispartition OR c.relkind = 'p' OR EXISTS \
+       (SELECT 1 FROM pg_catalog.pg_inherits i WHERE c.oid IN (i.inhrelid, i.inhparent)) \
+     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+     WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')";
+
+const FUNCTIONS: &str = "SELECT p.proname, n.nspname, p.provolatile::text \
+     FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace";
+
+impl Catalog {
+    /// Reads the catalog of `database` over a login of `service_user`.
+    pub async fn load(
+        config: &Config,
+        tls: Option<&tokio_rustls::TlsConnector>,
+        database: &str,
+    ) -> Result<Catalog, Error> {
+        let upstream = upstream::connect(config, tls).await?;
+        let mut login = tokio_postgres::Config::new();
+        login
+            .user(&config.service_user)
+            .dbname(database)
+            .application_name("veneer catalog");
+        if let Some(password) = &config.service_password {
+            login.password(password);
+        }
+        let (client, connection) = login
+            .connect_raw(upstream.stream, NoTls)
+            .await
+            .map_err(|e| Error::service_login(&config.service_user, database, e))?;
+        let driver = tokio::spawn(connection);
+        let read = async {
+            let relations = client.query(RELATIONS, &[]).await?;
+            let functions = client.query(FUNCTIONS, &[]).await?;
+            Ok::<_, tokio_postgres::Error>((relations, functions))
+        };
+        let result = read.await;
+        drop(client);
+        let _ = driver.await;
+        let (relations, functions) =
+            result.map_err(|e| Error::service_login(&config.service_user, database, e))?;
+        let mut catalog = Catalog::default();
+        for row in relations {
+            let (name, schema, kind, persistence): (String, String, String, String) =
+                (row.get(0), row.get(1), row.get(2), row.get(3));
+            if row.get::<_, bool>(4) {
+                catalog.spreading.insert(name.clone());
+            }
+            catalog.add_relation(name, &schema, &kind, &persistence);
+        }
+        for row in functions {
+            let (name, schema, volatility): (String, String, String) =
+                (row.get(0), row.get(1), row.get(2));
+            catalog.add_function(name, &schema, &volatility);
+        }
+        Ok(catalog)
+    }
+
+    fn add_relation(&mut self, name: String, schema: &str, kind: &str, persistence: &str) {
+        let this = if !matches!(kind, "r" | "p") || persistence == "t" {
+            Relation::Other
+        } else if is_system_schema(schema) {
+            Relation::System
+        } else {
+            Relation::Table
+        };
+        let merged = match self.relations.get(&name) {
+            None => this,
+            Some(&seen) => worst_relation(seen, this),
+        };
+        self.relations.insert(name, merged);
+    }
+
+    fn add_function(&mut self, name: String, schema: &str, volatility: &str) {
+        let builtin = schema == "pg_catalog";
+        let this = match volatility {
+            "i" => Function::Safe,
+            "s" if builtin && !stable_but_changing(&name) => Function::Safe,
+            "v" if !builtin => Function::Unsafe { may_write: true },
+            _ => Function::Unsafe { may_write: false },
+        };
+        let merged = match self.functions.get(&name) {
+            None => this,
+            Some(&seen) => worst_function(seen, this),
+        };
+        self.functions.insert(name, merged);
+    }
+
+    /// What `name` can refer to; `None` when no relation has that name (yet).
+    pub fn relation(&self, name: &Name) -> Option<Relation> {
+        self.relations.get(&name.name).copied()
+    }
+
+    /// Whether a write to `name` may change tables the statement does not name.
+    pub fn spreads(&self, name: &Name) -> bool {
+        self.spreading.contains(&name.name)
+    }
+
+    /// What calling `name` can do; a name the catalog does not know may be anything.
+    pub fn function(&self, name: &Name) -> Function {
+        if let Some(&(_, f)) = SPECIAL_FORMS.iter().find(|(n, _)| *n == name.name) {
+            return f;
+        }
+        self.functions
+            .get(&name.name)
+            .copied()
+            .unwrap_or(Function::Unsafe { may_write: true })
+    }
+}
+
+fn is_system_schema(schema: &str) -> bool {
+    schema == "pg_catalog" || schema == "information_schema" || schema.starts_with("pg_toast")
+}
+
+fn stable_but_changing(name: &str) -> bool {
+    STABLE_BUT_CHANGING.contains(&name)
+        || STABLE_BUT_CHANGING_PREFIXES
+            .iter()
+            .any(|p| name.starts_with(p))
+}
+
+fn worst_relation(a: Relation, b: Relation) -> Relation {
+    match (a, b) {
+        (Relation::Other, _) | (_, Relation::Other) => Relation::Other,
+        (Relation::System, _) | (_, Relation::System) => Relation::System,
+        _ => Relation::Table,
+    }
+}
+
+fn worst_function(a: Function, b: Function) -> Function {
+    match (a, b) {
+        (Function::Safe, Function::Safe) => Function::Safe,
+        (Function::Unsafe { may_write: x }, Function::Unsafe { may_write: y }) => {
+            Function::Unsafe { may_write: x || y }
+        }
+        (Function::Unsafe { may_write }, _) | (_, Function::Unsafe { may_write }) => {
+            Function::Unsafe { may_write }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(n: &str) -> Name {
+        Name {
+            schema: None,
+            name: n.into(),
+        }
+    }
+
+    #[test]
+    fn a_name_is_as_unsafe_as_its_worst_holder() {
+        let mut c = Catalog::default();
+        c.add_relation("t".into(), "public", "r", "p");
+        c.add_relation("v".into(), "public", "v", "p");
+        c.add_relation("both".into(), "a", "r", "p");
+        c.add_relation("both".into(), "b", "v", "p");
+        c.add_relation("scratch".into(), "pg_temp_3", "r", "t");
+        c.add_relation("pg_class".into(), "pg_catalog", "r", "p");
+        assert_eq!(c.relation(&name("t")), Some(Relation::Table));
+        assert_eq!(c.relation(&name("v")), Some(Relation::Other));
+        assert_eq!(c.relation(&name("both")), Some(Relation::Other));
+        assert_eq!(c.relation(&name("scratch")), Some(Relation::Other));
+        assert_eq!(c.relation(&name("pg_class")), Some(Relation::System));
+        assert_eq!(c.relation(&name("nowhere")), None);
+    }
+
+    #[test]
+    fn functions_are_judged_by_volatility_and_origin() {
+        let mut c = Catalog::default();
+        c.add_function("lower".into(), "pg_catalog", "i");
+        c.add_function("to_char".into(), "pg_catalog", "s");
+        c.add_function("now".into(), "pg_catalog", "s");
+        c.add_function("random".into(), "pg_catalog", "v");
+        c.add_function("bump_counter".into(), "public", "v");
+        c.add_function("lookup".into(), "public", "s");
+        c.add_function("pure".into(), "public", "i");
+        c.add_function("pure".into(), "other", "v");
+        assert_eq!(c.function(&name("lower")), Function::Safe);
+        assert_eq!(c.function(&name("to_char")), Function::Safe);
+        assert_eq!(c.function(&name("coalesce")), Function::Safe);
+        let unsafe_ = |w| Function::Unsafe { may_write: w };
+        assert_eq!(c.function(&name("now")), unsafe_(false));
+        assert_eq!(c.function(&name("current_timestamp")), unsafe_(false));
+        assert_eq!(c.function(&name("random")), unsafe_(false));
+        assert_eq!(c.function(&name("lookup")), unsafe_(false));
+        assert_eq!(c.function(&name("bump_counter")), unsafe_(true));
+        assert_eq!(c.function(&name("pure")), unsafe_(true));
+        assert_eq!(c.function(&name("unknown_fn")), unsafe_(true));
+    }
+}

@@ -1,0 +1,451 @@
+//! What a statement does, read from its syntax alone (sqlparser, PostgreSqlDialect): a read that may be
+//! cacheable and what it reads, a write and what it touches, or something else and whether it may write.
+//! What the names refer to (tables or views, which functions are volatile) is the catalog's business
+//! (see [`super::catalog`]); this module never guesses it.
+//!
+//! Parsing costs tens of microseconds, so results are memoized by statement text (see
+//! [`super::database`]); nothing here runs on a cache hit.
+
+use std::collections::BTreeSet;
+use std::ops::ControlFlow;
+
+use sqlparser::ast::{
+    CopySource, DataType, Expr, ObjectName, Query, Select, SetExpr, Statement, TableFactor, Visit,
+    Visitor,
+};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+
+/// A relation as named in the statement: identifiers folded as Postgres folds them.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Name {
+    /// The schema, when the statement gave one.
+    pub schema: Option<String>,
+    /// The relation or function name.
+    pub name: String,
+}
+
+/// What a statement is, from its syntax.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Analysis {
+    /// One read-only query with no locking clause: cacheable if every relation is a plain table and
+    /// every function is safe, which only the catalog can tell.
+    Read {
+        /// Relations read (CTE names removed).
+        relations: BTreeSet<Name>,
+        /// Functions called, table functions included.
+        functions: BTreeSet<Name>,
+    },
+    /// Changes rows of the named relations (INSERT, UPDATE, DELETE, MERGE, TRUNCATE, COPY FROM, or a
+    /// query with a data-modifying CTE). Every relation the statement names is listed: bumping one it
+    /// only read costs misses, never freshness.
+    Write {
+        /// Relations the statement names.
+        relations: BTreeSet<Name>,
+    },
+    /// Not a cacheable read. `may_write` when it could change data or schema in ways the proxy cannot
+    /// place (DDL, CALL, DO, SELECT INTO, unparsable text), which then bumps the whole database.
+    Other {
+        /// Why it is not cached.
+        reason: &'static str,
+        /// Whether running it may change what cached reads return.
+        may_write: bool,
+        /// Whether it may change the schema, functions or privileges the catalog describes.
+        ddl: bool,
+    },
+}
+
+impl Analysis {
+    fn other(reason: &'static str, may_write: bool) -> Analysis {
+        Analysis::Other {
+            reason,
+            may_write,
+            ddl: false,
+        }
+    }
+
+    fn ddl(reason: &'static str) -> Analysis {
+        Analysis::Other {
+            reason,
+            may_write: true,
+            ddl: true,
+        }
+    }
+}
+
+/// Analyzes one statement text (which may hold several statements).
+pub fn analyze(sql: &str) -> Analysis {
+    let statements = match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
+        Ok(s) => s,
+        Err(_) => return unparsable(sql),
+    };
+    match statements.as_slice() {
+        [] => Analysis::other("empty query", false),
+        [one] => analyze_statement(one),
+        many => {
+            let writes = many.iter().map(analyze_statement).any(|a| match a {
+                Analysis::Read { .. } => false,
+                Analysis::Write { .. } => true,
+                Analysis::Other { may_write, .. } => may_write,
+            });
+            if writes {
+                Analysis::ddl("several statements in one query")
+            } else {
+                Analysis::other("several statements in one query", false)
+            }
+        }
+    }
+}
+
+fn analyze_statement(statement: &Statement) -> Analysis {
+    let mut names = Names::default();
+    let _ = statement.visit(&mut names);
+    match statement {
+        Statement::Query(query) => {
+            if names.modifies {
+                Analysis::Write {
+                    relations: names.relations(),
+                }
+            } else if names.select_into {
+                Analysis::ddl("SELECT INTO creates a table")
+            } else if !query.locks.is_empty() || names.locks {
+                Analysis::other("locking clause", false)
+            } else if names.reg_cast {
+                Analysis::other("cast to a catalog reference type", false)
+            } else {
+                Analysis::Read {
+                    relations: names.relations(),
+                    functions: names.functions,
+                }
+            }
+        }
+        Statement::Insert(_)
+        | Statement::Update(_)
+        | Statement::Delete(_)
+        | Statement::Merge(_)
+        | Statement::Truncate(_) => Analysis::Write {
+            relations: names.relations(),
+        },
+        Statement::Copy {
+            to: false, source, ..
+        } => {
+            let mut relations = names.relations();
+            if let CopySource::Table { table_name, .. } = source {
+                relations.insert(name_of(table_name));
+            }
+            Analysis::Write { relations }
+        }
+        Statement::Copy { to: true, .. } => Analysis::other("COPY TO", !names.functions.is_empty()),
+        Statement::Explain {
+            analyze: false,
+            statement,
+            ..
+        } if !matches!(**statement, Statement::Query(_)) || !names.modifies => {
+            Analysis::other("EXPLAIN", false)
+        }
+        Statement::Set(_)
+        | Statement::ShowVariable { .. }
+        | Statement::StartTransaction { .. }
+        | Statement::Commit { .. }
+        | Statement::Rollback { .. }
+        | Statement::Savepoint { .. }
+        | Statement::ReleaseSavepoint { .. }
+        | Statement::Discard { .. }
+        | Statement::Deallocate { .. }
+        | Statement::Prepare { .. }
+        | Statement::Close { .. }
+        | Statement::LISTEN { .. }
+        | Statement::UNLISTEN { .. }
+        | Statement::NOTIFY { .. } => Analysis::other("session or transaction control", false),
+        _ => Analysis::ddl("may change data or schema in ways the proxy cannot place"),
+    }
+}
+
+/// Text sqlparser cannot parse is forwarded. Whether it may write is judged from its first word, and
+/// only words that cannot change data count as harmless.
+fn unparsable(sql: &str) -> Analysis {
+    const HARMLESS: &[&str] = &[
+        "SHOW",
+        "SET",
+        "RESET",
+        "BEGIN",
+        "START",
+        "COMMIT",
+        "END",
+        "ROLLBACK",
+        "ABORT",
+        "SAVEPOINT",
+        "RELEASE",
+        "LISTEN",
+        "UNLISTEN",
+        "DEALLOCATE",
+        "DISCARD",
+        "CLOSE",
+        "TABLE",
+        "VALUES",
+    ];
+    let first = first_word(sql);
+    let harmless = HARMLESS.iter().any(|w| first.eq_ignore_ascii_case(w));
+    if harmless {
+        Analysis::other("not understood by the parser", false)
+    } else {
+        Analysis::ddl("not understood by the parser")
+    }
+}
+
+/// The first word of `sql`, after whitespace and comments.
+fn first_word(sql: &str) -> &str {
+    let mut rest = sql;
+    loop {
+        rest = rest.trim_start();
+        if let Some(after) = rest.strip_prefix("--") {
+            rest = after.split_once('\n').map_or("", |(_, r)| r);
+        } else if let Some(after) = rest.strip_prefix("/*") {
+            rest = after.split_once("*/").map_or("", |(_, r)| r);
+        } else {
+            break;
+        }
+    }
+    let end = rest
+        .find(|c: char| !c.is_ascii_alphabetic())
+        .unwrap_or(rest.len());
+    &rest[..end]
+}
+
+/// Gathers names and the features that rule caching out, in one walk of the syntax tree.
+#[derive(Default)]
+struct Names {
+    relations: BTreeSet<Name>,
+    ctes: BTreeSet<String>,
+    table_functions: BTreeSet<Name>,
+    functions: BTreeSet<Name>,
+    modifies: bool,
+    select_into: bool,
+    locks: bool,
+    reg_cast: bool,
+    depth: usize,
+}
+
+impl Names {
+    /// Relations read, CTE names and table functions removed.
+    fn relations(&self) -> BTreeSet<Name> {
+        self.relations
+            .iter()
+            .filter(|r| !(r.schema.is_none() && self.ctes.contains(&r.name)))
+            .filter(|r| !self.table_functions.contains(r))
+            .cloned()
+            .collect()
+    }
+}
+
+impl Visitor for Names {
+    type Break = ();
+
+    fn pre_visit_statement(&mut self, statement: &Statement) -> ControlFlow<()> {
+        if self.depth > 0 && !matches!(statement, Statement::Query(_)) {
+            self.modifies = true;
+        }
+        self.depth += 1;
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
+        self.locks |= !query.locks.is_empty();
+        if let Some(with) = &query.with {
+            for cte in &with.cte_tables {
+                self.ctes.insert(fold(&cte.alias.name));
+            }
+        }
+        if matches!(
+            *query.body,
+            SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_) | SetExpr::Merge(_)
+        ) {
+            self.modifies = true;
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_select(&mut self, select: &Select) -> ControlFlow<()> {
+        self.select_into |= select.into.is_some();
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_relation(&mut self, relation: &ObjectName) -> ControlFlow<()> {
+        self.relations.insert(name_of(relation));
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
+        match factor {
+            TableFactor::Table {
+                name,
+                args: Some(_),
+                ..
+            }
+            | TableFactor::Function { name, .. } => {
+                let name = name_of(name);
+                self.table_functions.insert(name.clone());
+                self.functions.insert(name);
+            }
+            _ => {}
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+        match expr {
+            Expr::Function(f) => {
+                self.functions.insert(name_of(&f.name));
+            }
+            Expr::Cast { data_type, .. } => self.reg_cast |= is_reg_type(data_type),
+            _ => {}
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+/// Casts to regclass, regproc and friends look names up in the catalog, which writes do not bump.
+fn is_reg_type(data_type: &DataType) -> bool {
+    match data_type {
+        DataType::Regclass => true,
+        DataType::Custom(name, _) => name_of(name).name.starts_with("reg"),
+        _ => false,
+    }
+}
+
+fn name_of(object: &ObjectName) -> Name {
+    let mut parts: Vec<String> = object
+        .0
+        .iter()
+        .map(|p| p.as_ident().map_or_else(|| p.to_string(), fold))
+        .collect();
+    let name = parts.pop().unwrap_or_default();
+    Name {
+        schema: parts.pop(),
+        name,
+    }
+}
+
+/// Postgres folds unquoted identifiers to lower case and keeps quoted ones as written.
+fn fold(ident: &sqlparser::ast::Ident) -> String {
+    if ident.quote_style.is_some() {
+        ident.value.clone()
+    } else {
+        ident.value.to_lowercase()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(name: &str) -> Name {
+        match name.split_once('.') {
+            Some((s, n)) => Name {
+                schema: Some(s.into()),
+                name: n.into(),
+            },
+            None => Name {
+                schema: None,
+                name: name.into(),
+            },
+        }
+    }
+
+    fn read(sql: &str) -> (Vec<Name>, Vec<Name>) {
+        match analyze(sql) {
+            Analysis::Read {
+                relations,
+                functions,
+            } => (
+                relations.into_iter().collect(),
+                functions.into_iter().collect(),
+            ),
+            other => panic!("{sql}: {other:?}"),
+        }
+    }
+
+    fn reason(sql: &str) -> (&'static str, bool) {
+        match analyze(sql) {
+            Analysis::Other {
+                reason, may_write, ..
+            } => (reason, may_write),
+            other => panic!("{sql}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn reads_name_their_tables_and_functions() {
+        assert_eq!(
+            read("SELECT abalance FROM pgbench_accounts WHERE aid = $1"),
+            (vec![n("pgbench_accounts")], vec![])
+        );
+        assert_eq!(
+            read("select count(*) from Public.T join \"Odd\" o on true where lower(x) = 'a'"),
+            (vec![n("Odd"), n("public.t")], vec![n("count"), n("lower")])
+        );
+        assert_eq!(read("VALUES (1), (2)"), (vec![], vec![]));
+        // sqlparser does not parse TABLE t: it is forwarded, and cannot write.
+        assert_eq!(reason("TABLE t"), ("not understood by the parser", false));
+    }
+
+    #[test]
+    fn cte_names_and_table_functions_are_not_tables() {
+        assert_eq!(
+            read("WITH recent AS (SELECT * FROM orders) SELECT * FROM recent, generate_series(1, 3) g"),
+            (vec![n("orders")], vec![n("generate_series")])
+        );
+        let (_, functions) = read("SELECT now(), CURRENT_TIMESTAMP, random()");
+        assert!(functions.contains(&n("now")) && functions.contains(&n("random")));
+        assert!(functions.contains(&n("current_timestamp")), "{functions:?}");
+    }
+
+    #[test]
+    fn locking_and_catalog_casts_are_not_cached() {
+        assert_eq!(
+            reason("SELECT * FROM t FOR UPDATE"),
+            ("locking clause", false)
+        );
+        assert_eq!(
+            reason("SELECT * FROM (SELECT * FROM t FOR SHARE) s"),
+            ("locking clause", false)
+        );
+        assert_eq!(
+            reason("SELECT 't'::regclass").0,
+            "cast to a catalog reference type"
+        );
+    }
+
+    #[test]
+    fn writes_name_what_they_touch() {
+        for sql in [
+            "INSERT INTO t VALUES (1)",
+            "UPDATE t SET a = 1 WHERE id = 2",
+            "DELETE FROM t",
+            "TRUNCATE t",
+            "COPY t FROM STDIN",
+            "WITH gone AS (DELETE FROM t RETURNING *) SELECT * FROM gone",
+        ] {
+            match analyze(sql) {
+                Analysis::Write { relations } => assert!(relations.contains(&n("t")), "{sql}"),
+                other => panic!("{sql}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn ddl_and_unknown_text_may_write_and_control_does_not() {
+        assert!(reason("CREATE TABLE x (a int)").1);
+        assert!(reason("SELECT * INTO newtable FROM t").1);
+        assert!(reason("CALL do_things()").1);
+        assert!(reason("DO $$ BEGIN END $$").1);
+        assert!(reason("SOMETHING odd").1);
+        assert!(!reason("SET search_path = a").1);
+        assert!(!reason("BEGIN").1);
+        assert!(!reason("/* c */ SHOW whatever odd syntax (").1);
+        assert!(!reason("EXPLAIN SELECT 1").1);
+        assert!(reason("EXPLAIN ANALYZE DELETE FROM t").1);
+        assert!(!reason("SELECT 1; SELECT 2").1);
+        assert!(reason("SELECT 1; DELETE FROM t").1);
+    }
+}

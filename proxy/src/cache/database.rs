@@ -1,0 +1,266 @@
+//! Everything the cache keeps per database: its generations, its catalog snapshot, and the memo of
+//! plans by statement text, so a statement is parsed once and a hit only looks its plan up.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+use veneer_config::{CacheConfig, RuleTarget, Ttl};
+use veneer_invalidation::{Dependencies, Generations, TableGeneration};
+
+use super::catalog::{Catalog, Function, Relation};
+use super::classify::{self, Analysis, Name};
+use super::digest::{self, Digest, Hint};
+use super::Digests;
+
+/// Plans memoized per database; the least used are dropped beyond this many.
+const MEMO_CAPACITY: u64 = 10_000;
+
+/// What to do with one statement text.
+#[derive(Debug)]
+pub struct Plan {
+    /// The catalog version the plan was made with: a plan from an older catalog is made again.
+    version: u64,
+    /// The decision.
+    pub action: Action,
+}
+
+/// The decision of a plan.
+#[derive(Debug)]
+pub enum Action {
+    /// A cacheable read.
+    Cache {
+        /// The generations its results depend on.
+        dependencies: Dependencies,
+        /// How long a stored result lives.
+        ttl: Duration,
+        /// Statistics of its query shape.
+        digest: Arc<Digest>,
+    },
+    /// Forwarded uncached.
+    Forward {
+        /// Why, as a metrics label.
+        reason: &'static str,
+        /// What to invalidate when its transaction ends, if it may write.
+        bump: Option<Bump>,
+        /// Whether it may change the catalog (DDL): the snapshot is reread.
+        ddl: bool,
+    },
+}
+
+/// What a write invalidates.
+#[derive(Debug, Clone)]
+pub enum Bump {
+    /// These tables (every query reading them misses afterwards).
+    Tables(Vec<Arc<TableGeneration>>),
+    /// Every cached result of the database.
+    Global,
+}
+
+/// Reasons a read is forwarded, as metrics labels.
+pub mod reason {
+    /// The catalog has not been read (yet, or the service login fails).
+    pub const NO_CATALOG: &str = "catalog_unavailable";
+    /// A view, sequence, foreign or temporary relation, or a name the catalog does not know.
+    pub const RELATION: &str = "not_a_plain_table";
+    /// A system catalog without a TTL rule.
+    pub const SYSTEM: &str = "system_catalog";
+    /// A function whose result may change between calls.
+    pub const FUNCTION: &str = "volatile_function";
+    /// A rule or hint said never.
+    pub const RULE: &str = "rule_or_hint";
+}
+
+/// One database as the cache sees it.
+pub struct Database {
+    /// Its name, from the clients' startup messages.
+    pub name: String,
+    /// What its cached results depend on.
+    pub generations: Generations,
+    catalog: RwLock<Option<Arc<Catalog>>>,
+    version: AtomicU64,
+    memo: moka::sync::Cache<Bytes, Arc<Plan>>,
+    /// Wakes the catalog reader early (after DDL through the proxy).
+    pub(super) reread: Notify,
+}
+
+impl Database {
+    pub(super) fn new(name: String) -> Database {
+        Database {
+            name,
+            generations: Generations::default(),
+            catalog: RwLock::new(None),
+            version: AtomicU64::new(0),
+            memo: moka::sync::Cache::new(MEMO_CAPACITY),
+            reread: Notify::new(),
+        }
+    }
+
+    /// The catalog version: changes with every snapshot installed or dropped.
+    pub(super) fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    /// Installs a catalog read since version `seen`, unless DDL dropped the snapshot meanwhile (the
+    /// read may predate the DDL); plans made with an older snapshot are made again on next use.
+    pub(super) fn install_catalog(&self, catalog: Catalog, seen: u64) -> bool {
+        let mut slot = self.catalog.write().expect("not poisoned");
+        if self.version.load(Ordering::Acquire) != seen {
+            return false;
+        }
+        *slot = Some(Arc::new(catalog));
+        self.version.fetch_add(1, Ordering::AcqRel);
+        true
+    }
+
+    /// Whether a catalog snapshot is installed.
+    pub fn has_catalog(&self) -> bool {
+        self.catalog.read().expect("not poisoned").is_some()
+    }
+
+    /// DDL passed through the proxy: the snapshot may be wrong, so reads are forwarded until it has
+    /// been read again.
+    pub fn catalog_changed(&self) {
+        *self.catalog.write().expect("not poisoned") = None;
+        self.version.fetch_add(1, Ordering::AcqRel);
+        self.reread.notify_one();
+    }
+
+    /// The plan of statement text `sql`, from the memo or made now.
+    pub fn plan(&self, sql: &[u8], config: &CacheConfig, digests: &Digests) -> Arc<Plan> {
+        let version = self.version.load(Ordering::Acquire);
+        if let Some(plan) = self.memo.get(sql) {
+            if plan.version == version {
+                return plan;
+            }
+        }
+        let catalog = self.catalog.read().expect("not poisoned").clone();
+        let action = match std::str::from_utf8(sql) {
+            Ok(text) => self.decide(text, catalog.as_deref(), config, digests),
+            Err(_) => Action::Forward {
+                reason: "not UTF-8",
+                bump: Some(Bump::Global),
+                ddl: false,
+            },
+        };
+        let plan = Arc::new(Plan { version, action });
+        self.memo
+            .insert(Bytes::copy_from_slice(sql), Arc::clone(&plan));
+        plan
+    }
+
+    fn decide(
+        &self,
+        sql: &str,
+        catalog: Option<&Catalog>,
+        config: &CacheConfig,
+        digests: &Digests,
+    ) -> Action {
+        let forward = |reason, bump, ddl| Action::Forward { reason, bump, ddl };
+        match classify::analyze(sql) {
+            Analysis::Write { relations } => {
+                let bump = match catalog {
+                    Some(c)
+                        if relations
+                            .iter()
+                            .all(|r| c.relation(r) == Some(Relation::Table) && !c.spreads(r)) =>
+                    {
+                        Bump::Tables(self.tables(&relations))
+                    }
+                    // Triggers, rules, partitions, inheritance and updatable views carry the write to
+                    // tables it does not name; without a catalog the proxy cannot tell.
+                    _ => Bump::Global,
+                };
+                forward("write", Some(bump), false)
+            }
+            Analysis::Other {
+                reason,
+                may_write,
+                ddl,
+            } => forward(reason, may_write.then_some(Bump::Global), ddl),
+            Analysis::Read {
+                relations,
+                functions,
+            } => {
+                let Some(catalog) = catalog else {
+                    return forward(reason::NO_CATALOG, None, false);
+                };
+                for f in &functions {
+                    if let Function::Unsafe { may_write } = catalog.function(f) {
+                        return forward(reason::FUNCTION, may_write.then_some(Bump::Global), false);
+                    }
+                }
+                let shape = digest::shape(sql);
+                match self.ttl(&shape, &relations, catalog, config) {
+                    Ok(ttl) => Action::Cache {
+                        dependencies: Dependencies {
+                            tables: self.tables(&relations),
+                        },
+                        ttl,
+                        digest: digests.get(shape.normalized),
+                    },
+                    Err(reason) => forward(reason, None, false),
+                }
+            }
+        }
+    }
+
+    /// How long results of a read live: its hint, else the first matching query rule, else the
+    /// shortest TTL of its tables' rules, else the default. System catalogs need a rule or hint.
+    fn ttl(
+        &self,
+        shape: &digest::Shape,
+        relations: &std::collections::BTreeSet<Name>,
+        catalog: &Catalog,
+        config: &CacheConfig,
+    ) -> Result<Duration, &'static str> {
+        let chosen = match shape.hint {
+            Some(Hint::NoCache) => return Err(reason::RULE),
+            Some(Hint::Ttl(d)) => Some(d),
+            None => match query_rule(config, &shape.normalized) {
+                Some(Ttl::Never) => return Err(reason::RULE),
+                Some(Ttl::For(d)) => Some(d),
+                None => None,
+            },
+        };
+        let mut ttl = chosen.unwrap_or(config.default_ttl);
+        for r in relations {
+            let rule = table_rule(config, &r.name);
+            match catalog.relation(r) {
+                Some(Relation::Table) => {}
+                Some(Relation::System) if chosen.is_some() || rule.is_some() => {}
+                Some(Relation::System) => return Err(reason::SYSTEM),
+                Some(Relation::Other) | None => return Err(reason::RELATION),
+            }
+            match rule {
+                Some(Ttl::Never) if chosen.is_none() => return Err(reason::RULE),
+                Some(Ttl::For(d)) if chosen.is_none() => ttl = ttl.min(d),
+                _ => {}
+            }
+        }
+        Ok(ttl)
+    }
+
+    fn tables(&self, relations: &std::collections::BTreeSet<Name>) -> Vec<Arc<TableGeneration>> {
+        relations
+            .iter()
+            .map(|r| self.generations.table(&r.name))
+            .collect()
+    }
+}
+
+fn query_rule(config: &CacheConfig, normalized: &str) -> Option<Ttl> {
+    config.rules.iter().find_map(|rule| match &rule.target {
+        RuleTarget::Query(pattern) if digest::glob_matches(pattern, normalized) => Some(rule.ttl),
+        _ => None,
+    })
+}
+
+fn table_rule(config: &CacheConfig, table: &str) -> Option<Ttl> {
+    config.rules.iter().find_map(|rule| match &rule.target {
+        RuleTarget::Table(name) if name.rsplit('.').next() == Some(table) => Some(rule.ttl),
+        _ => None,
+    })
+}

@@ -1,0 +1,258 @@
+//! The query-result cache as sessions use it: per-database plans and generations ([`database`]), the
+//! store ([`Store`], behind `veneer_cache_node::CacheStore`), cache-key scopes, single-flight of
+//! identical misses, statistics, and the catalog readers that keep plans honest.
+
+pub mod catalog;
+pub mod classify;
+pub mod database;
+pub mod digest;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio_rustls::TlsConnector;
+use veneer_cache_node::{CacheKey, CacheStore, EmbeddedStore};
+use veneer_config::{CacheConfig, Config};
+
+use catalog::Catalog;
+use database::Database;
+use digest::Digest;
+
+/// The tier in use. Sessions only use the [`CacheStore`] trait, so another tier replaces this alias.
+pub type Store = EmbeddedStore;
+
+/// Query shapes tracked at most; further shapes share one "other" entry.
+const MAX_DIGESTS: usize = 10_000;
+
+/// Distinct scopes remembered at most; past it the table starts over with fresh ids, which only
+/// stops sharing between sessions until they meet again.
+const MAX_SCOPES: usize = 100_000;
+
+/// Catalog reads that fail are retried at least this often.
+const CATALOG_RETRY: Duration = Duration::from_secs(5);
+
+/// Counters behind `SHOW VENEER STATUS`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Answers served from the cache.
+    pub hits: AtomicU64,
+    /// Cacheable requests fetched upstream.
+    pub misses: AtomicU64,
+    /// Requests forwarded uncached.
+    pub bypasses: AtomicU64,
+    /// Misses that waited for an identical one in flight.
+    pub coalesced: AtomicU64,
+    /// Protocol messages sent upstream on clients' behalf.
+    pub upstream_messages: AtomicU64,
+}
+
+/// Digests by normalized text, shared by every database.
+#[derive(Default)]
+pub struct Digests(Mutex<HashMap<String, Arc<Digest>>>);
+
+impl Digests {
+    /// The digest of `normalized`, created on first use.
+    pub fn get(&self, normalized: String) -> Arc<Digest> {
+        let mut map = self.0.lock().expect("not poisoned");
+        if map.len() >= MAX_DIGESTS && !map.contains_key(&normalized) {
+            return Arc::clone(
+                map.entry("(other query shapes)".to_owned())
+                    .or_insert_with_key(|k| Arc::new(Digest::new(k.clone()))),
+            );
+        }
+        Arc::clone(
+            map.entry(normalized)
+                .or_insert_with_key(|k| Arc::new(Digest::new(k.clone()))),
+        )
+    }
+
+    /// Every digest, for the admin view.
+    pub fn all(&self) -> Vec<Arc<Digest>> {
+        self.0
+            .lock()
+            .expect("not poisoned")
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
+/// The cache, shared by every session.
+pub struct Cache {
+    /// Its settings.
+    pub config: CacheConfig,
+    /// Where results are stored.
+    pub store: Store,
+    /// Status counters.
+    pub stats: Stats,
+    /// Statistics per query shape.
+    pub digests: Digests,
+    /// When the proxy started, for the status.
+    pub started: Instant,
+    databases: Mutex<HashMap<String, Arc<Database>>>,
+    scopes: Mutex<HashMap<Vec<u8>, u64>>,
+    next_scope: AtomicU64,
+    flights: Mutex<HashMap<CacheKey, watch::Receiver<()>>>,
+    service: Config,
+    service_tls: Option<TlsConnector>,
+}
+
+/// Whether a miss goes upstream itself or waits for an identical one already there.
+pub enum Flight {
+    /// Go upstream; the guard ends the flight (waking followers) when dropped.
+    Leader(FlightGuard),
+    /// Wait until the receiver reports its sender gone, then look again.
+    Follower(watch::Receiver<()>),
+}
+
+/// The leader's hold on a flight. Dropped after the result is stored, or when it will not be.
+pub struct FlightGuard {
+    cache: Arc<Cache>,
+    key: CacheKey,
+    _done: watch::Sender<()>,
+}
+
+impl Drop for FlightGuard {
+    fn drop(&mut self) {
+        self.cache
+            .flights
+            .lock()
+            .expect("not poisoned")
+            .remove(&self.key);
+    }
+}
+
+impl Cache {
+    /// A cache with `config`; `service` and `tls` make Veneer's own catalog connections.
+    pub fn new(config: CacheConfig, service: Config, tls: Option<TlsConnector>) -> Cache {
+        Cache {
+            store: Store::new(config.max_bytes),
+            config,
+            stats: Stats::default(),
+            digests: Digests::default(),
+            started: Instant::now(),
+            databases: Mutex::new(HashMap::new()),
+            scopes: Mutex::new(HashMap::new()),
+            next_scope: AtomicU64::new(1),
+            flights: Mutex::new(HashMap::new()),
+            service,
+            service_tls: tls,
+        }
+    }
+
+    /// The cache's view of `name`; the first use starts reading its catalog.
+    pub fn database(self: &Arc<Self>, name: &str) -> Arc<Database> {
+        let mut databases = self.databases.lock().expect("not poisoned");
+        if let Some(db) = databases.get(name) {
+            return Arc::clone(db);
+        }
+        let db = Arc::new(Database::new(name.to_owned()));
+        databases.insert(name.to_owned(), Arc::clone(&db));
+        tokio::spawn(read_catalog(Arc::downgrade(self), Arc::clone(&db)));
+        db
+    }
+
+    /// Every database in use.
+    pub fn databases(&self) -> Vec<Arc<Database>> {
+        let databases = self.databases.lock().expect("not poisoned");
+        databases.values().cloned().collect()
+    }
+
+    /// The id of a scope (database, role, settings), described by `content`: equal contents get equal
+    /// ids, different contents never do.
+    pub fn scope(&self, content: &[u8]) -> u64 {
+        let mut scopes = self.scopes.lock().expect("not poisoned");
+        if let Some(&id) = scopes.get(content) {
+            return id;
+        }
+        if scopes.len() >= MAX_SCOPES {
+            scopes.clear();
+        }
+        let id = self.next_scope.fetch_add(1, Ordering::Relaxed);
+        scopes.insert(content.to_vec(), id);
+        id
+    }
+
+    /// Joins the flight of `key`, or starts it.
+    pub fn flight(self: &Arc<Self>, key: &CacheKey) -> Flight {
+        let mut flights = self.flights.lock().expect("not poisoned");
+        if let Some(rx) = flights.get(key) {
+            return Flight::Follower(rx.clone());
+        }
+        let (tx, rx) = watch::channel(());
+        flights.insert(key.clone(), rx);
+        Flight::Leader(FlightGuard {
+            cache: Arc::clone(self),
+            key: key.clone(),
+            _done: tx,
+        })
+    }
+
+    /// Drops every stored result and makes every database's older entries unreachable.
+    pub fn flush_all(&self) {
+        for db in self.databases() {
+            db.generations.bump_global();
+        }
+        self.store.clear();
+    }
+
+    /// Makes every stored result that read `table` unreachable, in every database; returns how
+    /// many databases knew the table.
+    pub fn flush_table(&self, table: &str) -> usize {
+        let mut flushed = 0;
+        for db in self.databases() {
+            if let Some((_, t)) = db
+                .generations
+                .tables()
+                .into_iter()
+                .find(|(name, _)| &**name == table)
+            {
+                db.generations.bump_table_epoch(&t);
+                flushed += 1;
+            }
+        }
+        flushed
+    }
+}
+
+/// Keeps one database's catalog snapshot current: read at once, then every `catalog_refresh`, and
+/// straight after DDL through the proxy. Ends when the cache is dropped.
+async fn read_catalog(cache: Weak<Cache>, db: Arc<Database>) {
+    let mut failing = false;
+    loop {
+        let Some(cache) = cache.upgrade() else {
+            return;
+        };
+        let version = db.version();
+        let wait = match Catalog::load(&cache.service, cache.service_tls.as_ref(), &db.name).await {
+            Ok(catalog) => {
+                if failing {
+                    tracing::info!(database = %db.name, "catalog read again: caching resumes");
+                }
+                failing = false;
+                if db.install_catalog(catalog, version) {
+                    cache.config.catalog_refresh
+                } else {
+                    // DDL arrived while reading: read again at once.
+                    Duration::ZERO
+                }
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(database = %db.name, error = %e,
+                        "cannot read the catalog: reads of this database are forwarded uncached until it can");
+                }
+                failing = true;
+                cache.config.catalog_refresh.min(CATALOG_RETRY)
+            }
+        };
+        drop(cache);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = db.reread.notified() => {}
+        }
+    }
+}

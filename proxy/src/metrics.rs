@@ -1,0 +1,92 @@
+//! Prometheus metrics. Handles are registered once and kept, so counting on the hit path is one atomic
+//! add; the exporter (metrics-exporter-prometheus) serves them over HTTP at `metrics_listen`.
+
+use std::net::SocketAddr;
+
+use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
+use veneer_invalidation::Source;
+
+use crate::error::Error;
+
+/// Latency buckets, in seconds: from a few microseconds (hits) to seconds (slow queries).
+const BUCKETS: &[f64] = &[
+    0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005,
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Starts the Prometheus endpoint; must run inside the runtime. Without a call, counting is a no-op.
+pub fn serve(addr: SocketAddr) -> Result<(), Error> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets(BUCKETS)
+        .map_err(|e| Error::metrics(addr, e))?
+        .install()
+        .map_err(|e| Error::metrics(addr, e))
+}
+
+/// The proxy's metric handles.
+pub struct Meters {
+    /// Requests answered from the cache.
+    pub hits: Counter,
+    /// Cacheable requests fetched upstream.
+    pub misses: Counter,
+    /// Misses that waited for an identical miss in flight instead of going upstream.
+    pub coalesced: Counter,
+    /// Time of a hit, request to reply queued.
+    pub hit_seconds: Histogram,
+    /// Upstream time of a cacheable miss.
+    pub miss_seconds: Histogram,
+    /// Upstream time of a forwarded request.
+    pub passthrough_seconds: Histogram,
+    /// Protocol messages the proxy sent upstream for clients.
+    pub upstream_messages: Counter,
+    /// Client sessions open.
+    pub client_connections: Gauge,
+    /// Upstream connections open for client sessions.
+    pub upstream_connections: Gauge,
+    /// Entries in the cache.
+    pub entries: Gauge,
+    /// Bytes held by the cache.
+    pub bytes: Gauge,
+    /// Entries evicted to stay within the bound.
+    pub evictions: Counter,
+    /// Entries expired at their TTL.
+    pub expirations: Counter,
+}
+
+impl Default for Meters {
+    fn default() -> Self {
+        Meters {
+            hits: counter!("veneer_cache_hits_total"),
+            misses: counter!("veneer_cache_misses_total"),
+            coalesced: counter!("veneer_cache_coalesced_total"),
+            hit_seconds: histogram!("veneer_request_duration_seconds", "path" => "hit"),
+            miss_seconds: histogram!("veneer_request_duration_seconds", "path" => "miss"),
+            passthrough_seconds: histogram!("veneer_request_duration_seconds", "path" => "passthrough"),
+            upstream_messages: counter!("veneer_upstream_messages_total"),
+            client_connections: gauge!("veneer_client_connections"),
+            upstream_connections: gauge!("veneer_upstream_connections"),
+            entries: gauge!("veneer_cache_entries"),
+            bytes: gauge!("veneer_cache_bytes"),
+            evictions: counter!("veneer_cache_evictions_total"),
+            expirations: counter!("veneer_cache_expirations_total"),
+        }
+    }
+}
+
+impl Meters {
+    /// A request forwarded although it might have been cacheable, by reason.
+    pub fn bypass(&self, reason: &'static str) {
+        counter!("veneer_cache_bypasses_total", "reason" => reason).increment(1);
+    }
+
+    /// A bump of generations, by where it came from.
+    pub fn invalidation(&self, source: Source) {
+        let source = match source {
+            Source::WriteThrough => "write_through",
+            Source::Replication => "replication",
+            Source::Admin => "admin",
+        };
+        counter!("veneer_invalidations_total", "source" => source).increment(1);
+    }
+}
