@@ -39,6 +39,13 @@ fn main() -> ExitCode {
     };
     let served = runtime.block_on(async {
         let (listen, upstream) = (config.listen, config.upstream.clone());
+        if let Some(addr) = config.metrics_listen {
+            // Metrics are an aid, not the service: a taken port is reported and the proxy serves on.
+            match veneer_proxy::metrics::serve(addr) {
+                Ok(()) => tracing::info!(%addr, "metrics served at /metrics"),
+                Err(e) => tracing::warn!(error = %e, "metrics endpoint not started"),
+            }
+        }
         let proxy = Proxy::bind(config).await?;
         tracing::info!(%listen, %upstream, "veneer listening");
         proxy.run(shutdown_signal()).await

@@ -12,9 +12,11 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use veneer_config::Config;
 
+use crate::cache::Cache;
 use crate::cancel::CancelRegistry;
 use crate::error::Error;
 use crate::handshake::{self, Hello};
+use crate::metrics::Meters;
 use crate::session::{End, Session};
 use crate::stream::Stream;
 use crate::upstream;
@@ -44,6 +46,10 @@ pub struct Shared {
     pub cancels: CancelRegistry,
     /// One permit per client session: the max_client_connections cap.
     slots: Arc<Semaphore>,
+    /// The query-result cache; `None` when caching is off.
+    pub cache: Option<Arc<Cache>>,
+    /// Metric handles.
+    pub meters: Arc<Meters>,
 }
 
 /// A bound proxy, ready to run.
@@ -64,8 +70,19 @@ impl Proxy {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| Error::bind(config.listen, e))?;
+        let meters = Arc::new(Meters::default());
+        let cache = config.cache.clone().map(|c| {
+            Arc::new(Cache::new(
+                c,
+                config.clone(),
+                upstream_tls.clone(),
+                Arc::clone(&meters),
+            ))
+        });
         let shared = Arc::new(Shared {
             slots: Arc::new(Semaphore::new(config.max_client_connections)),
+            cache,
+            meters,
             config,
             tls,
             upstream_tls,
@@ -199,7 +216,14 @@ async fn open_session(
     }
     tracing::info!(client = %peer, %user, %database, tls = client.is_tls(), upstream = %upstream.addr,
         "connection opened");
-    let (end, traffic) = Session::new(client, upstream, shared).run(phase).await;
+    let meters = Arc::clone(&shared.meters);
+    meters.client_connections.increment(1.0);
+    meters.upstream_connections.increment(1.0);
+    let (end, traffic) = Session::new(client, upstream, shared, &startup)
+        .run(phase)
+        .await;
+    meters.client_connections.decrement(1.0);
+    meters.upstream_connections.decrement(1.0);
     let duration_ms = started.elapsed().as_millis() as u64;
     let reason = match &end {
         End::ClientClosed => "client closed".to_owned(),

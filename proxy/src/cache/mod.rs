@@ -2,6 +2,7 @@
 //! store ([`Store`], behind `veneer_cache_node::CacheStore`), cache-key scopes, single-flight of
 //! identical misses, statistics, and the catalog readers that keep plans honest.
 
+pub mod admin;
 pub mod catalog;
 pub mod classify;
 pub mod database;
@@ -17,6 +18,7 @@ use tokio_rustls::TlsConnector;
 use veneer_cache_node::{CacheKey, CacheStore, EmbeddedStore};
 use veneer_config::{CacheConfig, Config};
 
+use crate::metrics::Meters;
 use catalog::Catalog;
 use database::Database;
 use digest::Digest;
@@ -92,6 +94,8 @@ pub struct Cache {
     pub digests: Digests,
     /// When the proxy started, for the status.
     pub started: Instant,
+    /// Metric handles.
+    pub meters: Arc<Meters>,
     databases: Mutex<HashMap<String, Arc<Database>>>,
     scopes: Mutex<HashMap<Vec<u8>, u64>>,
     next_scope: AtomicU64,
@@ -127,8 +131,14 @@ impl Drop for FlightGuard {
 
 impl Cache {
     /// A cache with `config`; `service` and `tls` make Veneer's own catalog connections.
-    pub fn new(config: CacheConfig, service: Config, tls: Option<TlsConnector>) -> Cache {
+    pub fn new(
+        config: CacheConfig,
+        service: Config,
+        tls: Option<TlsConnector>,
+        meters: Arc<Meters>,
+    ) -> Cache {
         Cache {
+            meters,
             store: Store::new(config.max_bytes),
             config,
             stats: Stats::default(),

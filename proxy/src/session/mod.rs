@@ -8,6 +8,7 @@
 //! which keeps the client stream at a message boundary whenever the proxy has to speak itself (errors,
 //! shutdown).
 
+mod cached;
 mod outbox;
 mod sql_scan;
 pub mod state;
@@ -16,6 +17,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
+use cached::{Completed, SessionCache};
 use outbox::Outbox;
 
 pub use state::{SessionState, TxStatus};
@@ -27,6 +29,7 @@ use crate::stream::{ReadHalf, Stream, WriteHalf};
 use crate::upstream::Upstream;
 use crate::wire::authored::{error_response, sqlstate, Severity, TERMINATE};
 use crate::wire::frame::{error_field, Header, HEADER_LEN};
+use crate::wire::startup::StartupMessage;
 
 /// Read buffers start at this size and are topped up to it; results larger than this stream through
 /// in several reads.
@@ -45,6 +48,13 @@ const SCRAM_PLUS: &[u8] = b"SCRAM-SHA-256-PLUS";
 /// How long the last bytes of a session may take to be written: a peer that stopped reading must
 /// not hold the session (and its connection slot) open.
 const FAREWELL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long a session that ended with writes in flight waits for the upstream to finish them before
+/// it bumps their generations a last time (see [`Session::run`]).
+const SETTLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Client bytes held in the proxy while a cacheable unit waits, past which the client is not read.
+const MAX_HELD_CLIENT_BYTES: usize = 1 << 20;
 
 /// Why a session ended, for the connection-closed log line.
 #[derive(Debug)]
@@ -90,11 +100,28 @@ pub struct Session {
     /// Tag of the last message forwarded to the client, to tell a clean upstream close from a crash.
     last_to_client: u8,
     traffic: Traffic,
+    /// The role the client logged in as.
+    user: String,
+    /// The cache's state for this session; `None` when caching is off.
+    cache: Option<SessionCache>,
 }
 
 impl Session {
-    /// Starts relaying for `client`, whose startup message has been sent on `upstream`.
-    pub fn new(client: Stream, upstream: Upstream, shared: std::sync::Arc<Shared>) -> Session {
+    /// Starts relaying for `client`, whose `startup` message has been sent on `upstream`.
+    pub fn new(
+        client: Stream,
+        upstream: Upstream,
+        shared: std::sync::Arc<Shared>,
+        startup: &StartupMessage,
+    ) -> Session {
+        let cache = shared.cache.as_ref().map(|cache| {
+            SessionCache::new(
+                std::sync::Arc::clone(cache),
+                startup.user(),
+                startup.database(),
+                &startup.params,
+            )
+        });
         let client_tls = client.is_tls();
         let (client_rd, client_wr) = client.into_split();
         let (upstream_rd, upstream_wr) = upstream.stream.into_split();
@@ -115,6 +142,8 @@ impl Session {
             client_terminated: false,
             last_to_client: 0,
             traffic: Traffic::default(),
+            user: startup.user().to_owned(),
+            cache,
         }
     }
 
@@ -132,6 +161,20 @@ impl Session {
             .is_err()
         {
             tracing::debug!("peer did not take the session's last bytes in time");
+        }
+        if let Some(unsettled) = self.cache.as_mut().and_then(SessionCache::unsettled) {
+            // Writes whose end was never seen may still commit upstream: bump now, and again once the
+            // upstream has closed (it finishes the statement before it reads the Terminate), so a read
+            // in between cannot leave an old result cached under the new generation.
+            unsettled.apply();
+            let mut upstream = self.upstream_rd;
+            tokio::spawn(async move {
+                let mut sink = [0u8; 4096];
+                let drained =
+                    async { while matches!(upstream.read(&mut sink).await, Ok(n) if n > 0) {} };
+                let _ = tokio::time::timeout(SETTLE_TIMEOUT, drained).await;
+                unsettled.apply();
+            });
         }
         (end, self.traffic)
     }
@@ -173,6 +216,17 @@ impl Session {
             top_up(&mut self.upstream_buf);
             let (client_full, upstream_full) =
                 (self.to_client.is_full(), self.to_upstream.is_full());
+            let holding = self.cache.as_ref().is_some_and(SessionCache::holding)
+                && self.client_buf.len() >= MAX_HELD_CLIENT_BYTES;
+            let waiting = self.cache.as_mut().and_then(SessionCache::waiting);
+            let flight_over = async {
+                match waiting {
+                    Some(rx) => {
+                        let _ = rx.changed().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 // Writes first, then results, then requests: drain before taking in more.
                 biased;
@@ -189,21 +243,33 @@ impl Session {
                 read = self.upstream_rd.read_buf(&mut self.upstream_buf), if !client_full => match read {
                     Ok(0) => return Some(End::UpstreamClosed),
                     Ok(_) => {
-                        if let Err(e) = self.relay_upstream() {
+                        match self.relay_upstream() {
+                            Ok(completed) => self.after_upstream(completed).await,
+                            Err(e) => return Some(End::Failed(e)),
+                        }
+                        if let Err(e) = self.dispatch().await {
                             return Some(End::Failed(e));
                         }
                     }
                     Err(e) => return Some(End::Failed(Error::upstream_io(e))),
                 },
-                read = self.client_rd.read_buf(&mut self.client_buf), if !upstream_full => match read {
+                read = self.client_rd.read_buf(&mut self.client_buf), if !upstream_full && !holding => match read {
                     Ok(0) => return Some(End::ClientClosed),
                     Ok(_) => {
-                        if let Err(e) = self.relay_client() {
+                        if let Err(e) = self.relay_client().await {
                             return Some(End::Failed(e));
                         }
                     }
                     Err(e) => return Some(End::Failed(Error::client_io(e))),
                 },
+                () = flight_over => {
+                    if let Some(c) = self.cache.as_mut() {
+                        c.stop_waiting();
+                    }
+                    if let Err(e) = self.dispatch().await {
+                        return Some(End::Failed(e));
+                    }
+                }
             }
         }
     }
@@ -222,10 +288,14 @@ impl Session {
         }
     }
 
-    /// Queues the complete client messages at the front of the buffer for the upstream.
-    fn relay_client(&mut self) -> Result<(), Error> {
+    /// Queues the complete client messages at the front of the buffer for the upstream, or, with the
+    /// cache on, hands them to [`Session::dispatch`].
+    async fn relay_client(&mut self) -> Result<(), Error> {
         let max = self.shared.config.max_message_bytes;
         let len = complete_prefix(&mut self.client_buf, max).map_err(Error::client_protocol)?;
+        if self.cache.is_some() {
+            return self.dispatch().await;
+        }
         if len == 0 {
             return Ok(());
         }
@@ -247,41 +317,73 @@ impl Session {
     /// client the mechanism is removed from the list, so it uses SCRAM-SHA-256 and tells the server it
     /// has no channel to bind, which the server accepts. Clients on TLS to the proxy see the list
     /// unchanged: hiding it from them would look like a downgrade attack (see the README).
-    fn relay_upstream(&mut self) -> Result<(), Error> {
+    ///
+    /// With the cache on, replies to Parse messages the proxy injected are dropped, and each message
+    /// is shown to the cache (which tees answers into fills and settles writes at ReadyForQuery);
+    /// the fill a ReadyForQuery completed is returned for storing.
+    fn relay_upstream(&mut self) -> Result<Option<Completed>, Error> {
         let len = complete_prefix(&mut self.upstream_buf, MAX_BACKEND_MESSAGE).map_err(|e| {
             Error::upstream_io(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
         })?;
         if len == 0 {
-            return Ok(());
+            return Ok(None);
         }
         let chunk = self.upstream_buf.split_to(len).freeze();
-        let mut rewrite = None;
+        // Messages replaced (or dropped, with `None`); empty unless auth or an injected Parse.
+        let mut edits: Vec<(std::ops::Range<usize>, Option<Bytes>)> = Vec::new();
+        let mut completed = None;
         let mut offset = 0;
         for (tag, body) in frames(&chunk) {
+            let dropped = tag == b'1' && self.state.next_reply_is_silent();
             self.state.on_backend(tag, &body);
             let end = offset + HEADER_LEN + body.len();
             match tag {
                 b'K' => {
-                    self.cancel = Some(self.shared.cancels.register(body, self.upstream_addr));
+                    self.cancel = Some(
+                        self.shared
+                            .cancels
+                            .register(body.clone(), self.upstream_addr),
+                    );
                 }
                 b'R' if !self.client_tls && body.starts_with(&AUTH_SASL) => {
-                    rewrite = without_scram_plus(&body).map(|m| (offset..end, m));
+                    if let Some(m) = without_scram_plus(&body) {
+                        edits.push((offset..end, Some(m)));
+                    }
                 }
                 _ => {}
             }
-            self.last_to_client = tag;
+            if dropped {
+                edits.push((offset..end, None));
+            } else {
+                self.last_to_client = tag;
+            }
+            if self.cache.is_some() {
+                if let Some(done) = self.observe_backend(tag, &body, &chunk, offset..end, dropped) {
+                    completed = Some(done);
+                }
+            }
             offset = end;
         }
-        self.traffic.to_client += len as u64;
-        match rewrite {
-            None => self.to_client.push(chunk),
-            Some((range, message)) => {
-                self.to_client.push(chunk.slice(..range.start));
-                self.to_client.push(message);
-                self.to_client.push(chunk.slice(range.end..));
+        let (mut from, mut sent) = (0, 0);
+        for (range, replacement) in edits {
+            let parts = [Some(chunk.slice(from..range.start)), replacement];
+            for part in parts.into_iter().flatten() {
+                sent += part.len();
+                self.to_client.push(part);
             }
+            from = range.end;
         }
-        Ok(())
+        sent += len - from;
+        self.to_client.push(chunk.slice(from..));
+        self.traffic.to_client += sent as u64;
+        Ok(completed)
+    }
+
+    /// Stores what a ReadyForQuery completed.
+    async fn after_upstream(&mut self, completed: Option<Completed>) {
+        if let Some(completed) = completed {
+            self.store(completed).await;
+        }
     }
 
     /// At the drain deadline a statement may still be running upstream. Closing the socket would not

@@ -36,6 +36,9 @@ pub struct PreparedStatement {
     pub param_types: Vec<u32>,
     /// What executing it does to session state.
     pub effect: Effect,
+    /// The Parse body after the statement's name (SQL and parameter types), copied out of the read
+    /// buffer: what a cache key holds for a request that only names the statement.
+    pub definition: Bytes,
 }
 
 /// A settings change in force or pending: the statement text as sent, and what kind it is.
@@ -95,6 +98,9 @@ enum Pending {
     Parse {
         name: String,
         statement: Arc<PreparedStatement>,
+        /// Sent by the proxy itself (see [`SessionState::on_injected_parse`]): its reply is not the
+        /// client's to see.
+        silent: bool,
     },
     /// Names are resolved when the reply arrives: by then every earlier Parse has been answered, which
     /// is what makes pipelined Parse/Bind/Execute batches resolve correctly.
@@ -141,6 +147,8 @@ pub struct SessionState {
     pending: VecDeque<Pending>,
     /// An error arrived since the last ReadyForQuery (the implicit transaction, if any, rolled back).
     error_since_ready: bool,
+    /// Changes whenever ParameterStatus values or the settings history may have changed.
+    scope_version: u64,
 }
 
 impl Default for SessionState {
@@ -155,6 +163,7 @@ impl Default for SessionState {
             backend_key: None,
             pending: VecDeque::new(),
             error_since_ready: false,
+            scope_version: 0,
         }
     }
 }
@@ -169,6 +178,38 @@ impl SessionState {
     /// Whether a request sent upstream has not been answered to its end yet.
     pub fn awaits_reply(&self) -> bool {
         !self.pending.is_empty()
+    }
+
+    /// Changes whenever what the cache-key scope is made of (ParameterStatus values, the settings
+    /// history) may have changed, so the scope is recomputed only then.
+    pub fn scope_version(&self) -> u64 {
+        self.scope_version
+    }
+
+    /// Follows a Parse the proxy sent on its own to recreate the client's unnamed statement upstream
+    /// (after hits answered the client's Parse locally); its ParseComplete is swallowed.
+    pub fn on_injected_parse(&mut self, statement: Arc<PreparedStatement>) {
+        self.pending.push_back(Pending::Parse {
+            name: String::new(),
+            statement,
+            silent: true,
+        });
+    }
+
+    /// Whether the next ParseComplete answers a Parse the proxy injected.
+    pub fn next_reply_is_silent(&self) -> bool {
+        matches!(
+            self.pending.front(),
+            Some(Pending::Parse { silent: true, .. })
+        )
+    }
+
+    /// A Parse of the unnamed statement answered from the cache: the client now has `body`'s
+    /// statement as its unnamed one (the upstream does not; see the session's materialization).
+    pub fn on_local_parse(&mut self, body: &Bytes) {
+        if let Some((name, statement)) = parse_message(body) {
+            self.statements.insert(name, Arc::new(statement));
+        }
     }
 
     /// Follows one complete frontend message (`body` without tag and length).
@@ -191,6 +232,7 @@ impl SessionState {
                     self.pending.push_back(Pending::Parse {
                         name,
                         statement: Arc::new(statement),
+                        silent: false,
                     });
                 }
                 None => self.lose_track(),
@@ -230,7 +272,9 @@ impl SessionState {
     pub fn on_backend(&mut self, tag: u8, body: &[u8]) {
         match tag {
             b'1' => match self.pending.pop_front() {
-                Some(Pending::Parse { name, statement }) => {
+                Some(Pending::Parse {
+                    name, statement, ..
+                }) => {
                     self.statements.insert(name, statement);
                 }
                 other => self.out_of_step(other),
@@ -259,8 +303,12 @@ impl SessionState {
                 self.pending.pop_front();
             }
             b'E' => self.on_error(),
-            b'Z' => self.on_ready(body.first().copied()),
+            b'Z' => {
+                self.scope_version += 1;
+                self.on_ready(body.first().copied())
+            }
             b'S' => {
+                self.scope_version += 1;
                 if let Some((name, rest)) = cstr(body) {
                     if let Some((value, _)) = cstr(rest) {
                         self.params.insert(name.to_owned(), value.to_owned());
@@ -379,8 +427,8 @@ impl SessionState {
 fn parse_message(body: &Bytes) -> Option<(String, PreparedStatement)> {
     let (name, rest) = cstr(body)?;
     let sql_len = rest.iter().position(|&b| b == 0)?;
-    let sql_start = body.len() - rest.len();
-    let sql = body.slice(sql_start..sql_start + sql_len);
+    let definition = Bytes::copy_from_slice(rest);
+    let sql = definition.slice(..sql_len);
     let types = &rest[sql_len + 1..];
     let count = u16::from_be_bytes(types.get(..2)?.try_into().ok()?) as usize;
     let param_types = types
@@ -398,6 +446,7 @@ fn parse_message(body: &Bytes) -> Option<(String, PreparedStatement)> {
             sql,
             param_types,
             effect,
+            definition,
         },
     ))
 }

@@ -1,0 +1,261 @@
+//! Administration from any SQL client on the proxy's own port, in a syntax Postgres itself rejects (so
+//! it can never shadow real SQL): `SHOW VENEER STATUS`, `SHOW VENEER QUERIES`, `VENEER FLUSH [ALL]`,
+//! `VENEER FLUSH TABLE name`. Answers are ordinary result sets authored with pgwire's messages.
+
+use std::sync::atomic::Ordering;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use pgwire::messages::data::{DataRow, FieldDescription, RowDescription};
+use pgwire::messages::response::{CommandComplete, ReadyForQuery, TransactionStatus};
+use pgwire::messages::Message;
+use veneer_cache_node::CacheStore;
+use veneer_invalidation::Source;
+
+use super::Cache;
+use crate::session::TxStatus;
+use crate::wire::authored::{error_response, Severity};
+
+/// An administrative command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Cache size, hit ratio, uptime, databases.
+    Status,
+    /// Statistics per query shape.
+    Queries,
+    /// Drop every cached result.
+    FlushAll,
+    /// Drop the cached results that read one table.
+    FlushTable(String),
+    /// Starts like a command but is none.
+    Unknown(String),
+}
+
+impl Command {
+    /// Whether the command changes the cache or shows other sessions' queries.
+    fn privileged(&self) -> bool {
+        !matches!(self, Command::Status | Command::Unknown(_))
+    }
+}
+
+/// The command a simple query holds, if it is one (decided from its first words, no parsing).
+pub fn command(sql: &[u8]) -> Option<Command> {
+    let text = std::str::from_utf8(sql).ok()?;
+    let words: Vec<&str> = text
+        .trim_end_matches(|c: char| c == ';' || c.is_whitespace() || c == '\0')
+        .split_whitespace()
+        .collect();
+    let upper: Vec<String> = words.iter().map(|w| w.to_ascii_uppercase()).collect();
+    let upper: Vec<&str> = upper.iter().map(String::as_str).collect();
+    let command = match upper.as_slice() {
+        ["SHOW", "VENEER", "STATUS"] => Command::Status,
+        ["SHOW", "VENEER", "QUERIES"] => Command::Queries,
+        ["VENEER", "FLUSH"] | ["VENEER", "FLUSH", "ALL"] => Command::FlushAll,
+        ["VENEER", "FLUSH", "TABLE", _] => Command::FlushTable(fold_identifier(words[3])),
+        ["SHOW", "VENEER", ..] | ["VENEER", ..] => Command::Unknown(words.join(" ")),
+        _ => return None,
+    };
+    Some(command)
+}
+
+/// Unquoted names fold to lower case as in Postgres; a schema prefix is dropped (generations are
+/// kept by relation name).
+fn fold_identifier(word: &str) -> String {
+    let name = word.rsplit('.').next().unwrap_or(word);
+    match name.strip_prefix('"').and_then(|n| n.strip_suffix('"')) {
+        Some(quoted) => quoted.to_owned(),
+        None => name.to_lowercase(),
+    }
+}
+
+/// Runs `command` and returns the complete reply, ReadyForQuery included. `admin` says whether the
+/// session may run privileged commands (a superuser, or a role in admin_users).
+pub async fn answer(cache: &Cache, command: &Command, admin: bool, tx: TxStatus) -> Bytes {
+    let mut out = BytesMut::new();
+    if command.privileged() && !admin {
+        out.put(error_response(
+            Severity::Error,
+            "42501",
+            "permission denied: this Veneer command needs a superuser or a role in admin_users",
+        ));
+    } else {
+        match command {
+            Command::Status => {
+                let rows = status(cache).await;
+                result_set(&mut out, &["name", "value"], &rows);
+            }
+            Command::Queries => result_set(&mut out, &QUERY_COLUMNS, &queries(cache)),
+            Command::FlushAll => {
+                cache.flush_all();
+                cache.meters.invalidation(Source::Admin);
+                complete(&mut out, "VENEER FLUSH");
+            }
+            Command::FlushTable(table) => {
+                cache.flush_table(table);
+                cache.meters.invalidation(Source::Admin);
+                complete(&mut out, "VENEER FLUSH");
+            }
+            Command::Unknown(text) => out.put(error_response(
+                Severity::Error,
+                "42601",
+                &format!(
+                    "unknown Veneer command \"{text}\"; the commands are SHOW VENEER STATUS, \
+                     SHOW VENEER QUERIES, VENEER FLUSH ALL and VENEER FLUSH TABLE name"
+                ),
+            )),
+        }
+    }
+    let status = match tx {
+        TxStatus::Idle => TransactionStatus::Idle,
+        TxStatus::InBlock => TransactionStatus::Transaction,
+        TxStatus::Failed => TransactionStatus::Error,
+    };
+    encode(&mut out, &ReadyForQuery::new(status));
+    out.freeze()
+}
+
+async fn status(cache: &Cache) -> Vec<Vec<String>> {
+    let usage = cache.store.usage().await;
+    let stats = &cache.stats;
+    let hits = stats.hits.load(Ordering::Relaxed);
+    let misses = stats.misses.load(Ordering::Relaxed);
+    let mut rows = vec![
+        (
+            "uptime_seconds",
+            cache.started.elapsed().as_secs().to_string(),
+        ),
+        ("entries", usage.entries.to_string()),
+        ("bytes", usage.bytes.to_string()),
+        ("max_bytes", usage.max_bytes.to_string()),
+        ("hits", hits.to_string()),
+        ("misses", misses.to_string()),
+        ("hit_ratio", ratio(hits, misses)),
+        (
+            "bypasses",
+            stats.bypasses.load(Ordering::Relaxed).to_string(),
+        ),
+        (
+            "coalesced",
+            stats.coalesced.load(Ordering::Relaxed).to_string(),
+        ),
+        ("evictions", usage.evictions.to_string()),
+        ("expirations", usage.expirations.to_string()),
+        (
+            "upstream_messages",
+            stats.upstream_messages.load(Ordering::Relaxed).to_string(),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| vec![k.to_owned(), v])
+    .collect::<Vec<_>>();
+    let mut databases = cache.databases();
+    databases.sort_by(|a, b| a.name.cmp(&b.name));
+    for db in databases {
+        let state = if db.has_catalog() {
+            "cached (write-through invalidation)"
+        } else {
+            "forwarded: catalog not read (see the log)"
+        };
+        rows.push(vec![format!("database {}", db.name), state.to_owned()]);
+    }
+    rows
+}
+
+const QUERY_COLUMNS: [&str; 7] = [
+    "query",
+    "hits",
+    "misses",
+    "hit_ratio",
+    "mean_hit_us",
+    "mean_upstream_us",
+    "bytes_served",
+];
+
+fn queries(cache: &Cache) -> Vec<Vec<String>> {
+    let mut digests: Vec<_> = cache
+        .digests
+        .all()
+        .into_iter()
+        .map(|d| (d.stats(), d.text.clone()))
+        .collect();
+    digests.sort_by_key(|d| std::cmp::Reverse(d.0.hits + d.0.misses));
+    digests
+        .into_iter()
+        .map(|(s, text)| {
+            vec![
+                text,
+                s.hits.to_string(),
+                s.misses.to_string(),
+                ratio(s.hits, s.misses),
+                mean_micros(s.hit_nanos, s.hits),
+                mean_micros(s.miss_nanos, s.misses),
+                s.bytes_served.to_string(),
+            ]
+        })
+        .collect()
+}
+
+fn ratio(hits: u64, misses: u64) -> String {
+    match hits + misses {
+        0 => "0".to_owned(),
+        n => format!("{:.4}", hits as f64 / n as f64),
+    }
+}
+
+fn mean_micros(nanos: u64, count: u64) -> String {
+    match count {
+        0 => String::new(),
+        n => format!("{:.1}", nanos as f64 / n as f64 / 1000.0),
+    }
+}
+
+/// A text result set: RowDescription, DataRows, CommandComplete "SHOW n".
+fn result_set<C: AsRef<str>>(out: &mut BytesMut, columns: &[C], rows: &[Vec<String>]) {
+    const TEXT: u32 = 25;
+    let fields = columns
+        .iter()
+        .map(|c| FieldDescription::new(c.as_ref().to_owned(), 0, 0, TEXT, -1, -1, 0))
+        .collect();
+    encode(out, &RowDescription::new(fields));
+    for row in rows {
+        let mut data = BytesMut::new();
+        for value in row {
+            data.put_i32(value.len() as i32);
+            data.put_slice(value.as_bytes());
+        }
+        encode(out, &DataRow::new(data, row.len() as i16));
+    }
+    complete(out, &format!("SHOW {}", rows.len()));
+}
+
+fn complete(out: &mut BytesMut, tag: &str) {
+    encode(out, &CommandComplete::new(tag.to_owned()));
+}
+
+fn encode(out: &mut BytesMut, message: &impl Message) {
+    message
+        .encode(out)
+        .expect("admin replies are far below pgwire's message size limit");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_are_recognized_by_their_words_only() {
+        assert_eq!(command(b"show veneer status;"), Some(Command::Status));
+        assert_eq!(command(b"  SHOW  VENEER QUERIES\n"), Some(Command::Queries));
+        assert_eq!(command(b"VENEER FLUSH"), Some(Command::FlushAll));
+        assert_eq!(
+            command(b"veneer flush table Public.Orders"),
+            Some(Command::FlushTable("orders".into()))
+        );
+        assert_eq!(
+            command(b"veneer flush table \"Odd\""),
+            Some(Command::FlushTable("Odd".into()))
+        );
+        assert!(matches!(command(b"SHOW VENEER"), Some(Command::Unknown(_))));
+        assert_eq!(command(b"SHOW search_path"), None);
+        assert_eq!(command(b"SELECT 'SHOW VENEER STATUS'"), None);
+    }
+}

@@ -1,0 +1,818 @@
+//! The cache inside a session: client requests are taken in *units* — one simple Query, or an
+//! extended-protocol run up to its Sync — and each unit is answered from the cache, loaded lazily
+//! from upstream, or forwarded. Responses keep the client's order because a cacheable unit is
+//! decided only when the upstream has answered everything before it; other units are forwarded at
+//! once, so pass-through pipelining is untouched.
+//!
+//! A stored answer is the upstream's exact bytes for an equal unit (same scope, same request bytes,
+//! same statement definition, same generation stamp), everything after the request up to, not
+//! including, ReadyForQuery; a hit replays it and appends ReadyForQuery(idle). Units with an unnamed
+//! Parse are answered locally too, so drivers that Parse on every call still cost no round trip; the
+//! upstream learns the statement only if a later forwarded message needs it (materialization).
+//!
+//! Writes are followed as they are forwarded: each remembers the ReadyForQuery that ends its unit, and
+//! when a ReadyForQuery shows the transaction over, the generations of what it wrote are bumped before
+//! that ReadyForQuery reaches the client (write-through).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::sync::watch;
+use veneer_cache_node::{CacheKey, CacheStore};
+use veneer_invalidation::Source;
+
+use super::state::{PreparedStatement, TxStatus};
+use super::{frames, Session};
+use crate::cache::admin::{self, Command};
+use crate::cache::database::{Action, Bump, Database, Plan};
+use crate::cache::digest::Digest;
+use crate::cache::{Cache, Flight, FlightGuard};
+use crate::error::Error;
+use crate::wire::frame::{cstr, Header, HEADER_LEN};
+
+/// Distinct statements one cacheable unit may run (a longer pipeline is forwarded).
+const MAX_UNIT_STATEMENTS: usize = 4;
+
+/// Bytes of an unfinished extended-protocol run held back while waiting for its Sync; past this the
+/// run is forwarded uncached, so a huge pipeline never waits in the proxy.
+const MAX_HELD_RUN: usize = 64 * 1024;
+
+/// ReadyForQuery(idle): what ends every replayed answer (hits are only served outside transactions).
+const READY_IDLE: &[u8] = b"Z\0\0\0\x05I";
+
+/// The cache state of one session.
+pub(super) struct SessionCache {
+    cache: Arc<Cache>,
+    db: Arc<Database>,
+    /// Database, role and startup parameters: the fixed part of the scope.
+    identity: Vec<u8>,
+    /// `SessionState::scope_version` and the scope id computed for it.
+    scope: Option<(u64, u64)>,
+    /// A unit taken from the client buffer whose lookup is under way (kept across awaits).
+    current: Option<Unit>,
+    /// Set while an identical miss of another session is in flight: this one waits for it.
+    waiting: Option<watch::Receiver<()>>,
+    /// The response being teed into the cache.
+    fill: Option<Fill>,
+    /// Statement and portal plans as forwarded (before the upstream confirms), for write tracking.
+    statements: HashMap<String, Arc<Plan>>,
+    portals: HashMap<String, Arc<Plan>>,
+    /// ReadyForQuery messages the forwarded requests will produce (the startup's counts as the first),
+    /// and how many arrived.
+    readies_sent: u64,
+    readies_seen: u64,
+    /// Writes whose unit has not ended yet.
+    writes: VecDeque<Write>,
+    /// Writes of the transaction in progress, bumped when it ends.
+    committing: Vec<Write>,
+    /// The client's unnamed statement was answered locally and does not exist upstream.
+    unnamed_stale: bool,
+    /// When the upstream became busy with a forwarded request, for the pass-through latency.
+    busy_since: Option<Instant>,
+}
+
+/// Writes of a session that ended before their transaction's end was seen.
+pub(super) struct Unsettled {
+    cache: Arc<Cache>,
+    db: Arc<Database>,
+    bumps: Vec<Bump>,
+}
+
+impl Unsettled {
+    /// Bumps everything the writes may have touched.
+    pub(super) fn apply(&self) {
+        SessionCache::apply(&self.cache, &self.db, &self.bumps);
+    }
+}
+
+struct Write {
+    /// Number of the ReadyForQuery that ends the write's unit.
+    ready: u64,
+    bump: Bump,
+    ddl: bool,
+}
+
+/// A unit taken from the client buffer.
+struct Unit {
+    bytes: Bytes,
+    what: What,
+}
+
+/// What a unit is.
+enum What {
+    /// Forward as it is.
+    Forward,
+    /// May be answered from the cache.
+    Cacheable(Candidate),
+    /// An administrative command.
+    Admin(Command),
+}
+
+/// What the cache needs of a cacheable unit.
+#[derive(Default)]
+struct Candidate {
+    plans: [Option<Arc<Plan>>; MAX_UNIT_STATEMENTS],
+    /// Definition of the statement the unit runs without parsing it (a named or earlier unnamed
+    /// one); empty when the unit parses what it runs.
+    definition: Bytes,
+    /// Body of the unit's unnamed Parse, which a hit must apply to the session state.
+    parse: Option<Bytes>,
+    /// The unit's unnamed Parse has been seen and its Bind.
+    parsed: bool,
+    bound: bool,
+}
+
+/// A miss being loaded: the response is collected as slices of the upstream's reads.
+struct Fill {
+    key: CacheKey,
+    ttl: std::time::Duration,
+    digest: Arc<Digest>,
+    guard: Option<FlightGuard>,
+    parts: Vec<Bytes>,
+    size: usize,
+    started: Instant,
+}
+
+/// A fill whose response completed and qualifies for storing.
+pub(super) struct Completed {
+    fill: Fill,
+    response: Bytes,
+}
+
+impl SessionCache {
+    /// The cache state of a session of `user` on `database` with the startup `params`.
+    pub(super) fn new(
+        cache: Arc<Cache>,
+        user: &str,
+        database: &str,
+        params: &[(String, String)],
+    ) -> SessionCache {
+        let mut identity = Vec::new();
+        for part in [database, user] {
+            identity.extend_from_slice(part.as_bytes());
+            identity.push(0);
+        }
+        let mut params: Vec<_> = params
+            .iter()
+            .filter(|(k, _)| !matches!(k.as_str(), "user" | "database" | "application_name"))
+            .collect();
+        params.sort();
+        for (k, v) in params {
+            for part in [k, v] {
+                identity.extend_from_slice(part.as_bytes());
+                identity.push(0);
+            }
+        }
+        SessionCache {
+            db: cache.database(database),
+            cache,
+            identity,
+            scope: None,
+            current: None,
+            waiting: None,
+            fill: None,
+            statements: HashMap::new(),
+            portals: HashMap::new(),
+            readies_sent: 1,
+            readies_seen: 0,
+            writes: VecDeque::new(),
+            committing: Vec::new(),
+            unnamed_stale: false,
+            busy_since: None,
+        }
+    }
+
+    /// Whether the session waits for another session's identical miss.
+    pub(super) fn waiting(&mut self) -> Option<&mut watch::Receiver<()>> {
+        self.waiting.as_mut()
+    }
+
+    /// The identical miss this session waited for has ended: look again.
+    pub(super) fn stop_waiting(&mut self) {
+        self.waiting = None;
+    }
+
+    /// Whether requests are held back (a cacheable unit waits), so the client should not be read
+    /// further once its buffer is large.
+    pub(super) fn holding(&self) -> bool {
+        self.current.is_some() || self.waiting.is_some()
+    }
+
+    /// Writes forwarded whose transaction end has not been seen: if the session ends now, they must
+    /// still be bumped once the upstream has finished with them.
+    pub(super) fn unsettled(&mut self) -> Option<Unsettled> {
+        let bumps: Vec<Bump> = self
+            .committing
+            .drain(..)
+            .chain(self.writes.drain(..))
+            .map(|w| w.bump)
+            .collect();
+        (!bumps.is_empty()).then(|| Unsettled {
+            cache: Arc::clone(&self.cache),
+            db: Arc::clone(&self.db),
+            bumps,
+        })
+    }
+
+    /// Bumps what `bumps` name in `db`.
+    fn apply(cache: &Cache, db: &Database, bumps: &[Bump]) {
+        for bump in bumps {
+            match bump {
+                Bump::Tables(tables) => tables.iter().for_each(|t| db.generations.bump_table(t)),
+                Bump::Global => db.generations.bump_global(),
+            }
+        }
+        if !bumps.is_empty() {
+            cache.meters.invalidation(Source::WriteThrough);
+        }
+    }
+}
+
+impl Session {
+    /// Takes units from the client buffer and serves, loads or forwards them, until the buffer holds no
+    /// complete unit or a cacheable unit must wait (for the upstream to answer what came before it, or
+    /// for an identical miss in flight). Cancel-safe: the unit under lookup is kept in `current`.
+    pub(super) async fn dispatch(&mut self) -> Result<(), Error> {
+        loop {
+            match &self.cache {
+                None => return Ok(()),
+                Some(c) if c.waiting.is_some() => return Ok(()),
+                Some(c) if c.current.is_some() => {}
+                Some(_) => {
+                    let Some((len, what)) = self.next_unit()? else {
+                        return Ok(());
+                    };
+                    if !matches!(what, What::Forward) && self.state.awaits_reply() {
+                        // Decided once everything before it has been answered.
+                        return Ok(());
+                    }
+                    let bytes = self.client_buf.split_to(len).freeze();
+                    self.traffic.from_client += len as u64;
+                    if let What::Forward = what {
+                        self.forward(bytes);
+                        continue;
+                    }
+                    self.cache.as_mut().expect("matched").current = Some(Unit { bytes, what });
+                }
+            }
+            self.decide().await;
+        }
+    }
+
+    /// Serves, loads or forwards the current unit.
+    async fn decide(&mut self) {
+        let started = Instant::now();
+        let Some(c) = self.cache.as_ref() else {
+            return;
+        };
+        let cache = Arc::clone(&c.cache);
+        let Some(unit) = c.current.as_ref() else {
+            return;
+        };
+        if let What::Admin(command) = &unit.what {
+            let command = command.clone();
+            let reply = admin::answer(&cache, &command, self.is_admin(), self.state.tx).await;
+            self.to_client.push(reply);
+            self.cache.as_mut().expect("checked").current = None;
+            return;
+        }
+        if let Some(reason) = self.uncacheable_state() {
+            self.bypass(reason);
+            return;
+        }
+        let key = self.key();
+        if let Some(response) = cache.store.get(&key).await {
+            self.serve_hit(response, started);
+            return;
+        }
+        let c = self.cache.as_mut().expect("checked");
+        let guard = match cache.flight(&key) {
+            Flight::Follower(rx) => {
+                cache.stats.coalesced.fetch_add(1, Relaxed);
+                cache.meters.coalesced.increment(1);
+                c.waiting = Some(rx);
+                return;
+            }
+            Flight::Leader(guard) => guard,
+        };
+        let unit = c.current.take().expect("checked");
+        let What::Cacheable(candidate) = unit.what else {
+            unreachable!("admin units returned above and forwarded ones are never current")
+        };
+        let (ttl, digest) = candidate.ttl_and_digest();
+        c.fill = Some(Fill {
+            key,
+            ttl,
+            digest,
+            guard: Some(guard),
+            parts: Vec::new(),
+            size: 0,
+            started,
+        });
+        self.forward(unit.bytes);
+    }
+
+    /// A superuser, or a role in admin_users, may run the privileged admin commands.
+    fn is_admin(&self) -> bool {
+        self.state.params.get("is_superuser").map(String::as_str) == Some("on")
+            || self.shared.config.admin_users.contains(&self.user)
+    }
+
+    /// Why the session's state rules the cache out right now, if it does.
+    fn uncacheable_state(&self) -> Option<&'static str> {
+        if self.state.tx != TxStatus::Idle {
+            Some("in_transaction")
+        } else if self.state.settings.is_opaque() {
+            Some("session_settings_unknown")
+        } else if self.state.temp_tables {
+            Some("session_has_temp_tables")
+        } else {
+            None
+        }
+    }
+
+    /// Forwards the current unit uncached, counting why.
+    fn bypass(&mut self, reason: &'static str) {
+        let c = self.cache.as_mut().expect("only called with a cache");
+        c.cache.stats.bypasses.fetch_add(1, Relaxed);
+        c.cache.meters.bypass(reason);
+        let unit = c.current.take().expect("only called with a current unit");
+        self.forward(unit.bytes);
+    }
+
+    /// The cache key of the current unit.
+    fn key(&mut self) -> CacheKey {
+        let version = self.state.scope_version();
+        let c = self.cache.as_mut().expect("only called with a cache");
+        let scope = match c.scope {
+            Some((v, id)) if v == version => id,
+            _ => {
+                let mut content = c.identity.clone();
+                let mut params: Vec<_> = self
+                    .state
+                    .params
+                    .iter()
+                    .filter(|(k, _)| k.as_str() != "application_name")
+                    .collect();
+                params.sort();
+                for (k, v) in params {
+                    for part in [k, v] {
+                        content.extend_from_slice(part.as_bytes());
+                        content.push(0);
+                    }
+                }
+                content.push(0);
+                for statement in self.state.settings.history() {
+                    content.extend_from_slice(statement);
+                    content.push(0);
+                }
+                let id = c.cache.scope(&content);
+                c.scope = Some((version, id));
+                id
+            }
+        };
+        let unit = c.current.as_ref().expect("only called with a current unit");
+        let What::Cacheable(candidate) = &unit.what else {
+            unreachable!("keys are only made for cacheable units")
+        };
+        let stamp = candidate
+            .plans
+            .iter()
+            .flatten()
+            .filter_map(|p| match &p.action {
+                Action::Cache { dependencies, .. } => Some(dependencies.stamp(&c.db.generations)),
+                Action::Forward { .. } => None,
+            })
+            .max()
+            .unwrap_or(0);
+        CacheKey {
+            scope,
+            stamp,
+            request: unit.bytes.clone(),
+            definition: candidate.definition.clone(),
+        }
+    }
+
+    /// Replays a stored answer for the current unit.
+    fn serve_hit(&mut self, response: Bytes, started: Instant) {
+        let c = self.cache.as_mut().expect("only called with a cache");
+        let unit = c.current.take().expect("only called with a current unit");
+        let What::Cacheable(candidate) = unit.what else {
+            unreachable!("hits are only looked up for cacheable units")
+        };
+        if let Some(body) = &candidate.parse {
+            let same = self
+                .state
+                .statements
+                .get("")
+                .is_some_and(|s| s.definition[..] == body[1..]);
+            if !same {
+                self.state.on_local_parse(body);
+                c.unnamed_stale = true;
+            }
+        }
+        let len = response.len();
+        self.traffic.to_client += (len + READY_IDLE.len()) as u64;
+        self.to_client.push(response);
+        self.to_client.push(Bytes::from_static(READY_IDLE));
+        let elapsed = started.elapsed();
+        let (_, digest) = candidate.ttl_and_digest();
+        digest.hit(elapsed, len);
+        c.cache.stats.hits.fetch_add(1, Relaxed);
+        c.cache.meters.hits.increment(1);
+        c.cache.meters.hit_seconds.record(elapsed);
+    }
+
+    /// Sends a unit upstream, following what it does: session state, plans of the statements and
+    /// portals it creates, writes it makes, and the unnamed statement it may need recreated first.
+    pub(super) fn forward(&mut self, bytes: Bytes) {
+        let Some(c) = self.cache.as_mut() else {
+            self.to_upstream.push(bytes);
+            return;
+        };
+        if !self.state.awaits_reply() && c.busy_since.is_none() {
+            c.busy_since = Some(Instant::now());
+        }
+        let mut sent_from = 0;
+        let mut offset = 0;
+        let mut messages = 0;
+        for (tag, body) in frames(&bytes) {
+            messages += 1;
+            let needs_unnamed = match tag {
+                b'B' => cstr(&body).and_then(|(_, rest)| cstr(rest)).map(|(s, _)| s) == Some(""),
+                b'D' | b'C' => &body[..] == b"S\0",
+                _ => false,
+            };
+            if needs_unnamed && c.unnamed_stale {
+                if let Some(statement) = self.state.statements.get("").cloned() {
+                    self.to_upstream.push(bytes.slice(sent_from..offset));
+                    sent_from = offset;
+                    self.to_upstream.push(parse_message(&statement));
+                    self.state.on_injected_parse(statement);
+                    messages += 1;
+                }
+                c.unnamed_stale = false;
+            }
+            track(c, tag, &body);
+            self.state.on_frontend(tag, &body);
+            self.client_terminated |= tag == b'X';
+            offset += HEADER_LEN + body.len();
+        }
+        self.to_upstream.push(bytes.slice(sent_from..));
+        c.cache.stats.upstream_messages.fetch_add(messages, Relaxed);
+        c.cache.meters.upstream_messages.increment(messages);
+    }
+
+    /// Follows one backend message for the cache: tees it into a fill, and at ReadyForQuery settles
+    /// the writes whose transaction ended. `range` is where the message sits in `chunk`. Returns the
+    /// completed fill when this ReadyForQuery ended one that qualifies for storing.
+    pub(super) fn observe_backend(
+        &mut self,
+        tag: u8,
+        body: &[u8],
+        chunk: &Bytes,
+        range: std::ops::Range<usize>,
+        dropped: bool,
+    ) -> Option<Completed> {
+        let c = self.cache.as_mut()?;
+        let max = c.cache.config.max_result_bytes;
+        if let Some(fill) = &mut c.fill {
+            // Errors are never stored; asynchronous messages (notifications, notices, parameter
+            // changes) and replies the proxy swallowed are not part of an answer to replay.
+            let unfit = matches!(tag, b'E' | b'A' | b'N' | b'S') || dropped;
+            if unfit || fill.size + range.len() > max {
+                fill.abandon();
+            } else if tag != b'Z' && fill.guard.is_some() {
+                fill.parts.push(chunk.slice(range.clone()));
+                fill.size += range.len();
+            }
+        }
+        if tag != b'Z' {
+            return None;
+        }
+        c.readies_seen += 1;
+        while c.writes.front().is_some_and(|w| w.ready <= c.readies_seen) {
+            let write = c.writes.pop_front().expect("checked");
+            c.committing.push(write);
+        }
+        let idle = body.first() == Some(&b'I');
+        if idle && !c.committing.is_empty() {
+            let bumps: Vec<Bump> = c.committing.iter().map(|w| w.bump.clone()).collect();
+            SessionCache::apply(&c.cache, &c.db, &bumps);
+            if c.committing.iter().any(|w| w.ddl) {
+                c.db.catalog_changed();
+            }
+            c.committing.clear();
+        }
+        let quiet = !self.state.awaits_reply();
+        let fill = c.fill.take();
+        let elapsed = c.busy_since.filter(|_| quiet).map(|t| t.elapsed());
+        if quiet {
+            c.busy_since = None;
+        }
+        match fill {
+            Some(mut fill) => {
+                let elapsed = fill.started.elapsed();
+                fill.digest.miss(elapsed);
+                c.cache.stats.misses.fetch_add(1, Relaxed);
+                c.cache.meters.misses.increment(1);
+                c.cache.meters.miss_seconds.record(elapsed);
+                if !idle || fill.guard.is_none() {
+                    return None;
+                }
+                let mut response = BytesMut::with_capacity(fill.size);
+                for part in fill.parts.drain(..) {
+                    response.put(part);
+                }
+                Some(Completed {
+                    fill,
+                    response: response.freeze(),
+                })
+            }
+            None => {
+                if let Some(elapsed) = elapsed {
+                    c.cache.meters.passthrough_seconds.record(elapsed);
+                }
+                None
+            }
+        }
+    }
+
+    /// Stores a completed fill, then ends its flight (followers look again and hit).
+    pub(super) async fn store(&self, completed: Completed) {
+        let Some(c) = self.cache.as_ref() else {
+            return;
+        };
+        let Completed { fill, response } = completed;
+        c.cache.store.put(fill.key, response, fill.ttl).await;
+        drop(fill.guard);
+    }
+
+    /// Peeks at the unit at the front of the client buffer: its length and what it is, or `None`
+    /// when it is not complete yet.
+    fn next_unit(&self) -> Result<Option<(usize, What)>, Error> {
+        let c = self.cache.as_ref().expect("only called with a cache");
+        let max = self.shared.config.max_message_bytes;
+        let buf = &self.client_buf[..];
+        let Some(first) = Header::peek(buf, max).map_err(Error::client_protocol)? else {
+            return Ok(None);
+        };
+        if buf.len() < first.total_len {
+            return Ok(None);
+        }
+        match first.tag {
+            b'Q' => {
+                let sql = &buf[HEADER_LEN..first.total_len - 1];
+                if let Some(command) = admin::command(sql) {
+                    return Ok(Some((first.total_len, What::Admin(command))));
+                }
+                let plan = c.db.plan(sql, &c.cache.config, &c.cache.digests);
+                let what = match plan.action {
+                    Action::Cache { .. } => {
+                        let mut candidate = Candidate::default();
+                        candidate.plans[0] = Some(plan);
+                        What::Cacheable(candidate)
+                    }
+                    Action::Forward { .. } => What::Forward,
+                };
+                Ok(Some((first.total_len, what)))
+            }
+            b'P' | b'B' | b'D' | b'E' => self.extended_unit(buf, max),
+            _ => Ok(Some((first.total_len, What::Forward))),
+        }
+    }
+
+    /// An extended-protocol run: cacheable when it ends with Sync and holds only Parse (unnamed),
+    /// Bind (unnamed portal), Describe and Execute (all rows) of cacheable statements.
+    fn extended_unit(&self, buf: &[u8], max: usize) -> Result<Option<(usize, What)>, Error> {
+        let mut candidate = Some(Candidate::default());
+        let mut offset = 0;
+        loop {
+            let header = Header::peek(&buf[offset..], max).map_err(Error::client_protocol)?;
+            let Some(header) = header.filter(|h| buf.len() - offset >= h.total_len) else {
+                // Incomplete: wait for the rest of a promising run, forward the rest.
+                if candidate.is_some() && offset < MAX_HELD_RUN {
+                    return Ok(None);
+                }
+                return Ok(Some((offset, What::Forward)));
+            };
+            let body = &buf[offset + HEADER_LEN..offset + header.total_len];
+            offset += header.total_len;
+            match header.tag {
+                b'S' => {
+                    let what = match candidate.filter(|c| c.bound || c.parsed) {
+                        Some(c) => What::Cacheable(c),
+                        None => What::Forward,
+                    };
+                    return Ok(Some((offset, what)));
+                }
+                b'P' | b'B' | b'D' | b'E' => {
+                    if let Some(c) = candidate.take() {
+                        candidate = self.extend(c, header.tag, body);
+                    }
+                }
+                _ => return Ok(Some((offset - header.total_len, What::Forward))),
+            }
+            if candidate.is_none() && offset >= MAX_HELD_RUN {
+                return Ok(Some((offset, What::Forward)));
+            }
+        }
+    }
+
+    /// Adds one message to a cacheable run, or rules the run out (`None`).
+    fn extend(&self, mut candidate: Candidate, tag: u8, body: &[u8]) -> Option<Candidate> {
+        let c = self.cache.as_ref()?;
+        let plan = |sql: &[u8]| c.db.plan(sql, &c.cache.config, &c.cache.digests);
+        match tag {
+            b'P' => {
+                let (name, rest) = cstr(body)?;
+                let (sql, _) = cstr(rest)?;
+                if !name.is_empty() || candidate.parsed {
+                    return None;
+                }
+                candidate.add(plan(sql.as_bytes()))?;
+                candidate.parse = Some(Bytes::copy_from_slice(body));
+                candidate.parsed = true;
+            }
+            b'B' => {
+                let (portal, rest) = cstr(body)?;
+                let (statement, _) = cstr(rest)?;
+                if !portal.is_empty() {
+                    return None;
+                }
+                candidate = self.uses(candidate, statement, &plan)?;
+                candidate.bound = true;
+            }
+            b'D' => match body.split_first()? {
+                (b'P', b"\0") if candidate.bound => {}
+                (b'S', name) => candidate = self.uses(candidate, cstr(name)?.0, &plan)?,
+                _ => return None,
+            },
+            b'E' => {
+                let (portal, rest) = cstr(body)?;
+                if !portal.is_empty() || !candidate.bound || rest != [0, 0, 0, 0] {
+                    return None;
+                }
+            }
+            _ => return None,
+        }
+        Some(candidate)
+    }
+
+    /// A run refers to `statement`: the unit's own unnamed Parse, or a statement the upstream
+    /// confirmed, whose definition then goes into the key.
+    fn uses(
+        &self,
+        mut candidate: Candidate,
+        statement: &str,
+        plan: &dyn Fn(&[u8]) -> Arc<Plan>,
+    ) -> Option<Candidate> {
+        if statement.is_empty() && candidate.parsed {
+            return Some(candidate);
+        }
+        let prepared = self.state.statements.get(statement)?;
+        if !candidate.definition.is_empty() && candidate.definition != prepared.definition {
+            return None;
+        }
+        candidate.add(plan(&prepared.sql))?;
+        candidate.definition = prepared.definition.clone();
+        Some(candidate)
+    }
+}
+
+impl Candidate {
+    /// Adds a statement's plan; `None` when it is not cacheable or the unit runs too many.
+    fn add(&mut self, plan: Arc<Plan>) -> Option<()> {
+        if !matches!(plan.action, Action::Cache { .. }) {
+            return None;
+        }
+        if self.plans.iter().flatten().any(|p| Arc::ptr_eq(p, &plan)) {
+            return Some(());
+        }
+        let slot = self.plans.iter_mut().find(|p| p.is_none())?;
+        *slot = Some(plan);
+        Some(())
+    }
+
+    /// The shortest TTL among the unit's statements, and the digest of the first.
+    fn ttl_and_digest(&self) -> (std::time::Duration, Arc<Digest>) {
+        let mut ttl = None;
+        let mut digest = None;
+        for plan in self.plans.iter().flatten() {
+            if let Action::Cache {
+                ttl: t, digest: d, ..
+            } = &plan.action
+            {
+                ttl = Some(ttl.map_or(*t, |x: std::time::Duration| x.min(*t)));
+                digest.get_or_insert_with(|| Arc::clone(d));
+            }
+        }
+        (
+            ttl.expect("a cacheable unit has a cacheable plan"),
+            digest.expect("a cacheable unit has a cacheable plan"),
+        )
+    }
+}
+
+impl Fill {
+    /// Stops collecting: the answer will not be stored, and waiting sessions go upstream themselves.
+    fn abandon(&mut self) {
+        self.parts.clear();
+        self.guard = None;
+    }
+}
+
+/// Follows one forwarded message for write tracking.
+fn track(c: &mut SessionCache, tag: u8, body: &Bytes) {
+    let plan_of = |c: &SessionCache, sql: &[u8]| c.db.plan(sql, &c.cache.config, &c.cache.digests);
+    match tag {
+        b'Q' => {
+            let sql = &body[..body.len().saturating_sub(1)];
+            if admin::command(sql).is_none() {
+                let plan = plan_of(c, sql);
+                note_write(c, &plan);
+            }
+            c.readies_sent += 1;
+        }
+        b'P' => {
+            if let Some((name, rest)) = cstr(body) {
+                let sql = cstr(rest).map_or(&b""[..], |(s, _)| s.as_bytes());
+                let plan = plan_of(c, sql);
+                if name.is_empty() {
+                    c.unnamed_stale = false;
+                }
+                c.statements.insert(name.to_owned(), plan);
+            }
+        }
+        b'B' => {
+            if let Some((portal, rest)) = cstr(body) {
+                let statement = cstr(rest).map(|(s, _)| s).unwrap_or_default();
+                match c.statements.get(statement).cloned() {
+                    Some(plan) => c.portals.insert(portal.to_owned(), plan),
+                    None => c.portals.remove(portal),
+                };
+            }
+        }
+        b'E' => {
+            let portal = cstr(body).map(|(p, _)| p).unwrap_or_default();
+            match c.portals.get(portal).cloned() {
+                Some(plan) => note_write(c, &plan),
+                // A portal the proxy did not see bound (or a cursor): it may do anything.
+                None => c.writes.push_back(Write {
+                    ready: c.readies_sent + 1,
+                    bump: Bump::Global,
+                    ddl: true,
+                }),
+            }
+        }
+        b'C' => {
+            if let Some((kind, name)) = body.split_first() {
+                let name = cstr(name).map(|(n, _)| n).unwrap_or_default();
+                if *kind == b'S' {
+                    c.statements.remove(name);
+                } else {
+                    c.portals.remove(name);
+                }
+            }
+        }
+        b'F' => {
+            c.writes.push_back(Write {
+                ready: c.readies_sent + 1,
+                bump: Bump::Global,
+                ddl: true,
+            });
+            c.readies_sent += 1;
+        }
+        b'S' => c.readies_sent += 1,
+        _ => {}
+    }
+}
+
+/// Remembers what a forwarded statement may write, to bump when its transaction ends.
+fn note_write(c: &mut SessionCache, plan: &Plan) {
+    if let Action::Forward {
+        bump: Some(bump),
+        ddl,
+        ..
+    } = &plan.action
+    {
+        c.writes.push_back(Write {
+            ready: c.readies_sent + 1,
+            bump: bump.clone(),
+            ddl: *ddl,
+        });
+    }
+}
+
+/// A Parse message recreating `statement` as the unnamed statement.
+fn parse_message(statement: &PreparedStatement) -> Bytes {
+    let mut message = BytesMut::with_capacity(HEADER_LEN + 1 + statement.definition.len());
+    message.put_u8(b'P');
+    message.put_u32((4 + 1 + statement.definition.len()) as u32);
+    message.put_u8(0);
+    message.put_slice(&statement.definition);
+    message.freeze()
+}
