@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod binary;
+pub mod cache;
 pub mod client;
 pub mod pg;
 pub mod proxy;

@@ -64,10 +64,22 @@ const STABLE_BUT_CHANGING: &[&str] = &[
     "col_description",
     "shobj_description",
     "format_type",
+    "mxid_age",
+    "row_security_active",
 ];
 
-/// Prefixes of the same kind: privilege checks, catalog lookups, pg_* introspection.
-const STABLE_BUT_CHANGING_PREFIXES: &[&str] = &["has_", "pg_", "to_reg"];
+/// Prefixes of the same kind: privilege checks, catalog lookups (reg* conversions), pg_* introspection,
+/// transaction ids, and the *_to_xml functions that read tables named in a string.
+const STABLE_BUT_CHANGING_PREFIXES: &[&str] = &[
+    "has_",
+    "pg_",
+    "to_reg",
+    "reg",
+    "txid_",
+    "database_to_xml",
+    "schema_to_xml",
+    "table_to_xml",
+];
 
 /// SQL-standard forms sqlparser reports as function calls though pg_proc has no entry by that name.
 const SPECIAL_FORMS: &[(&str, Function)] = &[

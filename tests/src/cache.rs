@@ -1,0 +1,57 @@
+//! Looking at the proxy's cache from a test: its `SHOW VENEER STATUS` figures, and waiting until the
+//! cache is ready for a database (its catalog has been read, so cacheable reads are cached).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+use crate::client::{connect_as, wait_for};
+
+/// The rows of `SHOW VENEER STATUS`, by name.
+pub async fn status(client: &Client) -> HashMap<String, String> {
+    let messages = client
+        .simple_query("SHOW VENEER STATUS")
+        .await
+        .unwrap_or_else(|e| panic!("SHOW VENEER STATUS: {e:?}"));
+    messages
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(row) => Some((
+                row.get(0).unwrap_or_default().to_owned(),
+                row.get(1).unwrap_or_default().to_owned(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// One numeric figure of the status (hits, misses, upstream_messages, bytes, ...).
+pub async fn figure(client: &Client, name: &str) -> u64 {
+    let status = status(client).await;
+    status
+        .get(name)
+        .unwrap_or_else(|| panic!("no {name} in {status:?}"))
+        .parse()
+        .unwrap_or_else(|e| panic!("{name} in {status:?}: {e}"))
+}
+
+/// Waits until the proxy at `addr` caches reads of the test database: its first session starts the
+/// catalog read, which must finish before reads are cached.
+pub async fn wait_cache_ready(addr: SocketAddr) {
+    let client = connect_as(addr, "veneer-tests-cache-ready").await;
+    let key = format!("database {}", crate::DATABASE);
+    let ready = wait_for(Duration::from_secs(20), || async {
+        status(&client)
+            .await
+            .get(&key)
+            .is_some_and(|s| s.starts_with("cached"))
+    })
+    .await;
+    assert!(
+        ready,
+        "the cache never became ready: {:?}",
+        status(&client).await
+    );
+}

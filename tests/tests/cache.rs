@@ -1,0 +1,702 @@
+//! The query-result cache against a real server: hits are byte-identical to direct answers and cost no
+//! upstream traffic in every driver style; writes through the proxy are visible at once to every
+//! session; what must not be cached is not; identical concurrent misses go upstream once; the memory
+//! bound holds; the admin commands work.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_postgres::SimpleQueryMessage;
+use veneer_tests::cache::{figure, status, wait_cache_ready};
+use veneer_tests::raw::{self, Message, RawClient};
+use veneer_tests::*;
+
+/// Starts a proxy and waits until it caches reads.
+async fn cached_proxy() -> ProxyHandle {
+    let proxy = ProxyHandle::start().await;
+    wait_cache_ready(proxy.addr()).await;
+    proxy
+}
+
+/// Runs `setup` on a direct superuser session.
+async fn setup(sql: &str) {
+    direct_admin()
+        .await
+        .batch_execute(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+}
+
+/// The first column of every row `sql` returns, as text (simple protocol).
+async fn column(client: &tokio_postgres::Client, sql: &str) -> Vec<Option<String>> {
+    client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(row) => Some(row.get(0).map(str::to_owned)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The same SQL through the extended protocol, unnamed statement, binary results.
+fn extended_binary(sql: &str, params: &[Option<&[u8]>]) -> Vec<u8> {
+    let mut bytes = raw::parse("", sql);
+    bytes.extend(raw::bind("", "", params, 1));
+    bytes.extend(raw::describe(b'P', ""));
+    bytes.extend(raw::execute(""));
+    bytes.extend(raw::sync());
+    bytes
+}
+
+async fn reply(client: &mut RawClient, request: &[u8]) -> Vec<Vec<u8>> {
+    client.send(request).await;
+    let messages = within("reply", client.read_until_ready()).await;
+    messages.iter().map(|m: &Message| m.raw.to_vec()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hits_are_byte_identical_to_direct_answers() {
+    setup(
+        "CREATE TABLE cache_types (id int PRIMARY KEY, n numeric, ts timestamptz, arr int[], \
+           tarr text[], j json, jb jsonb, b bytea, t text, nothing int, f float8, u uuid, d date, \
+           iv interval);
+         INSERT INTO cache_types VALUES
+           (1, 123456789012345678901234567890.123456789, '2024-02-29 12:34:56.789+05:30', \
+            ARRAY[1, NULL, 3], ARRAY['a', NULL], '{\"a\": [1, {\"b\": null}]}', '{\"b\": 2, \"a\": 1}', \
+            '\\xdeadbeef00ff', 'ü', NULL, 'NaN', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', \
+            '2024-01-01', '1 year 2 mons 3 days 04:05:06.7'),
+           (2, 'NaN', 'infinity', '{}', '{}', '[]', '\"x\"', '', repeat('x', 200000), 7, \
+            '-Infinity', NULL, NULL, NULL),
+           (3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);",
+    )
+    .await;
+    let wide: Vec<String> = (1..=400).map(|i| format!("id * {i} AS c{i}")).collect();
+    let queries = [
+        "SELECT * FROM cache_types ORDER BY id".to_owned(),
+        "SELECT n, ts, arr FROM cache_types WHERE id = 1".to_owned(),
+        format!("SELECT {} FROM cache_types", wide.join(", ")),
+        "SELECT id, g, md5(g::text) FROM cache_types, generate_series(1, 5000) g".to_owned(),
+        "SELECT * FROM cache_types WHERE false".to_owned(),
+    ];
+    let proxy = cached_proxy().await;
+    let (mut direct, _) = RawClient::startup(pg().addr(), SUPERUSER, "cache-identical").await;
+    let (mut through, _) = RawClient::startup(proxy.addr(), SUPERUSER, "cache-identical").await;
+    let observer = connect_as(proxy.addr(), "cache-identical-observer").await;
+    let mut requests = Vec::new();
+    for sql in &queries {
+        requests.push(raw::query(sql));
+        requests.push(extended_binary(sql, &[]));
+    }
+    requests.push(extended_binary(
+        "SELECT t FROM cache_types WHERE id = $1",
+        &[Some(b"2")],
+    ));
+    for request in &requests {
+        let expected = reply(&mut direct, request).await;
+        let miss = reply(&mut through, request).await;
+        let hits = figure(&observer, "hits").await;
+        let hit = reply(&mut through, request).await;
+        assert_eq!(
+            figure(&observer, "hits").await,
+            hits + 1,
+            "not a hit: {request:?}"
+        );
+        assert_eq!(miss, expected, "the miss differs from the direct answer");
+        assert_eq!(hit, expected, "the hit differs from the direct answer");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hits_cost_no_upstream_traffic_in_any_driver_style() {
+    setup(
+        "CREATE TABLE cache_styles (id int PRIMARY KEY, v text);
+         INSERT INTO cache_styles SELECT g, 'value ' || g FROM generate_series(1, 100) g;",
+    )
+    .await;
+    let proxy = cached_proxy().await;
+    let client = connect_as(proxy.addr(), "cache-styles").await;
+    let sent = || figure(&client, "upstream_messages");
+
+    // The simple protocol.
+    let sql = "SELECT v FROM cache_styles WHERE id = 7";
+    column(&client, sql).await;
+    let before = sent().await;
+    for _ in 0..100 {
+        assert_eq!(column(&client, sql).await, vec![Some("value 7".into())]);
+    }
+    assert_eq!(sent().await, before, "simple protocol hits went upstream");
+
+    // Parse/Bind/Describe/Execute/Sync with the unnamed statement on every call (psycopg 3,
+    // node-postgres, pgjdbc before its prepare threshold).
+    let (mut raw_client, _) = RawClient::startup(proxy.addr(), SUPERUSER, "cache-styles-raw").await;
+    let unnamed = extended_binary("SELECT v FROM cache_styles WHERE id = $1", &[Some(b"8")]);
+    let first = reply(&mut raw_client, &unnamed).await;
+    let before = sent().await;
+    for _ in 0..100 {
+        assert_eq!(reply(&mut raw_client, &unnamed).await, first);
+    }
+    assert_eq!(
+        sent().await,
+        before,
+        "unnamed extended-protocol hits went upstream"
+    );
+
+    // A named statement prepared once, then Bind/Execute/Sync per call.
+    let statement = client
+        .prepare("SELECT v FROM cache_styles WHERE id = $1")
+        .await
+        .unwrap();
+    client.query(&statement, &[&9i32]).await.unwrap();
+    let before = sent().await;
+    for _ in 0..100 {
+        let rows = client.query(&statement, &[&9i32]).await.unwrap();
+        assert_eq!(rows[0].get::<_, &str>(0), "value 9");
+    }
+    assert_eq!(
+        sent().await,
+        before,
+        "named prepared statement hits went upstream"
+    );
+
+    // After hits answered its Parse locally, a Bind of the unnamed statement alone still works: the
+    // proxy recreates the statement upstream first.
+    let mut rebind = raw::bind("", "", &[Some(b"10")], 0);
+    rebind.extend(raw::execute(""));
+    rebind.extend(raw::sync());
+    let answer = reply(&mut raw_client, &rebind).await;
+    assert!(
+        answer
+            .iter()
+            .any(|m| m[0] == b'D' && m.ends_with(b"value 10")),
+        "{answer:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelines_mixing_hits_and_misses_keep_order_and_errors() {
+    setup(
+        "CREATE TABLE cache_pipe (id int PRIMARY KEY, v text);
+         INSERT INTO cache_pipe SELECT g, 'p' || g FROM generate_series(1, 10) g;",
+    )
+    .await;
+    let proxy = cached_proxy().await;
+    let (mut direct, _) = RawClient::startup(pg().addr(), SUPERUSER, "cache-pipe").await;
+    let (mut through, _) = RawClient::startup(proxy.addr(), SUPERUSER, "cache-pipe").await;
+    let warm = extended_binary("SELECT v FROM cache_pipe WHERE id = $1", &[Some(b"1")]);
+    reply(&mut through, &warm).await;
+    // Hit, miss, error (its unit fails alone), hit, write, read of the write: one write, six answers.
+    let units = [
+        warm.clone(),
+        extended_binary("SELECT v FROM cache_pipe WHERE id = $1", &[Some(b"2")]),
+        extended_binary("SELECT v::int FROM cache_pipe WHERE id = $1", &[Some(b"3")]),
+        warm.clone(),
+        raw::query("UPDATE cache_pipe SET v = 'changed' WHERE id = 1"),
+        warm.clone(),
+    ];
+    let batch: Vec<u8> = units.concat();
+    let mut answers = Vec::new();
+    for client in [&mut direct, &mut through] {
+        client.send(&batch).await;
+        let mut replies = Vec::new();
+        for _ in &units {
+            let reply = within("pipelined reply", client.read_until_ready()).await;
+            replies.push(reply.iter().map(|m| m.raw.to_vec()).collect::<Vec<_>>());
+        }
+        answers.push(replies);
+        // Undo the write for the second run.
+        client
+            .send(&raw::query("UPDATE cache_pipe SET v = 'p1' WHERE id = 1"))
+            .await;
+        client.read_until_ready().await;
+    }
+    assert_eq!(
+        answers[1], answers[0],
+        "the pipeline's answers differ from the direct ones"
+    );
+    assert!(
+        answers[0][2].iter().any(|m| m[0] == b'E'),
+        "the third unit must fail"
+    );
+    assert!(
+        answers[0][5].iter().any(|m| m.ends_with(b"changed")),
+        "the last read must see the write"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_through_the_proxy_are_read_at_once_by_every_session() {
+    setup(
+        "CREATE TABLE cache_ryw (id int PRIMARY KEY, v int); INSERT INTO cache_ryw VALUES (1, 0);",
+    )
+    .await;
+    let proxy = cached_proxy().await;
+    let writer = connect_as(proxy.addr(), "cache-ryw-writer").await;
+    let other = connect_as(proxy.addr(), "cache-ryw-other").await;
+    let read_sql = "SELECT v FROM cache_ryw WHERE id = 1";
+    let prepared_write = writer
+        .prepare("UPDATE cache_ryw SET v = $1 WHERE id = 1")
+        .await
+        .unwrap();
+    let prepared_read = other.prepare(read_sql).await.unwrap();
+    let mut stale = Vec::new();
+    for round in 1..=1000i32 {
+        let value = round;
+        match round % 3 {
+            0 => {
+                writer
+                    .simple_query(&format!("UPDATE cache_ryw SET v = {value} WHERE id = 1"))
+                    .await
+                    .unwrap();
+            }
+            1 => {
+                writer.simple_query("BEGIN").await.unwrap();
+                writer
+                    .simple_query(&format!("UPDATE cache_ryw SET v = {value} WHERE id = 1"))
+                    .await
+                    .unwrap();
+                writer.simple_query("COMMIT").await.unwrap();
+            }
+            _ => {
+                writer.execute(&prepared_write, &[&value]).await.unwrap();
+            }
+        }
+        let expected = Some(value.to_string());
+        for (who, got) in [
+            ("writer", column(&writer, read_sql).await),
+            ("writer again", column(&writer, read_sql).await),
+            ("other session", column(&other, read_sql).await),
+            (
+                "other session, prepared",
+                vec![Some(
+                    other
+                        .query_one(&prepared_read, &[])
+                        .await
+                        .unwrap()
+                        .get::<_, i32>(0)
+                        .to_string(),
+                )],
+            ),
+        ] {
+            if got != vec![expected.clone()] {
+                stale.push(format!("round {round} {who}: {got:?}"));
+            }
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "{} stale reads: {:?}",
+        stale.len(),
+        &stale[..stale.len().min(5)]
+    );
+    assert!(
+        figure(&other, "hits").await >= 1000,
+        "reads after a write were not cached"
+    );
+}
+
+/// Runs `sql` three times on `client` and checks that none of it was served from the cache.
+async fn assert_not_cached(client: &tokio_postgres::Client, sql: &str) {
+    let hits = figure(client, "hits").await;
+    for _ in 0..3 {
+        client
+            .simple_query(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    }
+    assert_eq!(
+        figure(client, "hits").await,
+        hits,
+        "{sql} was served from the cache"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_may_change_or_is_private_is_never_cached() {
+    setup(
+        "CREATE TABLE cache_never (id int PRIMARY KEY, v text);
+         INSERT INTO cache_never VALUES (1, 'a');
+         CREATE VIEW cache_never_view AS SELECT * FROM cache_never;
+         CREATE TABLE cache_never_log (n int);
+         CREATE SEQUENCE cache_never_seq;
+         CREATE FUNCTION cache_never_touch() RETURNS int VOLATILE LANGUAGE sql
+           AS 'INSERT INTO cache_never_log VALUES (1) RETURNING n';
+         CREATE FUNCTION cache_never_peek() RETURNS bigint STABLE LANGUAGE sql
+           AS 'SELECT count(*) FROM cache_never_log';",
+    )
+    .await;
+    let proxy = cached_proxy().await;
+    let client = connect_as(proxy.addr(), "cache-never").await;
+    for sql in [
+        "SELECT random()",
+        "SELECT now()",
+        "SELECT CURRENT_TIMESTAMP",
+        "SELECT clock_timestamp()",
+        "SELECT nextval('cache_never_seq')",
+        "SELECT last_value FROM cache_never_seq",
+        "SELECT v FROM cache_never WHERE id = 1 FOR UPDATE",
+        "SELECT relname FROM pg_class WHERE relname = 'cache_never'",
+        "SELECT * FROM information_schema.tables WHERE table_name = 'cache_never'",
+        "SELECT * FROM cache_never_view",
+        "SELECT cache_never_peek()",
+        "SELECT gen_random_uuid()",
+        "SELECT txid_current()",
+        "SELECT table_to_xml('cache_never', true, false, '')",
+        "SELECT pg_backend_pid()",
+        "SELECT v, random() FROM cache_never",
+    ] {
+        assert_not_cached(&client, sql).await;
+    }
+    // A volatile function that writes: not cached, and its write invalidates what it touched.
+    let peek = "SELECT count(*) FROM cache_never_log";
+    assert_eq!(column(&client, peek).await, vec![Some("0".into())]);
+    column(&client, "SELECT cache_never_touch()").await;
+    assert_eq!(column(&client, peek).await, vec![Some("1".into())]);
+    // Inside a transaction block everything is forwarded.
+    client.simple_query("BEGIN").await.unwrap();
+    assert_not_cached(&client, "SELECT v FROM cache_never WHERE id = 1").await;
+    client.simple_query("COMMIT").await.unwrap();
+    // A session with temp tables (which may shadow any name) is not served from the cache.
+    let temp = connect_as(proxy.addr(), "cache-never-temp").await;
+    column(&temp, "SELECT v FROM cache_never WHERE id = 1").await;
+    temp.simple_query("CREATE TEMP TABLE cache_never (id int, v text)")
+        .await
+        .unwrap();
+    temp.simple_query("INSERT INTO cache_never VALUES (1, 'temp')")
+        .await
+        .unwrap();
+    assert_eq!(
+        column(&temp, "SELECT v FROM cache_never WHERE id = 1").await,
+        vec![Some("temp".into())]
+    );
+    assert_not_cached(&temp, "SELECT v FROM cache_never WHERE id = 1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_row_security_and_settings_each_get_their_own_answers() {
+    setup(&format!(
+        "CREATE TABLE cache_grants (v text); INSERT INTO cache_grants VALUES ('secret');
+         GRANT SELECT ON cache_grants TO {TRUST_USER};
+         CREATE TABLE cache_rls (owner text, v text);
+         INSERT INTO cache_rls VALUES ('{TRUST_USER}', 'trust row'), ('{MD5_USER}', 'md5 row');
+         ALTER TABLE cache_rls ENABLE ROW LEVEL SECURITY;
+         CREATE POLICY own ON cache_rls USING (owner = current_user);
+         GRANT SELECT ON cache_rls TO {TRUST_USER}, {MD5_USER};
+         CREATE SCHEMA cache_a; CREATE SCHEMA cache_b;
+         CREATE TABLE cache_a.t (v text); INSERT INTO cache_a.t VALUES ('from a');
+         CREATE TABLE cache_b.t (v text); INSERT INTO cache_b.t VALUES ('from b');
+         GRANT USAGE ON SCHEMA cache_a, cache_b TO {TRUST_USER};
+         GRANT SELECT ON cache_a.t, cache_b.t TO {TRUST_USER};"
+    ))
+    .await;
+    let proxy = cached_proxy().await;
+    let superuser = connect_as(proxy.addr(), "cache-roles").await;
+    let trusted = connect(&client::config(
+        proxy.addr(),
+        TRUST_USER,
+        None,
+        "cache-roles",
+    ))
+    .await
+    .unwrap();
+    let md5 = connect(&client::config(
+        proxy.addr(),
+        MD5_USER,
+        Some(MD5_PASSWORD),
+        "cache-roles",
+    ))
+    .await
+    .unwrap();
+    let grants = "SELECT v FROM cache_grants";
+    for _ in 0..2 {
+        assert_eq!(
+            column(&superuser, grants).await,
+            vec![Some("secret".into())]
+        );
+        assert_eq!(column(&trusted, grants).await, vec![Some("secret".into())]);
+        let denied = md5.simple_query(grants).await.unwrap_err();
+        assert_eq!(denied.code().map(|c| c.code()), Some("42501"), "{denied:?}");
+    }
+    let rls = "SELECT v FROM cache_rls ORDER BY v";
+    for _ in 0..2 {
+        assert_eq!(column(&trusted, rls).await, vec![Some("trust row".into())]);
+        assert_eq!(column(&md5, rls).await, vec![Some("md5 row".into())]);
+    }
+    // Settings that change output: each session gets answers for its own.
+    let tokyo = connect_as(proxy.addr(), "cache-settings").await;
+    tokyo
+        .batch_execute("SET TimeZone = 'Asia/Tokyo'; SET DateStyle = 'SQL, DMY'")
+        .await
+        .unwrap();
+    let utc = connect_as(proxy.addr(), "cache-settings").await;
+    utc.batch_execute("SET TimeZone = 'UTC'").await.unwrap();
+    let ts = "SELECT '2024-02-29 12:34:56+00'::timestamptz::text FROM cache_grants";
+    for _ in 0..2 {
+        assert_eq!(
+            column(&tokyo, ts).await,
+            vec![Some("29/02/2024 21:34:56 JST".into())]
+        );
+        assert_eq!(
+            column(&utc, ts).await,
+            vec![Some("2024-02-29 12:34:56+00".into())]
+        );
+    }
+    let a = connect(&client::config(
+        proxy.addr(),
+        TRUST_USER,
+        None,
+        "cache-path-a",
+    ))
+    .await
+    .unwrap();
+    a.batch_execute("SET search_path = cache_a").await.unwrap();
+    let b = connect(&client::config(
+        proxy.addr(),
+        TRUST_USER,
+        None,
+        "cache-path-b",
+    ))
+    .await
+    .unwrap();
+    b.batch_execute("SET search_path = cache_b").await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(
+            column(&a, "SELECT v FROM t").await,
+            vec![Some("from a".into())]
+        );
+        assert_eq!(
+            column(&b, "SELECT v FROM t").await,
+            vec![Some("from b".into())]
+        );
+    }
+    assert!(
+        figure(&superuser, "hits").await >= 8,
+        "{:?}",
+        status(&superuser).await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_concurrent_misses_go_upstream_once() {
+    setup(
+        "CREATE TABLE cache_flight (v int); INSERT INTO cache_flight SELECT generate_series(1, 1000);",
+    )
+    .await;
+    let proxy = cached_proxy().await;
+    let observer = connect_as(proxy.addr(), "cache-flight-observer").await;
+    // Hold the table locked so that the first execution waits upstream while the others arrive.
+    let locker = direct_admin().await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE cache_flight IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let sql = "SELECT sum(v) FROM cache_flight";
+    let mut clients = Vec::new();
+    for _ in 0..50 {
+        clients.push(Arc::new(connect_as(proxy.addr(), "cache-flight").await));
+    }
+    let coalesced = figure(&observer, "coalesced").await;
+    let tasks: Vec<_> = clients
+        .iter()
+        .map(|c| {
+            let c = Arc::clone(c);
+            tokio::spawn(async move { column(&c, sql).await })
+        })
+        .collect();
+    let all_waiting = wait_for(Duration::from_secs(20), || async {
+        figure(&observer, "coalesced").await == coalesced + 49
+    })
+    .await;
+    assert!(all_waiting, "{:?}", status(&observer).await);
+    let waiting_upstream: i64 = scalar(
+        &locker,
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'cache-flight' \
+         AND wait_event_type = 'Lock'",
+    )
+    .await;
+    assert_eq!(
+        waiting_upstream, 1,
+        "more than one execution reached the server"
+    );
+    locker.batch_execute("COMMIT").await.unwrap();
+    for task in tasks {
+        let answer = within("coalesced answer", task).await.unwrap();
+        assert_eq!(answer, vec![Some("500500".into())]);
+    }
+    assert_eq!(figure(&observer, "coalesced").await, coalesced + 49);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_stays_within_its_memory_bound() {
+    let bound: u64 = 1 << 20;
+    let proxy = ProxyHandle::start_with(|s| s.cache_max_bytes = Some(bound)).await;
+    wait_cache_ready(proxy.addr()).await;
+    let client = connect_as(proxy.addr(), "cache-bound").await;
+    // 200 distinct results of 50 kB: ten times the bound.
+    for i in 0..200 {
+        column(&client, &format!("SELECT repeat('x', 50000), {i}")).await;
+    }
+    let status = status(&client).await;
+    let bytes: u64 = status["bytes"].parse().unwrap();
+    let entries: u64 = status["entries"].parse().unwrap();
+    assert!(
+        bytes <= bound,
+        "{bytes} bytes held over a bound of {bound}: {status:?}"
+    );
+    assert!(entries > 0 && status["evictions"] != "0", "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_commands_flush_and_report() {
+    setup(
+        "CREATE TABLE cache_admin (v int); INSERT INTO cache_admin VALUES (1);
+         CREATE TABLE cache_admin_other (v int); INSERT INTO cache_admin_other VALUES (2);",
+    )
+    .await;
+    let proxy = cached_proxy().await;
+    let client = connect_as(proxy.addr(), "cache-admin").await;
+    let (one, two) = (
+        "SELECT v FROM cache_admin",
+        "SELECT v FROM cache_admin_other",
+    );
+    for sql in [one, two, one, two] {
+        column(&client, sql).await;
+    }
+    let hits = figure(&client, "hits").await;
+    client
+        .simple_query("VENEER FLUSH TABLE cache_admin")
+        .await
+        .unwrap();
+    column(&client, one).await;
+    column(&client, two).await;
+    assert_eq!(
+        figure(&client, "hits").await,
+        hits + 1,
+        "only the other table stays cached"
+    );
+    client.simple_query("veneer flush all").await.unwrap();
+    column(&client, two).await;
+    assert_eq!(
+        figure(&client, "hits").await,
+        hits + 1,
+        "flush all dropped everything"
+    );
+
+    let rows = client.simple_query("SHOW VENEER QUERIES").await.unwrap();
+    let shapes: HashSet<String> = rows
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap().to_owned()),
+            _ => None,
+        })
+        .collect();
+    assert!(shapes.contains(one) && shapes.contains(two), "{shapes:?}");
+    let literal = client
+        .simple_query("SELECT v FROM cache_admin WHERE v = 42")
+        .await
+        .unwrap();
+    drop(literal);
+    let rows = client.simple_query("SHOW VENEER QUERIES").await.unwrap();
+    assert!(
+        rows.iter().any(|m| matches!(m, SimpleQueryMessage::Row(r)
+            if r.get(0) == Some("SELECT v FROM cache_admin WHERE v = ?"))),
+        "literals are replaced in query shapes"
+    );
+
+    // Unprivileged roles may look at the status but not flush or list others' queries.
+    let trusted = connect(&client::config(
+        proxy.addr(),
+        TRUST_USER,
+        None,
+        "cache-admin",
+    ))
+    .await
+    .unwrap();
+    status(&trusted).await;
+    for command in ["VENEER FLUSH ALL", "SHOW VENEER QUERIES"] {
+        let err = trusted.simple_query(command).await.unwrap_err();
+        assert_eq!(
+            err.code().map(|c| c.code()),
+            Some("42501"),
+            "{command}: {err:?}"
+        );
+    }
+    let err = client
+        .simple_query("SHOW VENEER NONSENSE")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("42601"), "{err:?}");
+    // The session is still usable after the errors.
+    assert_eq!(column(&trusted, "SELECT 1").await, vec![Some("1".into())]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_and_hints_steer_caching() {
+    setup(
+        "CREATE TABLE cache_rule_never (v int); INSERT INTO cache_rule_never VALUES (1);
+         CREATE TABLE cache_rule_free (v int); INSERT INTO cache_rule_free VALUES (1);",
+    )
+    .await;
+    let proxy = ProxyHandle::start_with(|s| {
+        s.cache_rules = vec![
+            "table:cache_rule_never=never".parse().unwrap(),
+            "query:SELECT v FROM cache_rule_free WHERE v = ?=never"
+                .parse()
+                .unwrap(),
+        ]
+    })
+    .await;
+    wait_cache_ready(proxy.addr()).await;
+    let client = connect_as(proxy.addr(), "cache-rules").await;
+    assert_not_cached(&client, "SELECT v FROM cache_rule_never").await;
+    assert_not_cached(&client, "SELECT v FROM cache_rule_free WHERE v = 1").await;
+    assert_not_cached(
+        &client,
+        "/* veneer: nocache */ SELECT v FROM cache_rule_free",
+    )
+    .await;
+    // A hint overrides a table rule.
+    let hinted = "/* veneer: ttl=30s */ SELECT v FROM cache_rule_never";
+    column(&client, hinted).await;
+    let hits = figure(&client, "hits").await;
+    column(&client, hinted).await;
+    assert_eq!(figure(&client, "hits").await, hits + 1);
+    // System catalogs are cached only under a rule or hint.
+    let catalog =
+        "/* veneer: ttl=5s */ SELECT count(*) FROM pg_class WHERE relname = 'cache_rule_free'";
+    column(&client, catalog).await;
+    column(&client, catalog).await;
+    assert_eq!(figure(&client, "hits").await, hits + 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ddl_through_the_proxy_is_seen_at_once() {
+    setup("CREATE TABLE cache_ddl (v int); INSERT INTO cache_ddl VALUES (1);").await;
+    let proxy = cached_proxy().await;
+    let client = connect_as(proxy.addr(), "cache-ddl").await;
+    let sql = "SELECT * FROM cache_ddl";
+    for _ in 0..2 {
+        assert_eq!(column(&client, sql).await, vec![Some("1".into())]);
+    }
+    client
+        .batch_execute("ALTER TABLE cache_ddl RENAME COLUMN v TO w")
+        .await
+        .unwrap();
+    let rows = client.simple_query(sql).await.unwrap();
+    let renamed = rows.iter().any(|m| {
+        matches!(m, SimpleQueryMessage::Row(r)
+        if r.columns()[0].name() == "w")
+    });
+    assert!(renamed, "the old column name was served after the rename");
+    // The table becomes a view: never served from the cache again.
+    client
+        .batch_execute("DROP TABLE cache_ddl; CREATE VIEW cache_ddl AS SELECT 2 AS w")
+        .await
+        .unwrap();
+    assert_eq!(column(&client, sql).await, vec![Some("2".into())]);
+    wait_cache_ready(proxy.addr()).await;
+    assert_not_cached(&client, sql).await;
+}
