@@ -10,8 +10,8 @@ use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    CopySource, DataType, Expr, ObjectName, Query, Select, SetExpr, Statement, TableFactor, Visit,
-    Visitor,
+    CopySource, DataType, Expr, ObjectName, Query, Select, SetExpr, Statement, TableFactor, Value,
+    Visit, Visitor,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -112,6 +112,8 @@ fn analyze_statement(statement: &Statement) -> Analysis {
                 Analysis::other("locking clause", false)
             } else if names.reg_cast {
                 Analysis::other("cast to a catalog reference type", false)
+            } else if names.time_word {
+                Analysis::other("date/time literal evaluated at run time", false)
             } else {
                 Analysis::Read {
                     relations: names.relations(),
@@ -223,6 +225,7 @@ struct Names {
     select_into: bool,
     locks: bool,
     reg_cast: bool,
+    time_word: bool,
     depth: usize,
 }
 
@@ -298,11 +301,19 @@ impl Visitor for Names {
                 self.functions.insert(name_of(&f.name));
             }
             Expr::Cast { data_type, .. } => self.reg_cast |= is_reg_type(data_type),
+            Expr::Value(v) => {
+                if let Value::SingleQuotedString(s) = &v.value {
+                    self.time_word |= TIME_WORDS.contains(&s.trim().to_lowercase().as_str());
+                }
+            }
             _ => {}
         }
         ControlFlow::Continue(())
     }
 }
+
+/// Date/time input words Postgres evaluates when the statement runs ('now'::timestamptz).
+const TIME_WORDS: &[&str] = &["now", "today", "tomorrow", "yesterday"];
 
 /// Casts to regclass, regproc and friends look names up in the catalog, which writes do not bump.
 fn is_reg_type(data_type: &DataType) -> bool {

@@ -1,5 +1,5 @@
 //! Everything the cache keeps per database: its generations, its catalog snapshot, and the memo of
-//! plans by statement text, so a statement is parsed once and a hit only looks its plan up.
+//! plans by query shape, so a shape is parsed once and a hit only looks its plan up.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -15,7 +15,7 @@ use super::classify::{self, Analysis, Name};
 use super::digest::{self, Digest, Hint};
 use super::Digests;
 
-/// Plans memoized per database; the least used are dropped beyond this many.
+/// Plans memoized per database, by query shape; the least used are dropped beyond this many.
 const MEMO_CAPACITY: u64 = 10_000;
 
 /// What to do with one statement text.
@@ -128,18 +128,26 @@ impl Database {
         self.reread.notify_one();
     }
 
-    /// The plan of statement text `sql`, from the memo or made now.
-    pub fn plan(&self, sql: &[u8], config: &CacheConfig, digests: &Digests) -> Arc<Plan> {
+    /// The plan of statement text `sql`, from the memo (by shape, computed into the caller's reused
+    /// `shape` buffer) or made now.
+    pub fn plan(
+        &self,
+        sql: &[u8],
+        shape: &mut Vec<u8>,
+        config: &CacheConfig,
+        digests: &Digests,
+    ) -> Arc<Plan> {
+        digest::shape_into(sql, shape);
         let version = self.version.load(Ordering::Acquire);
-        if let Some(plan) = self.memo.get(sql) {
+        if let Some(plan) = self.memo.get(&shape[..]) {
             if plan.version == version {
                 return plan;
             }
         }
         let catalog = self.catalog.read().expect("not poisoned").clone();
-        let action = match std::str::from_utf8(sql) {
-            Ok(text) => self.decide(text, catalog.as_deref(), config, digests),
-            Err(_) => Action::Forward {
+        let action = match (std::str::from_utf8(sql), std::str::from_utf8(shape)) {
+            (Ok(text), Ok(shape)) => self.decide(text, shape, catalog.as_deref(), config, digests),
+            _ => Action::Forward {
                 reason: "not UTF-8",
                 bump: Some(Bump::Global),
                 ddl: false,
@@ -147,13 +155,14 @@ impl Database {
         };
         let plan = Arc::new(Plan { version, action });
         self.memo
-            .insert(Bytes::copy_from_slice(sql), Arc::clone(&plan));
+            .insert(Bytes::copy_from_slice(shape), Arc::clone(&plan));
         plan
     }
 
     fn decide(
         &self,
         sql: &str,
+        shape: &str,
         catalog: Option<&Catalog>,
         config: &CacheConfig,
         digests: &Digests,
@@ -192,14 +201,13 @@ impl Database {
                         return forward(reason::FUNCTION, may_write.then_some(Bump::Global), false);
                     }
                 }
-                let shape = digest::shape(sql);
-                match self.ttl(&shape, &relations, catalog, config) {
+                match self.ttl(shape, &relations, catalog, config) {
                     Ok(ttl) => Action::Cache {
                         dependencies: Dependencies {
                             tables: self.tables(&relations),
                         },
                         ttl,
-                        digest: digests.get(shape.normalized),
+                        digest: digests.get(shape.to_owned()),
                     },
                     Err(reason) => forward(reason, None, false),
                 }
@@ -211,15 +219,15 @@ impl Database {
     /// shortest TTL of its tables' rules, else the default. System catalogs need a rule or hint.
     fn ttl(
         &self,
-        shape: &digest::Shape,
+        shape: &str,
         relations: &std::collections::BTreeSet<Name>,
         catalog: &Catalog,
         config: &CacheConfig,
     ) -> Result<Duration, &'static str> {
-        let chosen = match shape.hint {
+        let chosen = match digest::hint(shape) {
             Some(Hint::NoCache) => return Err(reason::RULE),
             Some(Hint::Ttl(d)) => Some(d),
-            None => match query_rule(config, &shape.normalized) {
+            None => match query_rule(config, shape) {
                 Some(Ttl::Never) => return Err(reason::RULE),
                 Some(Ttl::For(d)) => Some(d),
                 None => None,

@@ -1,12 +1,16 @@
-//! The normalized text of a statement (literals replaced by `?`, comments dropped, whitespace collapsed),
-//! which groups statistics by query shape and which query rules match; and the per-statement hints an
-//! application writes in a comment (`/* veneer: ttl=5s */`, `/* veneer: nocache */`).
+//! The *shape* of a statement: its text with literals replaced by `?`, comments dropped and whitespace
+//! collapsed. Texts of one shape have one plan (the literals cannot change which tables a statement
+//! reads, which functions it calls or whether it locks), so plans are memoized by shape: an
+//! application that inlines its values (the simple protocol) still parses each query shape once, and a
+//! hit computes its shape in a reused buffer without parsing or allocating. Shapes also group the
+//! statistics and are what query rules match.
+//!
+//! Two kinds of text are kept as written because they change the plan: per-statement hints in a
+//! comment (`/* veneer: ttl=5s */`, `/* veneer: nocache */`), and the date/time input words ('now',
+//! 'today', 'tomorrow', 'yesterday') that Postgres evaluates at execution time.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-
-use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::tokenizer::{Token, Tokenizer, Whitespace};
 
 /// A hint written in the statement's comments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,54 +21,170 @@ pub enum Hint {
     Ttl(Duration),
 }
 
-/// Normalized text and hint of one statement text.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Shape {
-    /// The statement with literals replaced by `?`.
-    pub normalized: String,
-    /// The last hint its comments hold.
-    pub hint: Option<Hint>,
+/// String literals whose value depends on when the statement runs.
+const TIME_WORDS: &[&[u8]] = &[b"now", b"today", b"tomorrow", b"yesterday"];
+
+/// Writes the shape of `sql` into `out` (cleared first). One pass over the bytes; `out` is reused by
+/// the caller, so the hit path does not allocate.
+pub fn shape_into(sql: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    let mut i = 0;
+    let mut space = false;
+    let push_space = |out: &mut Vec<u8>, space: &mut bool| {
+        if *space && !out.is_empty() {
+            out.push(b' ');
+        }
+        *space = false;
+    };
+    while i < sql.len() {
+        let c = sql[i];
+        let rest = &sql[i..];
+        if c.is_ascii_whitespace() {
+            space = true;
+            i += 1;
+        } else if rest.starts_with(b"--") {
+            let end = memchr(b'\n', rest).map_or(sql.len(), |n| i + n);
+            keep_hint(&sql[i + 2..end], out, &mut space);
+            i = end;
+        } else if rest.starts_with(b"/*") {
+            let end = find(rest, b"*/").map_or(sql.len(), |n| i + n + 2);
+            keep_hint(
+                &sql[i + 2..end.saturating_sub(2).max(i + 2)],
+                out,
+                &mut space,
+            );
+            i = end;
+        } else if c == b'\'' {
+            let end = quoted_end(sql, i, b'\'');
+            push_space(out, &mut space);
+            let value = &sql[i + 1..end.saturating_sub(1).max(i + 1)];
+            let trimmed = value.trim_ascii();
+            if TIME_WORDS.iter().any(|w| trimmed.eq_ignore_ascii_case(w)) {
+                out.extend_from_slice(&sql[i..end]);
+            } else {
+                out.push(b'?');
+            }
+            i = end;
+        } else if c == b'"' {
+            let end = quoted_end(sql, i, b'"');
+            push_space(out, &mut space);
+            out.extend_from_slice(&sql[i..end]);
+            i = end;
+        } else if c == b'$' && rest.get(1).is_some_and(u8::is_ascii_digit) {
+            // A parameter ($1): part of the statement, not a literal.
+            let digits = rest[1..].iter().take_while(|b| b.is_ascii_digit()).count();
+            push_space(out, &mut space);
+            out.extend_from_slice(&rest[..1 + digits]);
+            i += 1 + digits;
+        } else if c == b'$' && dollar_tag(rest).is_some() {
+            let tag = dollar_tag(rest).expect("checked");
+            let body = &rest[tag..];
+            let end = find(body, &rest[..tag]).map_or(sql.len(), |n| i + tag + n + tag);
+            push_space(out, &mut space);
+            out.push(b'?');
+            i = end;
+        } else if c.is_ascii_digit() || (c == b'.' && rest.get(1).is_some_and(u8::is_ascii_digit)) {
+            let mut end = i + 1;
+            while end < sql.len()
+                && (sql[end].is_ascii_alphanumeric() || sql[end] == b'.' || sql[end] == b'_')
+            {
+                end += 1;
+            }
+            push_space(out, &mut space);
+            out.push(b'?');
+            i = end;
+        } else if is_word_byte(c) {
+            let mut end = i + 1;
+            while end < sql.len()
+                && (is_word_byte(sql[end]) || sql[end].is_ascii_digit() || sql[end] == b'$')
+            {
+                end += 1;
+            }
+            push_space(out, &mut space);
+            out.extend_from_slice(&sql[i..end]);
+            i = end;
+        } else {
+            push_space(out, &mut space);
+            out.push(c);
+            i += 1;
+        }
+    }
 }
 
-/// Normalizes `sql`; text the tokenizer rejects is kept with collapsed whitespace.
-pub fn shape(sql: &str) -> Shape {
-    let Ok(tokens) = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize() else {
-        return Shape {
-            normalized: sql.split_whitespace().collect::<Vec<_>>().join(" "),
-            hint: None,
-        };
-    };
-    let mut normalized = String::with_capacity(sql.len());
-    let mut hint = None;
-    let mut pending_space = false;
-    for token in &tokens {
-        let text = match token {
-            Token::Whitespace(w) => {
-                if let Whitespace::MultiLineComment(c)
-                | Whitespace::SingleLineComment { comment: c, .. } = w
-                {
-                    hint = parse_hint(c).or(hint);
-                }
-                pending_space = true;
+/// The shape of `sql` as text, for statistics and rules.
+pub fn shape(sql: &[u8]) -> String {
+    let mut out = Vec::with_capacity(sql.len());
+    shape_into(sql, &mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The hint a shape holds, if any (the last one wins).
+pub fn hint(shape: &str) -> Option<Hint> {
+    let mut found = None;
+    let mut rest = shape;
+    while let Some(at) = rest.find("/*") {
+        let after = &rest[at + 2..];
+        let end = after.find("*/").unwrap_or(after.len());
+        found = parse_hint(&after[..end]).or(found);
+        rest = &after[end..];
+    }
+    found
+}
+
+/// Comments are dropped, except hints, which are kept (as /* ... */) because they change the plan.
+fn keep_hint(comment: &[u8], out: &mut Vec<u8>, space: &mut bool) {
+    *space = true;
+    let text = String::from_utf8_lossy(comment);
+    if text.trim().starts_with("veneer:") {
+        if !out.is_empty() {
+            out.push(b' ');
+        }
+        out.extend_from_slice(b"/* ");
+        out.extend_from_slice(text.trim().as_bytes());
+        out.extend_from_slice(b" */");
+    }
+}
+
+fn is_word_byte(c: u8) -> bool {
+    c.is_ascii_alphabetic() || c == b'_' || c >= 0x80
+}
+
+/// End (exclusive) of a quoted run starting at `start`, where a doubled quote is an escaped one.
+fn quoted_end(sql: &[u8], start: usize, quote: u8) -> usize {
+    let mut i = start + 1;
+    while i < sql.len() {
+        if sql[i] == quote {
+            if sql.get(i + 1) == Some(&quote) {
+                i += 2;
                 continue;
             }
-            Token::Number(..)
-            | Token::SingleQuotedString(_)
-            | Token::NationalStringLiteral(_)
-            | Token::EscapedStringLiteral(_)
-            | Token::UnicodeStringLiteral(_)
-            | Token::HexStringLiteral(_)
-            | Token::SingleQuotedByteStringLiteral(_)
-            | Token::DollarQuotedString(_) => "?".to_owned(),
-            other => other.to_string(),
-        };
-        if pending_space && !normalized.is_empty() {
-            normalized.push(' ');
+            return i + 1;
         }
-        pending_space = false;
-        normalized.push_str(&text);
+        // E'...' strings escape quotes with a backslash; treating every backslash as an escape only
+        // ever makes a literal end later, which keeps more text in the shape, never less.
+        if sql[i] == b'\\' {
+            i += 1;
+        }
+        i += 1;
     }
-    Shape { normalized, hint }
+    sql.len()
+}
+
+/// Length of a dollar-quote opening tag (`$$` or `$tag$`) at the front of `rest`.
+fn dollar_tag(rest: &[u8]) -> Option<usize> {
+    let close = memchr(b'$', &rest[1..])? + 1;
+    let tag = &rest[1..close];
+    let valid = tag.first().is_none_or(|c| !c.is_ascii_digit())
+        && tag.iter().all(|&c| is_word_byte(c) || c.is_ascii_digit());
+    valid.then_some(close + 1)
+}
+
+fn memchr(byte: u8, hay: &[u8]) -> Option<usize> {
+    hay.iter().position(|&b| b == byte)
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 fn parse_hint(comment: &str) -> Option<Hint> {
@@ -175,25 +295,41 @@ mod tests {
 
     #[test]
     fn literals_comments_and_spacing_are_normalized_away() {
-        let a = shape("SELECT *  FROM t\n WHERE id = 42 AND name = 'x' -- trailing");
-        let b = shape("SELECT * FROM t WHERE id = 7 AND name = 'yy'");
-        assert_eq!(a.normalized, b.normalized);
-        assert_eq!(a.normalized, "SELECT * FROM t WHERE id = ? AND name = ?");
-        assert_eq!(shape("SELECT $1::int").normalized, "SELECT $1::int");
+        let a = shape(b"SELECT *  FROM t1\n WHERE id = 42 AND name = 'x''y' -- trailing");
+        let b = shape(b"SELECT * FROM t1 WHERE id = 7 AND name = 'yy'");
+        assert_eq!(a, b);
+        assert_eq!(a, "SELECT * FROM t1 WHERE id = ? AND name = ?");
+        assert_eq!(
+            shape(b"SELECT $1::int, 1.5e3, .5, $$a 'b'$$"),
+            "SELECT $1::int, ?, ?, ?"
+        );
+        assert_eq!(shape(b"SELECT \"Odd 1\" FROM x"), "SELECT \"Odd 1\" FROM x");
     }
 
     #[test]
-    fn hints_are_read_from_comments() {
+    fn time_words_and_hints_stay_in_the_shape() {
         assert_eq!(
-            shape("/* veneer: ttl=5s */ SELECT 1").hint,
-            Some(Hint::Ttl(Duration::from_secs(5)))
+            shape(b"SELECT 'now'::timestamptz"),
+            "SELECT 'now'::timestamptz"
         );
+        assert_eq!(shape(b"SELECT ' Today '::date"), "SELECT ' Today '::date");
+        let hinted = shape(b"/* veneer: ttl=5s */ SELECT 1");
+        assert_eq!(hinted, "/* veneer: ttl=5s */ SELECT ?");
+        assert_eq!(hint(&hinted), Some(Hint::Ttl(Duration::from_secs(5))));
         assert_eq!(
-            shape("SELECT 1 -- veneer: nocache").hint,
+            hint(&shape(b"SELECT 1 -- veneer: nocache")),
             Some(Hint::NoCache)
         );
-        assert_eq!(shape("/* veneer: ttl=soon */ SELECT 1").hint, None);
-        assert_eq!(shape("/* other */ SELECT 1").hint, None);
+        assert_eq!(hint(&shape(b"/* veneer: ttl=soon */ SELECT 1")), None);
+        assert_eq!(hint(&shape(b"/* other */ SELECT 1")), None);
+    }
+
+    #[test]
+    fn a_reused_buffer_gives_the_same_shape() {
+        let mut buf = Vec::new();
+        shape_into(b"SELECT v FROM t WHERE id = 1", &mut buf);
+        shape_into(b"SELECT v FROM t WHERE id = 2", &mut buf);
+        assert_eq!(buf, b"SELECT v FROM t WHERE id = ?");
     }
 
     #[test]
@@ -208,5 +344,19 @@ mod tests {
         ));
         assert!(!glob_matches("SELECT * FROM t", "SELECT * FROM tt"));
         assert!(glob_matches("*", ""));
+    }
+
+    #[test]
+    fn unterminated_quotes_and_tags_do_not_panic() {
+        for text in [
+            &b"SELECT 'abc"[..],
+            b"SELECT $tag$ abc",
+            b"/* open",
+            b"SELECT \"x",
+            b"$",
+            b"'\\",
+        ] {
+            shape(text);
+        }
     }
 }

@@ -16,7 +16,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -72,6 +72,9 @@ pub(super) struct SessionCache {
     unnamed_stale: bool,
     /// When the upstream became busy with a forwarded request, for the pass-through latency.
     busy_since: Option<Instant>,
+    /// Reused for the shape of each statement looked up, so plan lookups do not allocate (behind an
+    /// uncontended lock only because plan lookups happen through shared references).
+    shape: Mutex<Vec<u8>>,
 }
 
 /// Writes of a session that ended before their transaction's end was seen.
@@ -182,7 +185,15 @@ impl SessionCache {
             committing: Vec::new(),
             unnamed_stale: false,
             busy_since: None,
+            shape: Mutex::new(Vec::with_capacity(256)),
         }
+    }
+
+    /// The plan of statement text `sql`.
+    fn plan(&self, sql: &[u8]) -> Arc<Plan> {
+        let mut shape = self.shape.lock().expect("not poisoned");
+        self.db
+            .plan(sql, &mut shape, &self.cache.config, &self.cache.digests)
     }
 
     /// Whether the session waits for another session's identical miss.
@@ -569,7 +580,7 @@ impl Session {
                 if let Some(command) = admin::command(sql) {
                     return Ok(Some((first.total_len, What::Admin(command))));
                 }
-                let plan = c.db.plan(sql, &c.cache.config, &c.cache.digests);
+                let plan = c.plan(sql);
                 let what = match plan.action {
                     Action::Cache { .. } => {
                         let mut candidate = Candidate::default();
@@ -625,7 +636,7 @@ impl Session {
     /// Adds one message to a cacheable run, or rules the run out (`None`).
     fn extend(&self, mut candidate: Candidate, tag: u8, body: &[u8]) -> Option<Candidate> {
         let c = self.cache.as_ref()?;
-        let plan = |sql: &[u8]| c.db.plan(sql, &c.cache.config, &c.cache.digests);
+        let plan = |sql: &[u8]| c.plan(sql);
         match tag {
             b'P' => {
                 let (name, rest) = cstr(body)?;
@@ -727,7 +738,7 @@ impl Fill {
 
 /// Follows one forwarded message for write tracking.
 fn track(c: &mut SessionCache, tag: u8, body: &Bytes) {
-    let plan_of = |c: &SessionCache, sql: &[u8]| c.db.plan(sql, &c.cache.config, &c.cache.digests);
+    let plan_of = |c: &SessionCache, sql: &[u8]| c.plan(sql);
     match tag {
         b'Q' => {
             let sql = &body[..body.len().saturating_sub(1)];
