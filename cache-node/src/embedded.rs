@@ -37,9 +37,11 @@ struct Removals {
     expirations: AtomicU64,
 }
 
-/// The default cache tier, inside the proxy process.
+/// The default cache tier, inside the proxy process. Keys are hashed with foldhash rather than SipHash:
+/// every hit hashes its whole request, and the keys are not chosen by an adversary who could aim at
+/// collisions any more cheaply than by sending the requests themselves.
 pub struct EmbeddedStore {
-    cache: Cache<CacheKey, Entry>,
+    cache: Cache<CacheKey, Entry, foldhash::fast::RandomState>,
     max_bytes: u64,
     removals: Arc<Removals>,
 }
@@ -65,7 +67,7 @@ impl EmbeddedStore {
                 }
                 RemovalCause::Explicit | RemovalCause::Replaced => {}
             })
-            .build();
+            .build_with_hasher(foldhash::fast::RandomState::default());
         EmbeddedStore {
             cache,
             max_bytes,

@@ -1,6 +1,7 @@
 //! Everything the cache keeps per database: its generations, its catalog snapshot, and the memo of
 //! plans by query shape, so a shape is parsed once and a hit only looks its plan up.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -15,8 +16,8 @@ use super::classify::{self, Analysis, Name};
 use super::digest::{self, Digest, Hint};
 use super::Digests;
 
-/// Plans memoized per database, by query shape; the least used are dropped beyond this many.
-const MEMO_CAPACITY: u64 = 10_000;
+/// Plans memoized per database, by query shape; past this many the memo starts over.
+const MEMO_CAPACITY: usize = 10_000;
 
 /// What to do with one statement text.
 #[derive(Debug)]
@@ -81,7 +82,7 @@ pub struct Database {
     pub generations: Generations,
     catalog: RwLock<Option<Arc<Catalog>>>,
     version: AtomicU64,
-    memo: moka::sync::Cache<Bytes, Arc<Plan>>,
+    memo: RwLock<HashMap<Bytes, Arc<Plan>, foldhash::fast::RandomState>>,
     /// Wakes the catalog reader early (after DDL through the proxy).
     pub(super) reread: Notify,
 }
@@ -93,7 +94,7 @@ impl Database {
             generations: Generations::default(),
             catalog: RwLock::new(None),
             version: AtomicU64::new(0),
-            memo: moka::sync::Cache::new(MEMO_CAPACITY),
+            memo: RwLock::new(HashMap::default()),
             reread: Notify::new(),
         }
     }
@@ -139,9 +140,9 @@ impl Database {
     ) -> Arc<Plan> {
         digest::shape_into(sql, shape);
         let version = self.version.load(Ordering::Acquire);
-        if let Some(plan) = self.memo.get(&shape[..]) {
+        if let Some(plan) = self.memo.read().expect("not poisoned").get(&shape[..]) {
             if plan.version == version {
-                return plan;
+                return Arc::clone(plan);
             }
         }
         let catalog = self.catalog.read().expect("not poisoned").clone();
@@ -154,8 +155,12 @@ impl Database {
             },
         };
         let plan = Arc::new(Plan { version, action });
-        self.memo
-            .insert(Bytes::copy_from_slice(shape), Arc::clone(&plan));
+        let mut memo = self.memo.write().expect("not poisoned");
+        if memo.len() >= MEMO_CAPACITY {
+            // Shapes are few in practice; an application that makes more starts the memo over.
+            memo.clear();
+        }
+        memo.insert(Bytes::copy_from_slice(shape), Arc::clone(&plan));
         plan
     }
 
