@@ -157,7 +157,9 @@ impl Catalog {
         Ok(catalog)
     }
 
-    fn add_relation(&mut self, name: String, schema: &str, kind: &str, persistence: &str) {
+    /// Adds one pg_class row (`kind` is relkind, `persistence` relpersistence); names held by several
+    /// relations keep the least cacheable verdict.
+    pub fn add_relation(&mut self, name: String, schema: &str, kind: &str, persistence: &str) {
         let this = if !matches!(kind, "r" | "p") || persistence == "t" {
             Relation::Other
         } else if is_system_schema(schema) {
@@ -172,7 +174,8 @@ impl Catalog {
         self.relations.insert(name, merged);
     }
 
-    fn add_function(&mut self, name: String, schema: &str, volatility: &str) {
+    /// Adds one pg_proc row (`volatility` is provolatile); overloads keep the least safe verdict.
+    pub fn add_function(&mut self, name: String, schema: &str, volatility: &str) {
         let builtin = schema == "pg_catalog";
         let this = match volatility {
             "i" => Function::Safe,

@@ -88,7 +88,9 @@ pub struct Database {
 }
 
 impl Database {
-    pub(super) fn new(name: String) -> Database {
+    /// A database the cache has not seen before: no catalog yet, so nothing is cached until one is
+    /// installed.
+    pub fn new(name: String) -> Database {
         Database {
             name,
             generations: Generations::default(),
@@ -100,13 +102,13 @@ impl Database {
     }
 
     /// The catalog version: changes with every snapshot installed or dropped.
-    pub(super) fn version(&self) -> u64 {
+    pub fn version(&self) -> u64 {
         self.version.load(Ordering::Acquire)
     }
 
     /// Installs a catalog read since version `seen`, unless DDL dropped the snapshot meanwhile (the
     /// read may predate the DDL); plans made with an older snapshot are made again on next use.
-    pub(super) fn install_catalog(&self, catalog: Catalog, seen: u64) -> bool {
+    pub fn install_catalog(&self, catalog: Catalog, seen: u64) -> bool {
         let mut slot = self.catalog.write().expect("not poisoned");
         if self.version.load(Ordering::Acquire) != seen {
             return false;
