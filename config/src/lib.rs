@@ -123,6 +123,13 @@ pub struct Settings {
     #[serde(default)]
     pub cache_rules: Vec<CacheRule>,
 
+    /// Serve cached results inside transactions declared READ ONLY (BEGIN READ ONLY, or BEGIN while
+    /// default_transaction_read_only is on). Such a transaction then sees results newer than its
+    /// snapshot would (REPEATABLE READ loses its guarantee); its misses are forwarded, never stored
+    /// [default: false].
+    #[arg(long, env = "VENEER_CACHE_READ_ONLY_TRANSACTIONS", value_name = "BOOL")]
+    pub cache_read_only_transactions: Option<bool>,
+
     /// How often the proxy rereads which relations are plain tables and which functions are safe to
     /// cache, per database; DDL through the proxy rereads at once [default: 60s].
     #[arg(long, env = "VENEER_CATALOG_REFRESH", value_name = "DURATION")]
@@ -210,6 +217,8 @@ pub struct CacheConfig {
     pub rules: Vec<CacheRule>,
     /// Interval between catalog rereads.
     pub catalog_refresh: Duration,
+    /// Whether hits are served inside READ ONLY transaction blocks.
+    pub read_only_transactions: bool,
 }
 
 /// Files of the certificate offered to clients.
@@ -316,6 +325,7 @@ impl Config {
                 catalog_refresh: s
                     .catalog_refresh
                     .map_or(Duration::from_secs(60), Into::into),
+                read_only_transactions: s.cache_read_only_transactions.unwrap_or(false),
             }),
             service_user: s.service_user.unwrap_or_else(|| "postgres".to_owned()),
             service_password: s.service_password,
@@ -407,6 +417,9 @@ impl Settings {
             max_result_bytes: self.max_result_bytes.or(lower.max_result_bytes),
             cache_rules: non_empty_or(self.cache_rules, lower.cache_rules),
             catalog_refresh: self.catalog_refresh.or(lower.catalog_refresh),
+            cache_read_only_transactions: self
+                .cache_read_only_transactions
+                .or(lower.cache_read_only_transactions),
             service_user: self.service_user.or(lower.service_user),
             service_password: self.service_password.or(lower.service_password),
             admin_users: non_empty_or(self.admin_users, lower.admin_users),

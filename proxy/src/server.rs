@@ -79,6 +79,9 @@ impl Proxy {
                 Arc::clone(&meters),
             ))
         });
+        if let Some(cache) = &cache {
+            tokio::spawn(crate::cache::report_usage(Arc::downgrade(cache)));
+        }
         let shared = Arc::new(Shared {
             slots: Arc::new(Semaphore::new(config.max_client_connections)),
             cache,

@@ -172,3 +172,53 @@ async fn connection_close_is_logged_with_user_database_and_bytes() {
         "JSON lines with --log-format json: {line}"
     );
 }
+
+/// GET `path` over plain HTTP/1.0 and return the whole response.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = within("metrics connect", tokio::net::TcpStream::connect(addr))
+        .await
+        .unwrap();
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    within("metrics response", stream.read_to_string(&mut response))
+        .await
+        .unwrap();
+    response
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_served_for_prometheus() {
+    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let veneer = VeneerProcess::start(&["--metrics-listen", &metrics.to_string()]).await;
+    veneer_tests::cache::wait_cache_ready(veneer.addr()).await;
+    let client = connect_as(veneer.addr(), "metrics").await;
+    for _ in 0..3 {
+        client.simple_query("SELECT 41 + 1").await.unwrap();
+    }
+    let response = http_get(metrics, "/metrics").await;
+    assert!(
+        response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"),
+        "{response}"
+    );
+    let value = |name: &str| {
+        response
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{name} missing from:\n{response}"))
+    };
+    assert!(value("veneer_cache_hits_total") >= 2.0);
+    assert!(value("veneer_cache_misses_total") >= 1.0);
+    assert!(value("veneer_client_connections") >= 1.0);
+    for series in [
+        "veneer_request_duration_seconds_bucket{path=\"hit\"",
+        "veneer_upstream_messages_total",
+        "veneer_cache_entries",
+    ] {
+        assert!(
+            response.contains(series),
+            "{series} missing from:\n{response}"
+        );
+    }
+}

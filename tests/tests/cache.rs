@@ -700,3 +700,64 @@ async fn ddl_through_the_proxy_is_seen_at_once() {
     wait_cache_ready(proxy.addr()).await;
     assert_not_cached(&client, sql).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_transactions_are_served_only_when_allowed() {
+    setup("CREATE TABLE cache_ro (v int); INSERT INTO cache_ro VALUES (1);").await;
+    let sql = "SELECT v FROM cache_ro";
+    for allowed in [false, true] {
+        let proxy =
+            ProxyHandle::start_with(|s| s.cache_read_only_transactions = Some(allowed)).await;
+        wait_cache_ready(proxy.addr()).await;
+        let client = connect_as(proxy.addr(), "cache-ro").await;
+        column(&client, sql).await;
+        client.simple_query("BEGIN READ ONLY").await.unwrap();
+        let hits = figure(&client, "hits").await;
+        assert_eq!(column(&client, sql).await, vec![Some("1".into())]);
+        let served = figure(&client, "hits").await - hits;
+        assert_eq!(served, u64::from(allowed), "allowed = {allowed}");
+        // A miss inside the block is forwarded and not stored.
+        column(&client, "SELECT v + 1 FROM cache_ro").await;
+        client.simple_query("COMMIT").await.unwrap();
+        let hits = figure(&client, "hits").await;
+        column(&client, "SELECT v + 1 FROM cache_ro").await;
+        assert_eq!(
+            figure(&client, "hits").await,
+            hits,
+            "a read-only block's miss was stored"
+        );
+        // A read-write block is never served.
+        client.simple_query("BEGIN").await.unwrap();
+        assert_not_cached(&client, sql).await;
+        client.simple_query("COMMIT").await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_and_oversized_results_are_not_stored() {
+    let proxy = ProxyHandle::start_with(|s| s.max_result_bytes = Some(10_000)).await;
+    wait_cache_ready(proxy.addr()).await;
+    let client = connect_as(proxy.addr(), "cache-unstored").await;
+    let hits = figure(&client, "hits").await;
+    for _ in 0..3 {
+        let err = client.simple_query("SELECT 1 / 0").await.unwrap_err();
+        assert_eq!(err.code().map(|c| c.code()), Some("22012"), "{err:?}");
+    }
+    // Larger than max_result_bytes: streamed through, asked upstream each time.
+    let big = "SELECT repeat('x', 20000)";
+    for _ in 0..3 {
+        assert_eq!(
+            column(&client, big).await[0].as_ref().map(String::len),
+            Some(20000)
+        );
+    }
+    assert_eq!(
+        figure(&client, "hits").await,
+        hits,
+        "an error or an oversized result was stored"
+    );
+    // A result under the bound is stored.
+    column(&client, "SELECT repeat('x', 2000)").await;
+    column(&client, "SELECT repeat('x', 2000)").await;
+    assert_eq!(figure(&client, "hits").await, hits + 1);
+}

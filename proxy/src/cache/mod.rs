@@ -228,6 +228,27 @@ impl Cache {
     }
 }
 
+/// How often the store's size is copied into the metrics.
+const USAGE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Copies the store's usage (entries, bytes, evictions, expirations) into the metrics every
+/// [`USAGE_INTERVAL`], until the cache is dropped. The store counts these itself; gauges cannot be
+/// computed at scrape time with the metrics crate.
+pub async fn report_usage(cache: Weak<Cache>) {
+    let mut tick = tokio::time::interval(USAGE_INTERVAL);
+    loop {
+        tick.tick().await;
+        let Some(cache) = cache.upgrade() else {
+            return;
+        };
+        let usage = cache.store.usage().await;
+        cache.meters.entries.set(usage.entries as f64);
+        cache.meters.bytes.set(usage.bytes as f64);
+        cache.meters.evictions.absolute(usage.evictions);
+        cache.meters.expirations.absolute(usage.expirations);
+    }
+}
+
 /// Keeps one database's catalog snapshot current: read at once, then every `catalog_refresh`, and
 /// straight after DDL through the proxy. Ends when the cache is dropped.
 async fn read_catalog(cache: Weak<Cache>, db: Arc<Database>) {

@@ -40,8 +40,11 @@ const MAX_UNIT_STATEMENTS: usize = 4;
 /// run is forwarded uncached, so a huge pipeline never waits in the proxy.
 const MAX_HELD_RUN: usize = 64 * 1024;
 
-/// ReadyForQuery(idle): what ends every replayed answer (hits are only served outside transactions).
+/// ReadyForQuery(idle): what ends a replayed answer outside a transaction block.
 const READY_IDLE: &[u8] = b"Z\0\0\0\x05I";
+
+/// ReadyForQuery(in a block): what ends one inside a READ ONLY transaction block.
+const READY_IN_BLOCK: &[u8] = b"Z\0\0\0\x05T";
 
 /// The cache state of one session.
 pub(super) struct SessionCache {
@@ -72,6 +75,8 @@ pub(super) struct SessionCache {
     unnamed_stale: bool,
     /// When the upstream became busy with a forwarded request, for the pass-through latency.
     busy_since: Option<Instant>,
+    /// The transaction block in progress was declared READ ONLY (see `cache_read_only_transactions`).
+    read_only_block: bool,
     /// Reused for the shape of each statement looked up, so plan lookups do not allocate (behind an
     /// uncontended lock only because plan lookups happen through shared references).
     shape: Mutex<Vec<u8>>,
@@ -185,6 +190,7 @@ impl SessionCache {
             committing: Vec::new(),
             unnamed_stale: false,
             busy_since: None,
+            read_only_block: false,
             shape: Mutex::new(Vec::with_capacity(256)),
         }
     }
@@ -299,6 +305,12 @@ impl Session {
             self.serve_hit(response, started);
             return;
         }
+        if self.state.tx != TxStatus::Idle {
+            // A read-only block's snapshot may be older than the generations just read: its answer
+            // must not be stored under them.
+            self.bypass("read_only_transaction_miss");
+            return;
+        }
         let c = self.cache.as_mut().expect("checked");
         let guard = match cache.flight(&key) {
             Flight::Follower(rx) => {
@@ -334,7 +346,7 @@ impl Session {
 
     /// Why the session's state rules the cache out right now, if it does.
     fn uncacheable_state(&self) -> Option<&'static str> {
-        if self.state.tx != TxStatus::Idle {
+        if self.state.tx != TxStatus::Idle && !self.in_read_only_block() {
             Some("in_transaction")
         } else if self.state.settings.is_opaque() {
             Some("session_settings_unknown")
@@ -343,6 +355,16 @@ impl Session {
         } else {
             None
         }
+    }
+
+    /// Whether hits may be served in the transaction block in progress: one declared READ ONLY, when
+    /// the configuration allows it. Such a block cannot write, so it cannot miss its own writes.
+    fn in_read_only_block(&self) -> bool {
+        self.state.tx == TxStatus::InBlock
+            && self
+                .cache
+                .as_ref()
+                .is_some_and(|c| c.read_only_block && c.cache.config.read_only_transactions)
     }
 
     /// Forwards the current unit uncached, counting why.
@@ -426,9 +448,13 @@ impl Session {
             }
         }
         let len = response.len();
-        self.traffic.to_client += (len + READY_IDLE.len()) as u64;
+        let ready = match self.state.tx {
+            TxStatus::Idle => READY_IDLE,
+            _ => READY_IN_BLOCK,
+        };
+        self.traffic.to_client += (len + ready.len()) as u64;
         self.to_client.push(response);
-        self.to_client.push(Bytes::from_static(READY_IDLE));
+        self.to_client.push(Bytes::from_static(ready));
         let elapsed = started.elapsed();
         let (_, digest) = candidate.ttl_and_digest();
         digest.hit(elapsed, len);
@@ -467,7 +493,12 @@ impl Session {
                 }
                 c.unnamed_stale = false;
             }
-            track(c, tag, &body);
+            let default_read_only = self
+                .state
+                .params
+                .get("default_transaction_read_only")
+                .is_some_and(|v| v == "on");
+            track(c, tag, &body, default_read_only);
             self.state.on_frontend(tag, &body);
             self.client_terminated |= tag == b'X';
             offset += HEADER_LEN + body.len();
@@ -510,6 +541,9 @@ impl Session {
             c.committing.push(write);
         }
         let idle = body.first() == Some(&b'I');
+        if idle {
+            c.read_only_block = false;
+        }
         if idle && !c.committing.is_empty() {
             let bumps: Vec<Bump> = c.committing.iter().map(|w| w.bump.clone()).collect();
             SessionCache::apply(&c.cache, &c.db, &bumps);
@@ -736,8 +770,9 @@ impl Fill {
     }
 }
 
-/// Follows one forwarded message for write tracking.
-fn track(c: &mut SessionCache, tag: u8, body: &Bytes) {
+/// Follows one forwarded message for write tracking (and READ ONLY blocks, begun by a simple Query;
+/// `default_read_only` is the session's default_transaction_read_only).
+fn track(c: &mut SessionCache, tag: u8, body: &Bytes, default_read_only: bool) {
     let plan_of = |c: &SessionCache, sql: &[u8]| c.plan(sql);
     match tag {
         b'Q' => {
@@ -745,6 +780,9 @@ fn track(c: &mut SessionCache, tag: u8, body: &Bytes) {
             if admin::command(sql).is_none() {
                 let plan = plan_of(c, sql);
                 note_write(c, &plan);
+            }
+            if let Some(read_only) = begins_block(sql, default_read_only) {
+                c.read_only_block = read_only;
             }
             c.readies_sent += 1;
         }
@@ -802,6 +840,36 @@ fn track(c: &mut SessionCache, tag: u8, body: &Bytes) {
     }
 }
 
+/// Whether `sql` begins a transaction block, and if so whether a READ ONLY one: `BEGIN` or
+/// `START TRANSACTION` with READ ONLY (or with no access mode while the session's default is read
+/// only). Only a statement alone in its query counts: anything else is not recognized, which only
+/// costs hits.
+fn begins_block(sql: &[u8], default_read_only: bool) -> Option<bool> {
+    let text = std::str::from_utf8(sql).ok()?;
+    let text = text.trim().trim_end_matches(';');
+    if text.contains(';') {
+        return None;
+    }
+    let words: Vec<String> = text
+        .split(|c: char| c.is_whitespace() || c == ',')
+        .filter(|w| !w.is_empty())
+        .map(str::to_ascii_uppercase)
+        .collect();
+    let modes = match words.first().map(String::as_str) {
+        Some("BEGIN") => &words[1..],
+        Some("START") if words.get(1).map(String::as_str) == Some("TRANSACTION") => &words[2..],
+        _ => return None,
+    };
+    let has = |a: &str, b: &str| modes.windows(2).any(|w| w[0] == a && w[1] == b);
+    Some(if has("READ", "ONLY") {
+        true
+    } else if has("READ", "WRITE") {
+        false
+    } else {
+        default_read_only
+    })
+}
+
 /// Remembers what a forwarded statement may write, to bump when its transaction ends.
 fn note_write(c: &mut SessionCache, plan: &Plan) {
     if let Action::Forward {
@@ -826,4 +894,29 @@ fn parse_message(statement: &PreparedStatement) -> Bytes {
     message.put_u8(0);
     message.put_slice(&statement.definition);
     message.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::begins_block;
+
+    #[test]
+    fn read_only_blocks_are_recognized_only_when_declared() {
+        assert_eq!(begins_block(b"BEGIN READ ONLY", false), Some(true));
+        assert_eq!(
+            begins_block(
+                b"start transaction isolation level serializable, read only;",
+                false
+            ),
+            Some(true)
+        );
+        assert_eq!(begins_block(b"BEGIN", true), Some(true));
+        assert_eq!(begins_block(b"BEGIN READ WRITE", true), Some(false));
+        assert_eq!(begins_block(b"BEGIN", false), Some(false));
+        assert_eq!(
+            begins_block(b"BEGIN READ ONLY; INSERT INTO t VALUES (1)", false),
+            None
+        );
+        assert_eq!(begins_block(b"SELECT 'BEGIN READ ONLY'", false), None);
+    }
 }
