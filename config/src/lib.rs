@@ -14,7 +14,9 @@ use std::time::Duration;
 use clap::{CommandFactory, Parser};
 use serde::Deserialize;
 
-pub use values::{CacheRule, Endpoint, HostPort, LogFormat, Millis, RuleTarget, Ttl, UpstreamTls};
+pub use values::{
+    CacheRule, Endpoint, HostPort, LogFormat, Millis, Replication, RuleTarget, Ttl, UpstreamTls,
+};
 
 /// Every setting, as given by one source (CLI and environment, or the TOML file). `None` means "not
 /// given here"; defaults are applied only after the sources are merged, so a file value is not hidden
@@ -130,6 +132,18 @@ pub struct Settings {
     #[arg(long, env = "VENEER_CACHE_READ_ONLY_TRANSACTIONS", value_name = "BOOL")]
     pub cache_read_only_transactions: Option<bool>,
 
+    /// Follow writes made outside the proxy through logical replication (one temporary pgoutput slot
+    /// per database in use, as service_user, which needs REPLICATION): required (while the stream is
+    /// down, reads are forwarded), best-effort (cached results are still served, bounded by their
+    /// TTL) or off [default: required].
+    #[arg(long, env = "VENEER_REPLICATION", value_name = "MODE")]
+    pub replication: Option<Replication>,
+
+    /// Publication the replication stream follows; created FOR ALL TABLES when missing (which needs a
+    /// superuser once) [default: veneer].
+    #[arg(long, env = "VENEER_PUBLICATION", value_name = "NAME")]
+    pub publication: Option<String>,
+
     /// How often the proxy rereads which relations are plain tables and which functions are safe to
     /// cache, per database; DDL through the proxy rereads at once [default: 60s].
     #[arg(long, env = "VENEER_CATALOG_REFRESH", value_name = "DURATION")]
@@ -219,6 +233,10 @@ pub struct CacheConfig {
     pub catalog_refresh: Duration,
     /// Whether hits are served inside READ ONLY transaction blocks.
     pub read_only_transactions: bool,
+    /// Following writes made elsewhere.
+    pub replication: Replication,
+    /// The publication followed.
+    pub publication: String,
 }
 
 /// Files of the certificate offered to clients.
@@ -326,6 +344,8 @@ impl Config {
                     .catalog_refresh
                     .map_or(Duration::from_secs(60), Into::into),
                 read_only_transactions: s.cache_read_only_transactions.unwrap_or(false),
+                replication: s.replication.unwrap_or(Replication::Required),
+                publication: s.publication.unwrap_or_else(|| "veneer".to_owned()),
             }),
             service_user: s.service_user.unwrap_or_else(|| "postgres".to_owned()),
             service_password: s.service_password,
@@ -417,6 +437,8 @@ impl Settings {
             max_result_bytes: self.max_result_bytes.or(lower.max_result_bytes),
             cache_rules: non_empty_or(self.cache_rules, lower.cache_rules),
             catalog_refresh: self.catalog_refresh.or(lower.catalog_refresh),
+            replication: self.replication.or(lower.replication),
+            publication: self.publication.or(lower.publication),
             cache_read_only_transactions: self
                 .cache_read_only_transactions
                 .or(lower.cache_read_only_transactions),

@@ -221,3 +221,16 @@ impl FromStr for Endpoint {
     }
 }
 deserialize_from_str!(Endpoint);
+
+word_enum!(
+    /// Whether writes made outside the proxy are followed through logical replication, and what the
+    /// cache does while it cannot follow them.
+    Replication {
+        /// Follow the stream; while it is down, reads are forwarded rather than risk a stale answer.
+        Required = "required",
+        /// Follow the stream; while it is down, cached results are still served, bounded by their TTL.
+        BestEffort = "best-effort",
+        /// Do not follow it: out-of-band writes show once an entry's TTL runs out.
+        Off = "off",
+    }
+);

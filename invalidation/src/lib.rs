@@ -10,6 +10,9 @@
 //! counters: a stamp is only ever compared for equality, so a later version may take them from the
 //! WAL (commit LSNs), which every proxy following the same stream computes alike.
 
+pub mod pgoutput;
+pub mod replication;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};

@@ -144,6 +144,9 @@ impl Proxy {
                 alive_rx.recv().await;
             }
         }
+        if let Some(cache) = &self.shared.cache {
+            cache.stop();
+        }
         tracing::info!("shutdown complete");
         Ok(())
     }

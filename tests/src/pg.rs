@@ -146,8 +146,8 @@ impl PgServer {
         );
         let conf = format!(
             "\n# veneer-tests\nlisten_addresses = '127.0.0.1'\nport = {port}\n\
-             unix_socket_directories = '{sock}'\nwal_level = logical\nmax_wal_senders = 10\n\
-             max_replication_slots = 10\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\n\
+             unix_socket_directories = '{sock}'\nwal_level = logical\nmax_wal_senders = 100\n\
+             max_replication_slots = 100\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\n\
              max_connections = 200\nssl = on\n",
             port = self.port,
             sock = self.base.display(),

@@ -2,6 +2,10 @@
 //! upstream traffic in every driver style; writes through the proxy are visible at once to every
 //! session; what must not be cached is not; identical concurrent misses go upstream once; the memory
 //! bound holds; the admin commands work.
+//!
+//! The proxies run with the default `replication = required`, so every table here has a primary key:
+//! Veneer refuses to create its FOR ALL TABLES publication while a table lacks a replica identity
+//! (see `replication.rs`), and would then forward every read.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -320,7 +324,7 @@ async fn what_may_change_or_is_private_is_never_cached() {
         "CREATE TABLE cache_never (id int PRIMARY KEY, v text);
          INSERT INTO cache_never VALUES (1, 'a');
          CREATE VIEW cache_never_view AS SELECT * FROM cache_never;
-         CREATE TABLE cache_never_log (n int);
+         CREATE TABLE cache_never_log (n int PRIMARY KEY);
          CREATE SEQUENCE cache_never_seq;
          CREATE FUNCTION cache_never_touch() RETURNS int VOLATILE LANGUAGE sql
            AS 'INSERT INTO cache_never_log VALUES (1) RETURNING n';
@@ -378,16 +382,16 @@ async fn what_may_change_or_is_private_is_never_cached() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn roles_row_security_and_settings_each_get_their_own_answers() {
     setup(&format!(
-        "CREATE TABLE cache_grants (v text); INSERT INTO cache_grants VALUES ('secret');
+        "CREATE TABLE cache_grants (v text PRIMARY KEY); INSERT INTO cache_grants VALUES ('secret');
          GRANT SELECT ON cache_grants TO {TRUST_USER};
-         CREATE TABLE cache_rls (owner text, v text);
+         CREATE TABLE cache_rls (owner text, v text PRIMARY KEY);
          INSERT INTO cache_rls VALUES ('{TRUST_USER}', 'trust row'), ('{MD5_USER}', 'md5 row');
          ALTER TABLE cache_rls ENABLE ROW LEVEL SECURITY;
          CREATE POLICY own ON cache_rls USING (owner = current_user);
          GRANT SELECT ON cache_rls TO {TRUST_USER}, {MD5_USER};
          CREATE SCHEMA cache_a; CREATE SCHEMA cache_b;
-         CREATE TABLE cache_a.t (v text); INSERT INTO cache_a.t VALUES ('from a');
-         CREATE TABLE cache_b.t (v text); INSERT INTO cache_b.t VALUES ('from b');
+         CREATE TABLE cache_a.t (v text PRIMARY KEY); INSERT INTO cache_a.t VALUES ('from a');
+         CREATE TABLE cache_b.t (v text PRIMARY KEY); INSERT INTO cache_b.t VALUES ('from b');
          GRANT USAGE ON SCHEMA cache_a, cache_b TO {TRUST_USER};
          GRANT SELECT ON cache_a.t, cache_b.t TO {TRUST_USER};"
     ))
@@ -482,7 +486,7 @@ async fn roles_row_security_and_settings_each_get_their_own_answers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identical_concurrent_misses_go_upstream_once() {
     setup(
-        "CREATE TABLE cache_flight (v int); INSERT INTO cache_flight SELECT generate_series(1, 1000);",
+        "CREATE TABLE cache_flight (v int PRIMARY KEY); INSERT INTO cache_flight SELECT generate_series(1, 1000);",
     )
     .await;
     let proxy = cached_proxy().await;
@@ -552,8 +556,8 @@ async fn the_cache_stays_within_its_memory_bound() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_commands_flush_and_report() {
     setup(
-        "CREATE TABLE cache_admin (v int); INSERT INTO cache_admin VALUES (1);
-         CREATE TABLE cache_admin_other (v int); INSERT INTO cache_admin_other VALUES (2);",
+        "CREATE TABLE cache_admin (v int PRIMARY KEY); INSERT INTO cache_admin VALUES (1);
+         CREATE TABLE cache_admin_other (v int PRIMARY KEY); INSERT INTO cache_admin_other VALUES (2);",
     )
     .await;
     let proxy = cached_proxy().await;
@@ -636,8 +640,8 @@ async fn admin_commands_flush_and_report() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rules_and_hints_steer_caching() {
     setup(
-        "CREATE TABLE cache_rule_never (v int); INSERT INTO cache_rule_never VALUES (1);
-         CREATE TABLE cache_rule_free (v int); INSERT INTO cache_rule_free VALUES (1);",
+        "CREATE TABLE cache_rule_never (v int PRIMARY KEY); INSERT INTO cache_rule_never VALUES (1);
+         CREATE TABLE cache_rule_free (v int PRIMARY KEY); INSERT INTO cache_rule_free VALUES (1);",
     )
     .await;
     let proxy = ProxyHandle::start_with(|s| {
@@ -674,7 +678,7 @@ async fn rules_and_hints_steer_caching() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ddl_through_the_proxy_is_seen_at_once() {
-    setup("CREATE TABLE cache_ddl (v int); INSERT INTO cache_ddl VALUES (1);").await;
+    setup("CREATE TABLE cache_ddl (v int PRIMARY KEY); INSERT INTO cache_ddl VALUES (1);").await;
     let proxy = cached_proxy().await;
     let client = connect_as(proxy.addr(), "cache-ddl").await;
     let sql = "SELECT * FROM cache_ddl";
@@ -703,7 +707,7 @@ async fn ddl_through_the_proxy_is_seen_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_transactions_are_served_only_when_allowed() {
-    setup("CREATE TABLE cache_ro (v int); INSERT INTO cache_ro VALUES (1);").await;
+    setup("CREATE TABLE cache_ro (v int PRIMARY KEY); INSERT INTO cache_ro VALUES (1);").await;
     let sql = "SELECT v FROM cache_ro";
     for allowed in [false, true] {
         let proxy =

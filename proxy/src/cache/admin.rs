@@ -9,6 +9,7 @@ use pgwire::messages::data::{DataRow, FieldDescription, RowDescription};
 use pgwire::messages::response::{CommandComplete, ReadyForQuery, TransactionStatus};
 use pgwire::messages::Message;
 use veneer_cache_node::CacheStore;
+use veneer_config::Replication;
 use veneer_invalidation::Source;
 
 use super::Cache;
@@ -150,12 +151,25 @@ async fn status(cache: &Cache) -> Vec<Vec<String>> {
     let mut databases = cache.databases();
     databases.sort_by(|a, b| a.name.cmp(&b.name));
     for db in databases {
-        let state = if db.has_catalog() {
-            "cached (write-through invalidation)"
-        } else {
-            "forwarded: catalog not read (see the log)"
+        let replication = match (cache.config.replication, db.is_streaming()) {
+            (Replication::Off, _) => {
+                "replication off: writes elsewhere show after the TTL".to_owned()
+            }
+            (_, true) => "replication streaming".to_owned(),
+            (_, false) => format!(
+                "replication down: {}",
+                db.replication_error()
+                    .unwrap_or_else(|| "starting".to_owned())
+            ),
         };
-        rows.push(vec![format!("database {}", db.name), state.to_owned()]);
+        let state = if !db.has_catalog() {
+            "forwarded: catalog not read (see the log)".to_owned()
+        } else if !cache.serves(&db) {
+            format!("forwarded: {replication}")
+        } else {
+            format!("cached ({replication})")
+        };
+        rows.push(vec![format!("database {}", db.name), state]);
     }
     rows
 }

@@ -2,7 +2,7 @@
 //! plans by query shape, so a shape is parsed once and a hit only looks its plan up.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -85,6 +85,10 @@ pub struct Database {
     memo: RwLock<HashMap<Bytes, Arc<Plan>, foldhash::fast::RandomState>>,
     /// Wakes the catalog reader early (after DDL through the proxy).
     pub(super) reread: Notify,
+    /// The replication stream is applying this database's commits.
+    streaming: AtomicBool,
+    /// Why the stream last stopped, for the status.
+    replication_error: std::sync::Mutex<Option<String>>,
 }
 
 impl Database {
@@ -98,6 +102,8 @@ impl Database {
             version: AtomicU64::new(0),
             memo: RwLock::new(HashMap::default()),
             reread: Notify::new(),
+            streaming: AtomicBool::new(false),
+            replication_error: std::sync::Mutex::new(None),
         }
     }
 
@@ -116,6 +122,29 @@ impl Database {
         *slot = Some(Arc::new(catalog));
         self.version.fetch_add(1, Ordering::AcqRel);
         true
+    }
+
+    /// Whether the replication stream is applying this database's commits now.
+    pub fn is_streaming(&self) -> bool {
+        self.streaming.load(Ordering::Acquire)
+    }
+
+    /// Marks the stream up or down; returns whether it was up.
+    pub(super) fn set_streaming(&self, up: bool) -> bool {
+        if up {
+            *self.replication_error.lock().expect("not poisoned") = None;
+        }
+        self.streaming.swap(up, Ordering::AcqRel)
+    }
+
+    /// Records why the stream is down.
+    pub(super) fn set_replication_error(&self, error: String) {
+        *self.replication_error.lock().expect("not poisoned") = Some(error);
+    }
+
+    /// Why the stream is down, if it is and the reason is known.
+    pub fn replication_error(&self) -> Option<String> {
+        self.replication_error.lock().expect("not poisoned").clone()
     }
 
     /// Whether a catalog snapshot is installed.

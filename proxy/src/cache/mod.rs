@@ -7,6 +7,7 @@ pub mod catalog;
 pub mod classify;
 pub mod database;
 pub mod digest;
+mod follow;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_rustls::TlsConnector;
 use veneer_cache_node::{CacheKey, CacheStore, EmbeddedStore};
-use veneer_config::{CacheConfig, Config};
+use veneer_config::{CacheConfig, Config, Replication};
 
 use crate::metrics::Meters;
 use catalog::Catalog;
@@ -102,6 +103,8 @@ pub struct Cache {
     flights: Mutex<HashMap<CacheKey, watch::Receiver<()>>>,
     service: Config,
     service_tls: Option<TlsConnector>,
+    /// Set when the proxy has shut down: background tasks (catalog readers, replication streams) end.
+    stopped: watch::Sender<bool>,
 }
 
 /// Whether a miss goes upstream itself or waits for an identical one already there.
@@ -150,6 +153,7 @@ impl Cache {
             flights: Mutex::new(HashMap::new()),
             service,
             service_tls: tls,
+            stopped: watch::channel(false).0,
         }
     }
 
@@ -162,7 +166,24 @@ impl Cache {
         let db = Arc::new(Database::new(name.to_owned()));
         databases.insert(name.to_owned(), Arc::clone(&db));
         tokio::spawn(read_catalog(Arc::downgrade(self), Arc::clone(&db)));
+        if self.config.replication != Replication::Off {
+            tokio::spawn(follow::follow(Arc::downgrade(self), Arc::clone(&db)));
+        }
         db
+    }
+
+    /// Ends the background work of every database (catalog readers, replication streams, whose
+    /// temporary slots the server then drops). Called once the proxy has shut down.
+    pub fn stop(&self) {
+        self.stopped.send_replace(true);
+    }
+
+    /// Completes once [`Cache::stop`] has been called.
+    fn stopping(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut stopped = self.stopped.subscribe();
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }
     }
 
     /// Every database in use.
@@ -184,6 +205,12 @@ impl Cache {
         let id = self.next_scope.fetch_add(1, Ordering::Relaxed);
         scopes.insert(content.to_vec(), id);
         id
+    }
+
+    /// Whether results of `db` may be served now: not while its replication stream is down, unless the
+    /// configuration accepts TTL-bounded staleness then.
+    pub fn serves(&self, db: &Database) -> bool {
+        self.config.replication != Replication::Required || db.is_streaming()
     }
 
     /// Joins the flight of `key`, or starts it.
@@ -250,8 +277,18 @@ pub async fn report_usage(cache: Weak<Cache>) {
 }
 
 /// Keeps one database's catalog snapshot current: read at once, then every `catalog_refresh`, and
-/// straight after DDL through the proxy. Ends when the cache is dropped.
+/// straight after DDL through the proxy. Ends when the cache stops or is dropped.
 async fn read_catalog(cache: Weak<Cache>, db: Arc<Database>) {
+    let Some(stopping) = cache.upgrade().map(|c| c.stopping()) else {
+        return;
+    };
+    tokio::select! {
+        () = keep_catalog(cache, db) => {}
+        () = stopping => {}
+    }
+}
+
+async fn keep_catalog(cache: Weak<Cache>, db: Arc<Database>) {
     let mut failing = false;
     loop {
         let Some(cache) = cache.upgrade() else {

@@ -300,6 +300,10 @@ impl Session {
             self.bypass(reason);
             return;
         }
+        if !cache.serves(&self.cache.as_ref().expect("checked").db) {
+            self.bypass("replication_down");
+            return;
+        }
         let key = self.key();
         if let Some(response) = cache.store.get(&key).await {
             self.serve_hit(response, started);

@@ -1,0 +1,470 @@
+//! Following a database's logical replication stream: a `replication=database` session that logs in
+//! (trust, password, md5 or SCRAM-SHA-256), makes sure the publication exists, creates a temporary
+//! pgoutput slot (so a dead proxy never pins WAL), streams from it and reports each committed
+//! transaction's changed tables. It acknowledges what it applied with standby status updates, on every
+//! keepalive that asks and at least every [`STATUS_INTERVAL`], so the slot follows even an idle
+//! database.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use postgres_protocol::authentication::{md5_hash, sasl};
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::pgoutput::{self, Event};
+
+/// Longest wait between two standby status updates.
+pub const STATUS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Ordinary tables with no usable replica identity (none, or the default with no primary key).
+const UNIDENTIFIED_TABLES: &str = "SELECT format('%I.%I', n.nspname, c.relname) \
+     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+     WHERE c.relkind IN ('r', 'p') AND c.relpersistence = 'p' \
+       AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%' \
+       AND (c.relreplident = 'n' OR (c.relreplident = 'd' AND NOT EXISTS \
+         (SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid AND i.indisprimary))) \
+     ORDER BY 1 LIMIT 20";
+
+/// Microseconds from the Unix epoch to Postgres's (2000-01-01).
+const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
+/// Who the replication session logs in as, and where.
+#[derive(Debug, Clone)]
+pub struct Login {
+    /// A role with the REPLICATION attribute (and, to create a FOR ALL TABLES publication, superuser).
+    pub user: String,
+    /// Its password, if its authentication needs one.
+    pub password: Option<String>,
+    /// The database to follow.
+    pub database: String,
+    /// The publication to stream (created FOR ALL TABLES when missing).
+    pub publication: String,
+    /// The temporary slot's name, unique per stream.
+    pub slot: String,
+}
+
+/// What one committed transaction changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Commit {
+    /// Tables whose rows changed.
+    pub changed: Vec<String>,
+    /// Tables changed as a whole: truncated, or their definition changed.
+    pub whole: Vec<String>,
+    /// WAL position just past the commit.
+    pub end_lsn: u64,
+}
+
+/// Why following the stream stopped.
+#[derive(Debug)]
+pub enum ReplicationError {
+    /// The connection failed.
+    Io(std::io::Error),
+    /// The server refused something, with its SQLSTATE and message.
+    Server {
+        /// SQLSTATE.
+        code: String,
+        /// The server's message.
+        message: String,
+        /// What the session was doing.
+        during: &'static str,
+    },
+    /// The server sent something this session does not understand.
+    Protocol(String),
+    /// The database is not set up for following it, and setting it up would harm it.
+    Setup(String),
+}
+
+impl fmt::Display for ReplicationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReplicationError::Io(e) => write!(f, "replication connection failed: {e}"),
+            ReplicationError::Server {
+                code,
+                message,
+                during,
+            } => write!(f, "server refused {during}: {message} (SQLSTATE {code})"),
+            ReplicationError::Protocol(what) => write!(f, "replication protocol: {what}"),
+            ReplicationError::Setup(what) => f.write_str(what),
+        }
+    }
+}
+
+impl std::error::Error for ReplicationError {}
+
+impl From<std::io::Error> for ReplicationError {
+    fn from(e: std::io::Error) -> Self {
+        ReplicationError::Io(e)
+    }
+}
+
+impl From<pgoutput::DecodeError> for ReplicationError {
+    fn from(e: pgoutput::DecodeError) -> Self {
+        ReplicationError::Protocol(e.to_string())
+    }
+}
+
+/// What the stream reports to its owner.
+pub trait Sink {
+    /// Streaming has started: changes from here on will be reported.
+    fn streaming(&mut self);
+    /// A transaction committed.
+    fn commit(&mut self, commit: &Commit);
+}
+
+/// Logs in on `stream`, starts streaming and reports commits to `sink` until the stream fails.
+pub async fn follow<S, K>(stream: S, login: &Login, sink: &mut K) -> Result<(), ReplicationError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    K: Sink,
+{
+    let mut conn = Conn {
+        stream,
+        buf: BytesMut::with_capacity(64 * 1024),
+        out: BytesMut::new(),
+    };
+    conn.login(login).await?;
+    conn.ensure_publication(&login.publication).await?;
+    conn.simple(
+        &format!(
+            "CREATE_REPLICATION_SLOT {} TEMPORARY LOGICAL pgoutput NOEXPORT_SNAPSHOT",
+            quote_ident(&login.slot)
+        ),
+        "creating a replication slot",
+    )
+    .await?;
+    let start = format!(
+        "START_REPLICATION SLOT {} LOGICAL 0/0 (proto_version '1', publication_names {})",
+        quote_ident(&login.slot),
+        quote_literal(&quote_ident(&login.publication))
+    );
+    frontend::query(&start, &mut conn.out)?;
+    conn.flush().await?;
+    loop {
+        let (tag, body) = conn.read().await?;
+        match tag {
+            b'W' => break,
+            b'E' => return Err(server_error(&body, "starting replication")),
+            b'N' | b'S' => {}
+            other => {
+                return Err(ReplicationError::Protocol(format!(
+                    "expected CopyBothResponse, got '{}'",
+                    other as char
+                )))
+            }
+        }
+    }
+    sink.streaming();
+    conn.stream_changes(sink).await
+}
+
+struct Conn<S> {
+    stream: S,
+    buf: BytesMut,
+    out: BytesMut,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    async fn flush(&mut self) -> Result<(), ReplicationError> {
+        self.stream.write_all(&self.out).await?;
+        self.out.clear();
+        Ok(())
+    }
+
+    /// The next backend message: tag and body.
+    async fn read(&mut self) -> Result<(u8, Bytes), ReplicationError> {
+        loop {
+            if self.buf.len() >= 5 {
+                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]);
+                let total = len as usize + 1;
+                if len < 4 {
+                    return Err(ReplicationError::Protocol(format!(
+                        "bad message length {len}"
+                    )));
+                }
+                if self.buf.len() >= total {
+                    let mut message = self.buf.split_to(total).freeze();
+                    let tag = message.get_u8();
+                    message.advance(4);
+                    return Ok((tag, message));
+                }
+                self.buf.reserve(total - self.buf.len());
+            }
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                return Err(ReplicationError::Io(
+                    std::io::ErrorKind::UnexpectedEof.into(),
+                ));
+            }
+        }
+    }
+
+    async fn login(&mut self, login: &Login) -> Result<(), ReplicationError> {
+        let params = [
+            ("user", login.user.as_str()),
+            ("database", login.database.as_str()),
+            ("replication", "database"),
+            ("application_name", "veneer replication"),
+        ];
+        frontend::startup_message(params, &mut self.out)?;
+        self.flush().await?;
+        let password = login.password.as_deref().unwrap_or("").as_bytes();
+        let mut scram = None;
+        loop {
+            let (tag, body) = self.read().await?;
+            match tag {
+                b'R' => {
+                    let code = body
+                        .get(..4)
+                        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
+                    let data = body.slice(4.min(body.len())..);
+                    match code {
+                        Some(0) => {}
+                        Some(3) => frontend::password_message(password, &mut self.out)?,
+                        Some(5) => {
+                            let salt: [u8; 4] = data
+                                .get(..4)
+                                .and_then(|s| s.try_into().ok())
+                                .ok_or_else(|| {
+                                    ReplicationError::Protocol("md5 request without salt".into())
+                                })?;
+                            let hash = md5_hash(login.user.as_bytes(), password, salt);
+                            frontend::password_message(hash.as_bytes(), &mut self.out)?;
+                        }
+                        Some(10) => {
+                            let offered = data
+                                .split(|&b| b == 0)
+                                .any(|m| m == sasl::SCRAM_SHA_256.as_bytes());
+                            if !offered {
+                                return Err(ReplicationError::Protocol(
+                                    "the server offers no SASL mechanism Veneer supports".into(),
+                                ));
+                            }
+                            let s = sasl::ScramSha256::new(
+                                password,
+                                sasl::ChannelBinding::unsupported(),
+                            );
+                            frontend::sasl_initial_response(
+                                sasl::SCRAM_SHA_256,
+                                s.message(),
+                                &mut self.out,
+                            )?;
+                            scram = Some(s);
+                        }
+                        Some(11) => {
+                            let s = scram.as_mut().ok_or_else(|| {
+                                ReplicationError::Protocol("SASL continue without a start".into())
+                            })?;
+                            s.update(&data)?;
+                            frontend::sasl_response(s.message(), &mut self.out)?;
+                        }
+                        Some(12) => {
+                            let s = scram.as_mut().ok_or_else(|| {
+                                ReplicationError::Protocol("SASL final without a start".into())
+                            })?;
+                            s.finish(&data)?;
+                        }
+                        other => {
+                            return Err(ReplicationError::Protocol(format!(
+                                "unsupported authentication request {other:?}"
+                            )))
+                        }
+                    }
+                    self.flush().await?;
+                }
+                b'E' => return Err(server_error(&body, "the replication login")),
+                b'Z' => return Ok(()),
+                _ => {}
+            }
+        }
+    }
+
+    /// Runs `sql`; returns the first column of its rows.
+    async fn simple(
+        &mut self,
+        sql: &str,
+        during: &'static str,
+    ) -> Result<Vec<Option<String>>, ReplicationError> {
+        frontend::query(sql, &mut self.out)?;
+        self.flush().await?;
+        let mut rows = Vec::new();
+        let mut error = None;
+        loop {
+            let (tag, body) = self.read().await?;
+            match tag {
+                b'D' => rows.push(first_column(&body)),
+                b'E' => error = Some(server_error(&body, during)),
+                b'Z' => return error.map_or(Ok(rows), Err),
+                _ => {}
+            }
+        }
+    }
+
+    async fn ensure_publication(&mut self, name: &str) -> Result<(), ReplicationError> {
+        let exists = self
+            .simple(
+                &format!(
+                    "SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = {}",
+                    quote_literal(name)
+                ),
+                "looking up the publication",
+            )
+            .await?;
+        if exists.is_empty() {
+            // A FOR ALL TABLES publication makes Postgres refuse UPDATE and DELETE on tables without a
+            // replica identity: creating it then would break the application's writes.
+            let unidentified = self
+                .simple(
+                    UNIDENTIFIED_TABLES,
+                    "looking for tables without a replica identity",
+                )
+                .await?;
+            if !unidentified.is_empty() {
+                let names: Vec<String> = unidentified.into_iter().flatten().collect();
+                return Err(ReplicationError::Setup(format!(
+                    "publication {name} does not exist, and creating it FOR ALL TABLES would make \
+                     Postgres refuse UPDATE and DELETE on tables without a replica identity ({}); \
+                     give them a primary key or REPLICA IDENTITY, or create the publication yourself",
+                    names.join(", ")
+                )));
+            }
+            self.simple(
+                &format!("CREATE PUBLICATION {} FOR ALL TABLES", quote_ident(name)),
+                "creating the publication",
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn stream_changes<K: Sink>(&mut self, sink: &mut K) -> Result<(), ReplicationError> {
+        let mut relations: HashMap<u32, String> = HashMap::new();
+        let mut changed: HashSet<u32> = HashSet::new();
+        let mut whole: HashSet<u32> = HashSet::new();
+        let mut applied = 0u64;
+        let mut last_status = tokio::time::Instant::now();
+        loop {
+            let wait = STATUS_INTERVAL.saturating_sub(last_status.elapsed());
+            let next = tokio::time::timeout(wait, self.read()).await;
+            let Ok(message) = next else {
+                self.status(applied).await?;
+                last_status = tokio::time::Instant::now();
+                continue;
+            };
+            let (tag, mut body) = message?;
+            match tag {
+                b'd' => {}
+                b'E' => return Err(server_error(&body, "streaming")),
+                b'c' => {
+                    return Err(ReplicationError::Protocol(
+                        "the server ended the stream".into(),
+                    ))
+                }
+                _ => continue,
+            }
+            match body.first() {
+                Some(b'w') if body.len() >= 25 => {
+                    body.advance(25);
+                    match pgoutput::decode(&body)? {
+                        Event::Begin => {
+                            changed.clear();
+                            whole.clear();
+                        }
+                        Event::Relation { oid, name, .. } => {
+                            // A relation described again within a session has changed its definition.
+                            if relations.insert(oid, name).is_some() {
+                                whole.insert(oid);
+                            }
+                        }
+                        Event::Change { oid } => {
+                            changed.insert(oid);
+                        }
+                        Event::Truncate { oids } => whole.extend(oids),
+                        Event::Commit { end_lsn } => {
+                            let names = |oids: &HashSet<u32>| {
+                                oids.iter()
+                                    .filter_map(|o| relations.get(o).cloned())
+                                    .collect()
+                            };
+                            sink.commit(&Commit {
+                                changed: names(&changed),
+                                whole: names(&whole),
+                                end_lsn,
+                            });
+                            applied = applied.max(end_lsn);
+                        }
+                        Event::Other => {}
+                    }
+                }
+                Some(b'k') if body.len() >= 18 => {
+                    let wal_end =
+                        u64::from_be_bytes(body[1..9].try_into().expect("checked length"));
+                    // Nothing is pending between transactions, so the slot may move to the server's WAL
+                    // end: an idle database does not pin WAL.
+                    applied = applied.max(wal_end);
+                    if body[17] == 1 {
+                        self.status(applied).await?;
+                        last_status = tokio::time::Instant::now();
+                    }
+                }
+                _ => {
+                    return Err(ReplicationError::Protocol(format!(
+                        "unexpected CopyData starting with {:?}",
+                        body.first()
+                    )))
+                }
+            }
+        }
+    }
+
+    /// A standby status update: everything up to `lsn` is written, flushed and applied.
+    async fn status(&mut self, lsn: u64) -> Result<(), ReplicationError> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as i64)
+            - PG_EPOCH_MICROS;
+        let mut update = BytesMut::with_capacity(34);
+        update.put_u8(b'r');
+        for _ in 0..3 {
+            update.put_u64(lsn);
+        }
+        update.put_i64(now);
+        update.put_u8(0);
+        self.out.put_u8(b'd');
+        self.out.put_u32(4 + update.len() as u32);
+        self.out.put_slice(&update);
+        self.flush().await
+    }
+}
+
+fn first_column(body: &[u8]) -> Option<String> {
+    let len = i32::from_be_bytes(body.get(2..6)?.try_into().ok()?);
+    let value = body.get(6..6 + usize::try_from(len).ok()?)?;
+    Some(String::from_utf8_lossy(value).into_owned())
+}
+
+fn server_error(body: &[u8], during: &'static str) -> ReplicationError {
+    let mut code = String::new();
+    let mut message = String::new();
+    for field in body.split(|&b| b == 0) {
+        match field.split_first() {
+            Some((b'C', v)) => code = String::from_utf8_lossy(v).into_owned(),
+            Some((b'M', v)) => message = String::from_utf8_lossy(v).into_owned(),
+            _ => {}
+        }
+    }
+    ReplicationError::Server {
+        code,
+        message,
+        during,
+    }
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}

@@ -1,0 +1,244 @@
+//! Writes made outside the proxy (directly on the server, by triggers) invalidate cached results through
+//! logical replication, and a lost stream never leaves a stale answer served.
+
+use std::time::{Duration, Instant};
+
+use tokio_postgres::SimpleQueryMessage;
+use veneer_tests::cache::{figure, status, wait_cache_ready};
+use veneer_tests::*;
+
+/// Creates database `name` and returns a superuser session on it, straight to the server.
+async fn own_database(name: &str) -> Conn {
+    direct_admin()
+        .await
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    connect(&on(pg().addr(), name)).await.unwrap()
+}
+
+/// A superuser connection configuration for database `name` at `addr`.
+fn on(addr: std::net::SocketAddr, name: &str) -> tokio_postgres::Config {
+    let mut config = client::config(addr, SUPERUSER, None, "repl-tests");
+    config.dbname(name);
+    config
+}
+
+/// Waits until the proxy at `addr` caches reads of database `name`.
+async fn wait_ready_on(client: &tokio_postgres::Client, name: &str) {
+    let key = format!("database {name}");
+    let ready = wait_for(Duration::from_secs(20), || async {
+        status(client)
+            .await
+            .get(&key)
+            .is_some_and(|s| s.starts_with("cached"))
+    })
+    .await;
+    assert!(ready, "{:?}", status(client).await);
+}
+
+async fn setup(sql: &str) {
+    direct_admin()
+        .await
+        .batch_execute(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+}
+
+async fn first(client: &tokio_postgres::Client, sql: &str) -> Option<String> {
+    client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+        .into_iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(row) => Some(row.get(0).map(str::to_owned)),
+            _ => None,
+        })
+        .flatten()
+}
+
+/// Reads `sql` through `client` until it returns `expected`; returns how long that took.
+async fn until_seen(client: &tokio_postgres::Client, sql: &str, expected: &str) -> Duration {
+    let started = Instant::now();
+    let seen = wait_for(Duration::from_secs(20), || async {
+        first(client, sql).await.as_deref() == Some(expected)
+    })
+    .await;
+    assert!(
+        seen,
+        "{sql} never returned {expected}: {:?}",
+        first(client, sql).await
+    );
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_made_elsewhere_invalidate_what_they_touched() {
+    setup(
+        "CREATE TABLE repl_a (id int PRIMARY KEY, v text); INSERT INTO repl_a VALUES (1, 'one');
+         CREATE TABLE repl_b (id int PRIMARY KEY, v text); INSERT INTO repl_b VALUES (1, 'b');
+         CREATE TABLE repl_log (n int PRIMARY KEY); INSERT INTO repl_log VALUES (0);
+         CREATE FUNCTION repl_count() RETURNS trigger LANGUAGE plpgsql AS
+           'BEGIN UPDATE repl_log SET n = n + 1; RETURN NEW; END';
+         CREATE TRIGGER repl_count AFTER UPDATE ON repl_a FOR EACH ROW EXECUTE FUNCTION repl_count();",
+    )
+    .await;
+    let proxy = ProxyHandle::start().await;
+    wait_cache_ready(proxy.addr()).await;
+    let client = connect_as(proxy.addr(), "repl-elsewhere").await;
+    let direct = direct_admin().await;
+    let (a, b, log) = (
+        "SELECT v FROM repl_a WHERE id = 1",
+        "SELECT v FROM repl_b WHERE id = 1",
+        "SELECT n FROM repl_log",
+    );
+    for sql in [a, b, log, a, b, log] {
+        first(&client, sql).await;
+    }
+    let mut lags = Vec::new();
+    for (round, value) in ["two", "three", "four"].into_iter().enumerate() {
+        direct
+            .batch_execute(&format!("UPDATE repl_a SET v = '{value}' WHERE id = 1"))
+            .await
+            .unwrap();
+        lags.push(until_seen(&client, a, value).await);
+        // The trigger's write to another table is seen too.
+        until_seen(&client, log, &(round + 1).to_string()).await;
+    }
+    // The untouched table stayed cached all along.
+    let hits = figure(&client, "hits").await;
+    assert_eq!(first(&client, b).await.as_deref(), Some("b"));
+    assert_eq!(
+        figure(&client, "hits").await,
+        hits + 1,
+        "repl_b was invalidated by writes to repl_a"
+    );
+    // Inserts, deletes and TRUNCATE.
+    let count = "SELECT count(*) FROM repl_b";
+    first(&client, count).await;
+    direct
+        .batch_execute("INSERT INTO repl_b VALUES (2, 'c')")
+        .await
+        .unwrap();
+    until_seen(&client, count, "2").await;
+    direct
+        .batch_execute("DELETE FROM repl_b WHERE id = 2")
+        .await
+        .unwrap();
+    until_seen(&client, count, "1").await;
+    direct.batch_execute("TRUNCATE repl_b").await.unwrap();
+    until_seen(&client, count, "0").await;
+    eprintln!("out-of-band updates seen through the proxy after {lags:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_stream_never_serves_a_stale_answer() {
+    // A database of its own, so that killing its stream disturbs no other test.
+    let direct = own_database("repl_loss").await;
+    direct
+        .batch_execute("CREATE TABLE repl_loss (id int PRIMARY KEY, v int); INSERT INTO repl_loss VALUES (1, 0);")
+        .await
+        .unwrap();
+    let proxy = ProxyHandle::start().await;
+    let client = connect(&on(proxy.addr(), "repl_loss")).await.unwrap();
+    wait_ready_on(&client, "repl_loss").await;
+    let sql = "SELECT v FROM repl_loss WHERE id = 1";
+    for round in 1..=3 {
+        first(&client, sql).await;
+        first(&client, sql).await;
+        let killed: i64 = scalar(
+            &direct,
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE backend_type = 'walsender' AND datname = 'repl_loss'",
+        )
+        .await;
+        assert!(killed >= 1, "no walsender of the proxy found");
+        // Write while nobody listens; once the proxy has noticed, it must answer fresh: forwarded while
+        // the stream is down, and after a reconnect every older entry is unreachable.
+        let noticed = wait_for(Duration::from_secs(20), || async {
+            !status(&client).await["database repl_loss"].contains("replication streaming")
+        })
+        .await;
+        assert!(noticed, "the proxy did not notice the lost stream");
+        direct
+            .batch_execute(&format!("UPDATE repl_loss SET v = {round} WHERE id = 1"))
+            .await
+            .unwrap();
+        assert_eq!(
+            first(&client, sql).await,
+            Some(round.to_string()),
+            "stale after the loss"
+        );
+        wait_ready_on(&client, "repl_loss").await;
+        assert_eq!(
+            first(&client, sql).await,
+            Some(round.to_string()),
+            "stale after the reconnect"
+        );
+    }
+    // And caching resumes.
+    first(&client, sql).await;
+    let hits = figure(&client, "hits").await;
+    first(&client, sql).await;
+    assert_eq!(figure(&client, "hits").await, hits + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn temporary_slots_go_with_the_proxy() {
+    let direct = own_database("repl_slots").await;
+    let proxy = ProxyHandle::start().await;
+    let client = connect(&on(proxy.addr(), "repl_slots")).await.unwrap();
+    wait_ready_on(&client, "repl_slots").await;
+    let slots =
+        "SELECT count(*) FROM pg_replication_slots WHERE database = 'repl_slots' AND temporary";
+    assert_eq!(scalar::<i64>(&direct, slots).await, 1);
+    let published: i64 = scalar(
+        &direct,
+        "SELECT count(*) FROM pg_publication WHERE pubname = 'veneer' AND puballtables",
+    )
+    .await;
+    assert_eq!(
+        published, 1,
+        "the publication was not created FOR ALL TABLES"
+    );
+    drop(client);
+    proxy.shutdown().await.unwrap();
+    let released = wait_for(Duration::from_secs(20), || async {
+        scalar::<i64>(&direct, slots).await == 0
+    })
+    .await;
+    assert!(released, "the proxy's temporary slot outlived it");
+}
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_publication_is_created_that_would_break_writes() {
+    let admin = own_database("repl_unidentified").await;
+    admin
+        .batch_execute("CREATE TABLE no_key (v int); INSERT INTO no_key VALUES (1)")
+        .await
+        .unwrap();
+    let proxy = ProxyHandle::start().await;
+    let client = connect(&on(proxy.addr(), "repl_unidentified"))
+        .await
+        .unwrap();
+    let key = "database repl_unidentified";
+    let refused = wait_for(Duration::from_secs(20), || async {
+        status(&client)
+            .await
+            .get(key)
+            .is_some_and(|s| s.contains("public.no_key"))
+    })
+    .await;
+    assert!(refused, "{:?}", status(&client).await);
+    assert!(
+        status(&client).await[key].starts_with("forwarded"),
+        "reads must be forwarded meanwhile"
+    );
+    // The application's writes keep working: no publication was made behind its back.
+    admin
+        .batch_execute("UPDATE no_key SET v = 2")
+        .await
+        .unwrap();
+    let publications: i64 = scalar(&admin, "SELECT count(*) FROM pg_publication").await;
+    assert_eq!(publications, 0);
+}
