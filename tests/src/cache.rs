@@ -38,12 +38,18 @@ pub async fn figure(client: &Client, name: &str) -> u64 {
 }
 
 /// Waits until the proxy at `addr` caches reads of the test database: its first session starts the
-/// catalog read, which must finish before reads are cached.
+/// catalog read and the replication stream, which must both be up before reads are cached.
 pub async fn wait_cache_ready(addr: SocketAddr) {
     let client = connect_as(addr, "veneer-tests-cache-ready").await;
-    let key = format!("database {}", crate::DATABASE);
+    wait_database_cached(&client, crate::DATABASE).await;
+}
+
+/// Waits until the proxy `client` is connected to caches reads of `database` (a session on that
+/// database must have started it).
+pub async fn wait_database_cached(client: &Client, database: &str) {
+    let key = format!("database {database}");
     let ready = wait_for(Duration::from_secs(20), || async {
-        status(&client)
+        status(client)
             .await
             .get(&key)
             .is_some_and(|s| s.starts_with("cached"))
@@ -52,6 +58,29 @@ pub async fn wait_cache_ready(addr: SocketAddr) {
     assert!(
         ready,
         "the cache never became ready: {:?}",
-        status(&client).await
+        status(client).await
     );
+}
+
+/// Runs `sql` on a direct superuser session (test set-up, or a write the proxy does not see).
+pub async fn run_direct(sql: &str) {
+    crate::direct_admin()
+        .await
+        .batch_execute(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+}
+
+/// The first column of every row `sql` returns, as text (simple protocol).
+pub async fn column(client: &Client, sql: &str) -> Vec<Option<String>> {
+    client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(row) => Some(row.get(0).map(str::to_owned)),
+            _ => None,
+        })
+        .collect()
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_postgres::SimpleQueryMessage;
-use veneer_tests::cache::{figure, status, wait_cache_ready};
+use veneer_tests::cache::{column, figure, run_direct as setup, status, wait_cache_ready};
 use veneer_tests::raw::{self, Message, RawClient};
 use veneer_tests::*;
 
@@ -21,29 +21,6 @@ async fn cached_proxy() -> ProxyHandle {
     let proxy = ProxyHandle::start().await;
     wait_cache_ready(proxy.addr()).await;
     proxy
-}
-
-/// Runs `setup` on a direct superuser session.
-async fn setup(sql: &str) {
-    direct_admin()
-        .await
-        .batch_execute(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
-}
-
-/// The first column of every row `sql` returns, as text (simple protocol).
-async fn column(client: &tokio_postgres::Client, sql: &str) -> Vec<Option<String>> {
-    client
-        .simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
-        .into_iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(row) => Some(row.get(0).map(str::to_owned)),
-            _ => None,
-        })
-        .collect()
 }
 
 /// The same SQL through the extended protocol, unnamed statement, binary results.

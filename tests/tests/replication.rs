@@ -3,8 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use tokio_postgres::SimpleQueryMessage;
-use veneer_tests::cache::{figure, status, wait_cache_ready};
+use veneer_tests::cache::{
+    column, figure, run_direct as setup, status, wait_cache_ready, wait_database_cached,
+};
 use veneer_tests::*;
 
 /// Creates database `name` and returns a superuser session on it, straight to the server.
@@ -24,38 +25,8 @@ fn on(addr: std::net::SocketAddr, name: &str) -> tokio_postgres::Config {
     config
 }
 
-/// Waits until the proxy at `addr` caches reads of database `name`.
-async fn wait_ready_on(client: &tokio_postgres::Client, name: &str) {
-    let key = format!("database {name}");
-    let ready = wait_for(Duration::from_secs(20), || async {
-        status(client)
-            .await
-            .get(&key)
-            .is_some_and(|s| s.starts_with("cached"))
-    })
-    .await;
-    assert!(ready, "{:?}", status(client).await);
-}
-
-async fn setup(sql: &str) {
-    direct_admin()
-        .await
-        .batch_execute(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
-}
-
 async fn first(client: &tokio_postgres::Client, sql: &str) -> Option<String> {
-    client
-        .simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
-        .into_iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(row) => Some(row.get(0).map(str::to_owned)),
-            _ => None,
-        })
-        .flatten()
+    column(client, sql).await.into_iter().next().flatten()
 }
 
 /// Reads `sql` through `client` until it returns `expected`; returns how long that took.
@@ -142,7 +113,7 @@ async fn a_lost_stream_never_serves_a_stale_answer() {
         .unwrap();
     let proxy = ProxyHandle::start().await;
     let client = connect(&on(proxy.addr(), "repl_loss")).await.unwrap();
-    wait_ready_on(&client, "repl_loss").await;
+    wait_database_cached(&client, "repl_loss").await;
     let sql = "SELECT v FROM repl_loss WHERE id = 1";
     for round in 1..=3 {
         first(&client, sql).await;
@@ -170,7 +141,7 @@ async fn a_lost_stream_never_serves_a_stale_answer() {
             Some(round.to_string()),
             "stale after the loss"
         );
-        wait_ready_on(&client, "repl_loss").await;
+        wait_database_cached(&client, "repl_loss").await;
         assert_eq!(
             first(&client, sql).await,
             Some(round.to_string()),
@@ -189,7 +160,7 @@ async fn temporary_slots_go_with_the_proxy() {
     let direct = own_database("repl_slots").await;
     let proxy = ProxyHandle::start().await;
     let client = connect(&on(proxy.addr(), "repl_slots")).await.unwrap();
-    wait_ready_on(&client, "repl_slots").await;
+    wait_database_cached(&client, "repl_slots").await;
     let slots =
         "SELECT count(*) FROM pg_replication_slots WHERE database = 'repl_slots' AND temporary";
     assert_eq!(scalar::<i64>(&direct, slots).await, 1);
