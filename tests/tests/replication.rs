@@ -59,6 +59,12 @@ async fn writes_made_elsewhere_invalidate_what_they_touched() {
     wait_cache_ready(proxy.addr()).await;
     let client = connect_as(proxy.addr(), "repl-elsewhere").await;
     let direct = direct_admin().await;
+    // The test server runs with synchronous_commit = off, where a commit reaches the WAL (and so the
+    // stream) only at the WAL writer's next round; the writes here commit as production ones do.
+    direct
+        .batch_execute("SET synchronous_commit = on")
+        .await
+        .unwrap();
     let (a, b, log) = (
         "SELECT v FROM repl_a WHERE id = 1",
         "SELECT v FROM repl_b WHERE id = 1",
