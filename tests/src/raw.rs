@@ -150,6 +150,11 @@ impl RawClient {
         (client, messages)
     }
 
+    /// The socket, for a test that must write and read at the same time, and the bytes already read.
+    pub fn into_parts(self) -> (TcpStream, BytesMut) {
+        (self.stream, self.buf)
+    }
+
     /// Writes `bytes` as they are.
     pub async fn send(&mut self, bytes: &[u8]) {
         self.try_send(bytes)

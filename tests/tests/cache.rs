@@ -742,3 +742,71 @@ async fn errors_and_oversized_results_are_not_stored() {
     column(&client, "SELECT repeat('x', 2000)").await;
     assert_eq!(figure(&client, "hits").await, hits + 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_pipelining_behind_a_waiting_unit_is_not_buffered_without_bound() {
+    setup(
+        "CREATE TABLE cache_pressure (v int PRIMARY KEY); INSERT INTO cache_pressure VALUES (1);",
+    )
+    .await;
+    let proxy = cached_proxy().await;
+    let locker = direct_admin().await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE cache_pressure IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let (mut client, _) = RawClient::startup(proxy.addr(), SUPERUSER, "cache-pressure").await;
+    // The first query waits upstream on the lock; every cacheable query behind it waits its turn.
+    let blocked = raw::query("SELECT count(*) FROM cache_pressure");
+    let padding = "x".repeat(1000);
+    let behind = raw::query(&format!(
+        "SELECT v FROM cache_pressure WHERE v = 1 /* {padding} */"
+    ));
+    let count = 32 * 1024 * 1024 / behind.len();
+    let mut batch = blocked.clone();
+    for _ in 0..count {
+        batch.extend_from_slice(&behind);
+    }
+    // Far more than socket buffers and the proxy's hold-back bound: the proxy must stop reading, so
+    // the send cannot complete while the first query is blocked.
+    let (stream, _) = client.into_parts();
+    let (mut reader, mut writer) = stream.into_split();
+    let sender = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        writer.write_all(&batch).await.map(|()| writer)
+    });
+    let mut sender = std::pin::pin!(sender);
+    let early = tokio::time::timeout(Duration::from_secs(3), &mut sender).await;
+    assert!(
+        early.is_err(),
+        "32 MiB were taken in while the session was held back"
+    );
+    locker.batch_execute("COMMIT").await.unwrap();
+    // Once the first query completes, everything is read and answered, in order.
+    let answered = within("the rest of the batch", async {
+        use tokio::io::AsyncReadExt;
+        let mut buf = Vec::new();
+        let mut readies = 0;
+        let mut chunk = vec![0u8; 1 << 16];
+        while readies < count + 1 {
+            let n = reader.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the proxy closed the connection");
+            buf.extend_from_slice(&chunk[..n]);
+            let mut offset = 0;
+            while buf.len() >= offset + 5 {
+                let len =
+                    u32::from_be_bytes(buf[offset + 1..offset + 5].try_into().unwrap()) as usize;
+                if buf.len() < offset + 1 + len {
+                    break;
+                }
+                readies += usize::from(buf[offset] == b'Z');
+                offset += 1 + len;
+            }
+            buf.drain(..offset);
+        }
+        readies
+    })
+    .await;
+    assert_eq!(answered, count + 1);
+    within("the send to finish", sender).await.unwrap().unwrap();
+}

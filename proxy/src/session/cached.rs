@@ -212,12 +212,6 @@ impl SessionCache {
         self.waiting = None;
     }
 
-    /// Whether requests are held back (a cacheable unit waits), so the client should not be read
-    /// further once its buffer is large.
-    pub(super) fn holding(&self) -> bool {
-        self.current.is_some() || self.waiting.is_some()
-    }
-
     /// Writes forwarded whose transaction end has not been seen: if the session ends now, they must
     /// still be bumped once the upstream has finished with them.
     pub(super) fn unsettled(&mut self) -> Option<Unsettled> {

@@ -216,8 +216,7 @@ impl Session {
             top_up(&mut self.upstream_buf);
             let (client_full, upstream_full) =
                 (self.to_client.is_full(), self.to_upstream.is_full());
-            let holding = self.cache.as_ref().is_some_and(SessionCache::holding)
-                && self.client_buf.len() >= MAX_HELD_CLIENT_BYTES;
+            let holding = self.cache.is_some() && held_back(&self.client_buf);
             let waiting = self.cache.as_mut().and_then(SessionCache::waiting);
             let flight_over = async {
                 match waiting {
@@ -494,6 +493,18 @@ fn complete_prefix(
         offset += header.total_len;
     }
     Ok(offset)
+}
+
+/// Whether complete client messages worth [`MAX_HELD_CLIENT_BYTES`] wait undispatched: a cacheable
+/// unit waits (for earlier answers, or an identical miss) and the client keeps pipelining. Reading
+/// then pauses, as it does when the upstream is slow; a single large message still being read is
+/// not held back.
+fn held_back(buf: &[u8]) -> bool {
+    buf.len() >= MAX_HELD_CLIENT_BYTES
+        && Header::peek(buf, usize::MAX)
+            .ok()
+            .flatten()
+            .is_some_and(|h| buf.len() >= h.total_len)
 }
 
 /// Walks the messages of a chunk made only of complete messages: (tag, body) with zero-copy bodies.
