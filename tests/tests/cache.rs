@@ -755,7 +755,7 @@ async fn a_client_pipelining_behind_a_waiting_unit_is_not_buffered_without_bound
         .batch_execute("BEGIN; LOCK TABLE cache_pressure IN ACCESS EXCLUSIVE MODE")
         .await
         .unwrap();
-    let (mut client, _) = RawClient::startup(proxy.addr(), SUPERUSER, "cache-pressure").await;
+    let (client, _) = RawClient::startup(proxy.addr(), SUPERUSER, "cache-pressure").await;
     // The first query waits upstream on the lock; every cacheable query behind it waits its turn.
     let blocked = raw::query("SELECT count(*) FROM cache_pressure");
     let padding = "x".repeat(1000);
