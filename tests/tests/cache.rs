@@ -810,3 +810,30 @@ async fn a_client_pipelining_behind_a_waiting_unit_is_not_buffered_without_bound
     assert_eq!(answered, count + 1);
     within("the send to finish", sender).await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_connections_pass_through_without_touching_the_cache() {
+    setup(
+        "CREATE TABLE cache_walsender (v int PRIMARY KEY); INSERT INTO cache_walsender VALUES (1);",
+    )
+    .await;
+    let proxy = cached_proxy().await;
+    let client = connect_as(proxy.addr(), "cache-walsender").await;
+    let sql = "SELECT v FROM cache_walsender";
+    column(&client, sql).await;
+    let mut walsender = RawClient::connect(proxy.addr()).await;
+    walsender
+        .send(&raw::startup_message(&[
+            ("user", SUPERUSER),
+            ("database", DATABASE),
+            ("replication", "database"),
+        ]))
+        .await;
+    walsender.read_until_ready().await;
+    let reply = walsender.query("IDENTIFY_SYSTEM").await;
+    assert!(reply.iter().any(|m| m.tag() == b'D'), "{reply:?}");
+    // A walsender command is not a write: the cached read stays cached.
+    let hits = figure(&client, "hits").await;
+    column(&client, sql).await;
+    assert_eq!(figure(&client, "hits").await, hits + 1);
+}

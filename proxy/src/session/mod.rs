@@ -114,7 +114,10 @@ impl Session {
         shared: std::sync::Arc<Shared>,
         startup: &StartupMessage,
     ) -> Session {
-        let cache = shared.cache.as_ref().map(|cache| {
+        // Replication connections (pg_basebackup, logical subscribers) speak walsender commands and
+        // stream WAL: nothing there is cacheable, and those commands are no writes to invalidate.
+        let replication = startup.param("replication").is_some();
+        let cache = shared.cache.as_ref().filter(|_| !replication).map(|cache| {
             SessionCache::new(
                 std::sync::Arc::clone(cache),
                 startup.user(),
