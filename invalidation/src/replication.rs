@@ -108,8 +108,9 @@ impl From<pgoutput::DecodeError> for ReplicationError {
 
 /// What the stream reports to its owner.
 pub trait Sink {
-    /// Streaming has started: changes from here on will be reported.
-    fn streaming(&mut self);
+    /// Streaming has started: changes from here on will be reported. `published` lists the tables
+    /// the publication covers when it is not FOR ALL TABLES (writes to others are not streamed).
+    fn streaming(&mut self, published: Option<Vec<String>>);
     /// A transaction committed.
     fn commit(&mut self, commit: &Commit);
 }
@@ -127,6 +128,7 @@ where
     };
     conn.login(login).await?;
     conn.ensure_publication(&login.publication).await?;
+    let published = conn.published_tables(&login.publication).await?;
     conn.simple(
         &format!(
             "CREATE_REPLICATION_SLOT {} TEMPORARY LOGICAL pgoutput NOEXPORT_SNAPSHOT",
@@ -156,7 +158,7 @@ where
             }
         }
     }
-    sink.streaming();
+    sink.streaming(published);
     conn.stream_changes(sink).await
 }
 
@@ -336,6 +338,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             .await?;
         }
         Ok(())
+    }
+
+    /// The tables a publication covers, or `None` when it covers all tables.
+    async fn published_tables(
+        &mut self,
+        name: &str,
+    ) -> Result<Option<Vec<String>>, ReplicationError> {
+        let all = self
+            .simple(
+                &format!(
+                    "SELECT puballtables::text FROM pg_catalog.pg_publication WHERE pubname = {}",
+                    quote_literal(name)
+                ),
+                "reading the publication",
+            )
+            .await?;
+        if all.first().cloned().flatten().as_deref() == Some("true") {
+            return Ok(None);
+        }
+        let tables = self
+            .simple(
+                &format!(
+                    "SELECT tablename FROM pg_catalog.pg_publication_tables WHERE pubname = {}",
+                    quote_literal(name)
+                ),
+                "listing the publication's tables",
+            )
+            .await?;
+        Ok(Some(tables.into_iter().flatten().collect()))
     }
 
     async fn stream_changes<K: Sink>(&mut self, sink: &mut K) -> Result<(), ReplicationError> {

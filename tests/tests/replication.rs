@@ -219,3 +219,37 @@ async fn no_publication_is_created_that_would_break_writes() {
     let publications: i64 = scalar(&admin, "SELECT count(*) FROM pg_publication").await;
     assert_eq!(publications, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_outside_a_chosen_publication_are_reported_as_ttl_only() {
+    let direct = own_database("repl_subset").await;
+    direct
+        .batch_execute(
+            "CREATE TABLE t_in (id int PRIMARY KEY, v int); INSERT INTO t_in VALUES (1, 0);
+             CREATE TABLE t_out (id int PRIMARY KEY, v int); INSERT INTO t_out VALUES (1, 0);
+             CREATE PUBLICATION veneer FOR TABLE t_in",
+        )
+        .await
+        .unwrap();
+    let proxy = ProxyHandle::start().await;
+    let client = connect(&on(proxy.addr(), "repl_subset")).await.unwrap();
+    wait_database_cached(&client, "repl_subset").await;
+    let (inside, outside) = (
+        "SELECT v FROM t_in WHERE id = 1",
+        "SELECT v FROM t_out WHERE id = 1",
+    );
+    first(&client, inside).await;
+    first(&client, outside).await;
+    let state = status(&client).await["database repl_subset"].clone();
+    assert!(
+        state.starts_with("cached") && state.contains("cached with TTL only: t_out"),
+        "{state}"
+    );
+    assert!(!state.contains("t_in"), "{state}");
+    // Writes to the published table are still followed.
+    direct
+        .batch_execute("UPDATE t_in SET v = 1 WHERE id = 1")
+        .await
+        .unwrap();
+    until_seen(&client, inside, "1").await;
+}

@@ -169,6 +169,15 @@ async fn status(cache: &Cache) -> Vec<Vec<String>> {
         } else {
             format!("cached ({replication})")
         };
+        let outside = db.outside_publication();
+        let state = if outside.is_empty() {
+            state
+        } else {
+            format!(
+                "{state}; outside the publication, cached with TTL only: {}",
+                outside.join(", ")
+            )
+        };
         rows.push(vec![format!("database {}", db.name), state]);
     }
     rows

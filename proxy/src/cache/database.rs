@@ -89,6 +89,8 @@ pub struct Database {
     streaming: AtomicBool,
     /// Why the stream last stopped, for the status.
     replication_error: std::sync::Mutex<Option<String>>,
+    /// The tables the followed publication covers, when it does not cover all tables.
+    published: std::sync::Mutex<Option<std::collections::HashSet<String>>>,
 }
 
 impl Database {
@@ -104,6 +106,7 @@ impl Database {
             reread: Notify::new(),
             streaming: AtomicBool::new(false),
             replication_error: std::sync::Mutex::new(None),
+            published: std::sync::Mutex::new(None),
         }
     }
 
@@ -145,6 +148,29 @@ impl Database {
     /// Why the stream is down, if it is and the reason is known.
     pub fn replication_error(&self) -> Option<String> {
         self.replication_error.lock().expect("not poisoned").clone()
+    }
+
+    /// Records which tables the publication covers (`None`: all of them).
+    pub(super) fn set_published(&self, tables: Option<Vec<String>>) {
+        *self.published.lock().expect("not poisoned") = tables.map(|t| t.into_iter().collect());
+    }
+
+    /// Tables the cache has seen that the publication does not cover: writes to them made outside
+    /// the proxy are not streamed, so their results are fresh only up to their TTL.
+    pub fn outside_publication(&self) -> Vec<String> {
+        let published = self.published.lock().expect("not poisoned");
+        let Some(published) = published.as_ref() else {
+            return Vec::new();
+        };
+        let mut outside: Vec<String> = self
+            .generations
+            .tables()
+            .into_iter()
+            .map(|(name, _)| name.to_string())
+            .filter(|name| !published.contains(name))
+            .collect();
+        outside.sort();
+        outside
     }
 
     /// Whether a catalog snapshot is installed.

@@ -31,7 +31,8 @@ struct Apply<'a> {
 }
 
 impl Sink for Apply<'_> {
-    fn streaming(&mut self) {
+    fn streaming(&mut self, published: Option<Vec<String>>) {
+        self.db.set_published(published);
         self.db.generations.bump_global();
         self.db.set_streaming(true);
         tracing::info!(database = %self.db.name, "replication stream following writes");
