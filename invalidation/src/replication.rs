@@ -11,7 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use postgres_protocol::authentication::{md5_hash, sasl};
-use postgres_protocol::message::frontend;
+use postgres_protocol::escape::{escape_identifier, escape_literal};
+use postgres_protocol::message::{backend, frontend};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::pgoutput::{self, Event};
@@ -132,15 +133,15 @@ where
     conn.simple(
         &format!(
             "CREATE_REPLICATION_SLOT {} TEMPORARY LOGICAL pgoutput NOEXPORT_SNAPSHOT",
-            quote_ident(&login.slot)
+            escape_identifier(&login.slot)
         ),
         "creating a replication slot",
     )
     .await?;
     let start = format!(
         "START_REPLICATION SLOT {} LOGICAL 0/0 (proto_version '1', publication_names {})",
-        quote_ident(&login.slot),
-        quote_literal(&quote_ident(&login.publication))
+        escape_identifier(&login.slot),
+        escape_literal(&escape_identifier(&login.publication))
     );
     frontend::query(&start, &mut conn.out)?;
     conn.flush().await?;
@@ -178,19 +179,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// The next backend message: tag and body.
     async fn read(&mut self) -> Result<(u8, Bytes), ReplicationError> {
         loop {
-            if self.buf.len() >= 5 {
-                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]);
-                let total = len as usize + 1;
-                if len < 4 {
-                    return Err(ReplicationError::Protocol(format!(
-                        "bad message length {len}"
-                    )));
-                }
+            if let Some(header) = backend::Header::parse(&self.buf)? {
+                let total = header.len() as usize + 1;
                 if self.buf.len() >= total {
                     let mut message = self.buf.split_to(total).freeze();
-                    let tag = message.get_u8();
-                    message.advance(4);
-                    return Ok((tag, message));
+                    message.advance(5);
+                    return Ok((header.tag(), message));
                 }
                 self.buf.reserve(total - self.buf.len());
             }
@@ -308,7 +302,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             .simple(
                 &format!(
                     "SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = {}",
-                    quote_literal(name)
+                    escape_literal(name)
                 ),
                 "looking up the publication",
             )
@@ -332,7 +326,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 )));
             }
             self.simple(
-                &format!("CREATE PUBLICATION {} FOR ALL TABLES", quote_ident(name)),
+                &format!(
+                    "CREATE PUBLICATION {} FOR ALL TABLES",
+                    escape_identifier(name)
+                ),
                 "creating the publication",
             )
             .await?;
@@ -349,7 +346,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             .simple(
                 &format!(
                     "SELECT puballtables::text FROM pg_catalog.pg_publication WHERE pubname = {}",
-                    quote_literal(name)
+                    escape_literal(name)
                 ),
                 "reading the publication",
             )
@@ -361,7 +358,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             .simple(
                 &format!(
                     "SELECT tablename FROM pg_catalog.pg_publication_tables WHERE pubname = {}",
-                    quote_literal(name)
+                    escape_literal(name)
                 ),
                 "listing the publication's tables",
             )
@@ -455,16 +452,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as i64)
             - PG_EPOCH_MICROS;
-        let mut update = BytesMut::with_capacity(34);
-        update.put_u8(b'r');
-        for _ in 0..3 {
-            update.put_u64(lsn);
-        }
-        update.put_i64(now);
-        update.put_u8(0);
+        // CopyData around 'r', written, flushed and applied positions, the clock, no reply wanted.
+        const UPDATE_LEN: u32 = 1 + 3 * 8 + 8 + 1;
         self.out.put_u8(b'd');
-        self.out.put_u32(4 + update.len() as u32);
-        self.out.put_slice(&update);
+        self.out.put_u32(4 + UPDATE_LEN);
+        self.out.put_u8(b'r');
+        for _ in 0..3 {
+            self.out.put_u64(lsn);
+        }
+        self.out.put_i64(now);
+        self.out.put_u8(0);
         self.flush().await
     }
 }
@@ -490,12 +487,4 @@ fn server_error(body: &[u8], during: &'static str) -> ReplicationError {
         message,
         during,
     }
-}
-
-fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-fn quote_literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
 }

@@ -2,6 +2,7 @@
 //! add; the exporter (metrics-exporter-prometheus) serves them over HTTP at `metrics_listen`.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use veneer_invalidation::Source;
@@ -24,14 +25,43 @@ pub fn serve(addr: SocketAddr) -> Result<(), Error> {
         .map_err(|e| Error::metrics(addr, e))
 }
 
+/// A counter exported to Prometheus that the proxy can also read back (for `SHOW VENEER STATUS`; the
+/// metrics crate's handles are write-only).
+pub struct Tally {
+    exported: Counter,
+    value: AtomicU64,
+}
+
+impl Tally {
+    fn new(exported: Counter) -> Tally {
+        Tally {
+            exported,
+            value: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts `n` more.
+    pub fn add(&self, n: u64) {
+        self.value.fetch_add(n, Ordering::Relaxed);
+        self.exported.increment(n);
+    }
+
+    /// The count so far.
+    pub fn get(&self) -> u64 {
+        self.value.load(Ordering::Relaxed)
+    }
+}
+
 /// The proxy's metric handles.
 pub struct Meters {
     /// Requests answered from the cache.
-    pub hits: Counter,
+    pub hits: Tally,
     /// Cacheable requests fetched upstream.
-    pub misses: Counter,
+    pub misses: Tally,
+    /// Requests forwarded uncached (all reasons; per reason in Prometheus only).
+    pub bypasses: Tally,
     /// Misses that waited for an identical miss in flight instead of going upstream.
-    pub coalesced: Counter,
+    pub coalesced: Tally,
     /// Time of a hit, request to reply queued.
     pub hit_seconds: Histogram,
     /// Upstream time of a cacheable miss.
@@ -39,7 +69,7 @@ pub struct Meters {
     /// Upstream time of a forwarded request.
     pub passthrough_seconds: Histogram,
     /// Protocol messages the proxy sent upstream for clients.
-    pub upstream_messages: Counter,
+    pub upstream_messages: Tally,
     /// Client sessions open.
     pub client_connections: Gauge,
     /// Upstream connections open for client sessions.
@@ -57,13 +87,15 @@ pub struct Meters {
 impl Default for Meters {
     fn default() -> Self {
         Meters {
-            hits: counter!("veneer_cache_hits_total"),
-            misses: counter!("veneer_cache_misses_total"),
-            coalesced: counter!("veneer_cache_coalesced_total"),
+            hits: Tally::new(counter!("veneer_cache_hits_total")),
+            misses: Tally::new(counter!("veneer_cache_misses_total")),
+            // Exported per reason by `bypass`; the total is only read back.
+            bypasses: Tally::new(Counter::noop()),
+            coalesced: Tally::new(counter!("veneer_cache_coalesced_total")),
             hit_seconds: histogram!("veneer_request_duration_seconds", "path" => "hit"),
             miss_seconds: histogram!("veneer_request_duration_seconds", "path" => "miss"),
             passthrough_seconds: histogram!("veneer_request_duration_seconds", "path" => "passthrough"),
-            upstream_messages: counter!("veneer_upstream_messages_total"),
+            upstream_messages: Tally::new(counter!("veneer_upstream_messages_total")),
             client_connections: gauge!("veneer_client_connections"),
             upstream_connections: gauge!("veneer_upstream_connections"),
             entries: gauge!("veneer_cache_entries"),
@@ -77,6 +109,7 @@ impl Default for Meters {
 impl Meters {
     /// A request forwarded although it might have been cacheable, by reason.
     pub fn bypass(&self, reason: &'static str) {
+        self.bypasses.add(1);
         counter!("veneer_cache_bypasses_total", "reason" => reason).increment(1);
     }
 

@@ -2,8 +2,6 @@
 //! it can never shadow real SQL): `SHOW VENEER STATUS`, `SHOW VENEER QUERIES`, `VENEER FLUSH [ALL]`,
 //! `VENEER FLUSH TABLE name`. Answers are ordinary result sets authored with pgwire's messages.
 
-use std::sync::atomic::Ordering;
-
 use bytes::{BufMut, Bytes, BytesMut};
 use pgwire::messages::data::{DataRow, FieldDescription, RowDescription};
 use pgwire::messages::response::{CommandComplete, ReadyForQuery, TransactionStatus};
@@ -38,8 +36,15 @@ impl Command {
     }
 }
 
-/// The command a simple query holds, if it is one (decided from its first words, no parsing).
+/// The command a simple query holds, if it is one (decided from its first words, no parsing). Every
+/// simple query passes here, cache hits included, so anything not starting with SHOW or VENEER is
+/// turned away before a byte is copied.
 pub fn command(sql: &[u8]) -> Option<Command> {
+    let start = sql.iter().position(|b| !b.is_ascii_whitespace())?;
+    let first = &sql[start..];
+    if !(starts_with_word(first, b"SHOW") || starts_with_word(first, b"VENEER")) {
+        return None;
+    }
     let text = std::str::from_utf8(sql).ok()?;
     let words: Vec<&str> = text
         .trim_end_matches(|c: char| c == ';' || c.is_whitespace() || c == '\0')
@@ -56,6 +61,15 @@ pub fn command(sql: &[u8]) -> Option<Command> {
         _ => return None,
     };
     Some(command)
+}
+
+/// Whether `text` starts with `word` (ASCII case ignored) followed by a word boundary.
+fn starts_with_word(text: &[u8], word: &[u8]) -> bool {
+    text.len() >= word.len()
+        && text[..word.len()].eq_ignore_ascii_case(word)
+        && text
+            .get(word.len())
+            .is_none_or(|b| !b.is_ascii_alphanumeric() && *b != b'_')
 }
 
 /// Unquoted names fold to lower case as in Postgres; a schema prefix is dropped (generations are
@@ -116,9 +130,8 @@ pub async fn answer(cache: &Cache, command: &Command, admin: bool, tx: TxStatus)
 
 async fn status(cache: &Cache) -> Vec<Vec<String>> {
     let usage = cache.store.usage().await;
-    let stats = &cache.stats;
-    let hits = stats.hits.load(Ordering::Relaxed);
-    let misses = stats.misses.load(Ordering::Relaxed);
+    let meters = &cache.meters;
+    let (hits, misses) = (meters.hits.get(), meters.misses.get());
     let mut rows = vec![
         (
             "uptime_seconds",
@@ -130,19 +143,13 @@ async fn status(cache: &Cache) -> Vec<Vec<String>> {
         ("hits", hits.to_string()),
         ("misses", misses.to_string()),
         ("hit_ratio", ratio(hits, misses)),
-        (
-            "bypasses",
-            stats.bypasses.load(Ordering::Relaxed).to_string(),
-        ),
-        (
-            "coalesced",
-            stats.coalesced.load(Ordering::Relaxed).to_string(),
-        ),
+        ("bypasses", meters.bypasses.get().to_string()),
+        ("coalesced", meters.coalesced.get().to_string()),
         ("evictions", usage.evictions.to_string()),
         ("expirations", usage.expirations.to_string()),
         (
             "upstream_messages",
-            stats.upstream_messages.load(Ordering::Relaxed).to_string(),
+            meters.upstream_messages.get().to_string(),
         ),
     ]
     .into_iter()

@@ -55,21 +55,9 @@ impl Sink for Apply<'_> {
     }
 }
 
-/// Follows `db`'s writes until the cache stops (the connection then closes, and the server drops the
-/// temporary slot) or is dropped.
+/// Follows `db`'s writes until the cache is dropped, or stops (the connection then closes and the
+/// server drops the temporary slot).
 pub async fn follow(cache: Weak<Cache>, db: Arc<Database>) {
-    let Some(stopping) = cache.upgrade().map(|c| c.stopping()) else {
-        return;
-    };
-    tokio::select! {
-        () = keep_following(cache, &db) => {}
-        () = stopping => {
-            db.set_streaming(false);
-        }
-    }
-}
-
-async fn keep_following(cache: Weak<Cache>, db: &Database) {
     let mut backoff = FIRST_BACKOFF;
     loop {
         let Some(strong) = cache.upgrade() else {
@@ -88,7 +76,10 @@ async fn keep_following(cache: Weak<Cache>, db: &Database) {
         };
         let failure = match upstream::connect(&strong.service, strong.service_tls.as_ref()).await {
             Ok(connection) => {
-                let mut sink = Apply { cache: &strong, db };
+                let mut sink = Apply {
+                    cache: &strong,
+                    db: &db,
+                };
                 let result = replication::follow(connection.stream, &login, &mut sink).await;
                 if db.set_streaming(false) {
                     backoff = FIRST_BACKOFF;

@@ -37,21 +37,6 @@ const MAX_SCOPES: usize = 100_000;
 /// Catalog reads that fail are retried at least this often.
 const CATALOG_RETRY: Duration = Duration::from_secs(5);
 
-/// Counters behind `SHOW VENEER STATUS`.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Answers served from the cache.
-    pub hits: AtomicU64,
-    /// Cacheable requests fetched upstream.
-    pub misses: AtomicU64,
-    /// Requests forwarded uncached.
-    pub bypasses: AtomicU64,
-    /// Misses that waited for an identical one in flight.
-    pub coalesced: AtomicU64,
-    /// Protocol messages sent upstream on clients' behalf.
-    pub upstream_messages: AtomicU64,
-}
-
 /// Digests by normalized text, shared by every database.
 #[derive(Default)]
 pub struct Digests(Mutex<HashMap<String, Arc<Digest>>>);
@@ -89,8 +74,6 @@ pub struct Cache {
     pub config: CacheConfig,
     /// Where results are stored.
     pub store: Store,
-    /// Status counters.
-    pub stats: Stats,
     /// Statistics per query shape.
     pub digests: Digests,
     /// When the proxy started, for the status.
@@ -144,7 +127,6 @@ impl Cache {
             meters,
             store: Store::new(config.max_bytes),
             config,
-            stats: Stats::default(),
             digests: Digests::default(),
             started: Instant::now(),
             databases: Mutex::new(HashMap::new()),
@@ -165,9 +147,9 @@ impl Cache {
         }
         let db = Arc::new(Database::new(name.to_owned()));
         databases.insert(name.to_owned(), Arc::clone(&db));
-        tokio::spawn(read_catalog(Arc::downgrade(self), Arc::clone(&db)));
+        self.spawn_background(keep_catalog(Arc::downgrade(self), Arc::clone(&db)));
         if self.config.replication != Replication::Off {
-            tokio::spawn(follow::follow(Arc::downgrade(self), Arc::clone(&db)));
+            self.spawn_background(follow::follow(Arc::downgrade(self), Arc::clone(&db)));
         }
         db
     }
@@ -178,12 +160,15 @@ impl Cache {
         self.stopped.send_replace(true);
     }
 
-    /// Completes once [`Cache::stop`] has been called.
-    fn stopping(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+    /// Runs `task` until it ends or [`Cache::stop`] is called.
+    fn spawn_background(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
         let mut stopped = self.stopped.subscribe();
-        async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        }
+        tokio::spawn(async move {
+            tokio::select! {
+                () = task => {}
+                _ = stopped.wait_for(|s| *s) => {}
+            }
+        });
     }
 
     /// Every database in use.
@@ -278,16 +263,6 @@ pub async fn report_usage(cache: Weak<Cache>) {
 
 /// Keeps one database's catalog snapshot current: read at once, then every `catalog_refresh`, and
 /// straight after DDL through the proxy. Ends when the cache stops or is dropped.
-async fn read_catalog(cache: Weak<Cache>, db: Arc<Database>) {
-    let Some(stopping) = cache.upgrade().map(|c| c.stopping()) else {
-        return;
-    };
-    tokio::select! {
-        () = keep_catalog(cache, db) => {}
-        () = stopping => {}
-    }
-}
-
 async fn keep_catalog(cache: Weak<Cache>, db: Arc<Database>) {
     let mut failing = false;
     loop {

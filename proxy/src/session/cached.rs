@@ -15,7 +15,6 @@
 //! that ReadyForQuery reaches the client (write-through).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -126,10 +125,10 @@ struct Candidate {
     /// Definition of the statement the unit runs without parsing it (a named or earlier unnamed
     /// one); empty when the unit parses what it runs.
     definition: Bytes,
-    /// Body of the unit's unnamed Parse, which a hit must apply to the session state.
-    parse: Option<Bytes>,
-    /// The unit's unnamed Parse has been seen and its Bind.
-    parsed: bool,
+    /// Where the body of the unit's unnamed Parse sits in the unit's bytes: a hit must apply it to
+    /// the session state.
+    parse: Option<std::ops::Range<usize>>,
+    /// The unit has bound the unnamed portal.
     bound: bool,
 }
 
@@ -159,21 +158,12 @@ impl SessionCache {
         params: &[(String, String)],
     ) -> SessionCache {
         let mut identity = Vec::new();
-        for part in [database, user] {
-            identity.extend_from_slice(part.as_bytes());
-            identity.push(0);
-        }
-        let mut params: Vec<_> = params
-            .iter()
-            .filter(|(k, _)| !matches!(k.as_str(), "user" | "database" | "application_name"))
-            .collect();
-        params.sort();
-        for (k, v) in params {
-            for part in [k, v] {
-                identity.extend_from_slice(part.as_bytes());
-                identity.push(0);
-            }
-        }
+        put_fields(&mut identity, [database, user]);
+        put_settings(
+            &mut identity,
+            params.iter().map(|(k, v)| (k, v)),
+            &["user", "database"],
+        );
         SessionCache {
             db: cache.database(database),
             cache,
@@ -200,6 +190,16 @@ impl SessionCache {
         let mut shape = self.shape.lock().expect("not poisoned");
         self.db
             .plan(sql, &mut shape, &self.cache.config, &self.cache.digests)
+    }
+
+    /// A write is being forwarded: bump `bump` when the transaction around the unit being sent ends
+    /// (its unit's ReadyForQuery is the next one this session sends for).
+    fn expect_write(&mut self, bump: Bump, ddl: bool) {
+        self.writes.push_back(Write {
+            ready: self.readies_sent + 1,
+            bump,
+            ddl,
+        });
     }
 
     /// Whether the session waits for another session's identical miss.
@@ -312,8 +312,7 @@ impl Session {
         let c = self.cache.as_mut().expect("checked");
         let guard = match cache.flight(&key) {
             Flight::Follower(rx) => {
-                cache.stats.coalesced.fetch_add(1, Relaxed);
-                cache.meters.coalesced.increment(1);
+                cache.meters.coalesced.add(1);
                 c.waiting = Some(rx);
                 return;
             }
@@ -368,7 +367,6 @@ impl Session {
     /// Forwards the current unit uncached, counting why.
     fn bypass(&mut self, reason: &'static str) {
         let c = self.cache.as_mut().expect("only called with a cache");
-        c.cache.stats.bypasses.fetch_add(1, Relaxed);
         c.cache.meters.bypass(reason);
         let unit = c.current.take().expect("only called with a current unit");
         self.forward(unit.bytes);
@@ -382,24 +380,9 @@ impl Session {
             Some((v, id)) if v == version => id,
             _ => {
                 let mut content = c.identity.clone();
-                let mut params: Vec<_> = self
-                    .state
-                    .params
-                    .iter()
-                    .filter(|(k, _)| k.as_str() != "application_name")
-                    .collect();
-                params.sort();
-                for (k, v) in params {
-                    for part in [k, v] {
-                        content.extend_from_slice(part.as_bytes());
-                        content.push(0);
-                    }
-                }
+                put_settings(&mut content, self.state.params.iter(), &[]);
                 content.push(0);
-                for statement in self.state.settings.history() {
-                    content.extend_from_slice(statement);
-                    content.push(0);
-                }
+                put_fields(&mut content, self.state.settings.history());
                 let id = c.cache.scope(&content);
                 c.scope = Some((version, id));
                 id
@@ -434,14 +417,16 @@ impl Session {
         let What::Cacheable(candidate) = unit.what else {
             unreachable!("hits are only looked up for cacheable units")
         };
-        if let Some(body) = &candidate.parse {
+        if let Some(range) = candidate.parse.clone() {
+            let body = unit.bytes.slice(range);
+            // An unnamed Parse's body is its empty name's NUL, then the definition.
             let same = self
                 .state
                 .statements
                 .get("")
                 .is_some_and(|s| s.definition[..] == body[1..]);
             if !same {
-                self.state.on_local_parse(body);
+                self.state.on_local_parse(&body);
                 c.unnamed_stale = true;
             }
         }
@@ -456,8 +441,7 @@ impl Session {
         let elapsed = started.elapsed();
         let (_, digest) = candidate.ttl_and_digest();
         digest.hit(elapsed, len);
-        c.cache.stats.hits.fetch_add(1, Relaxed);
-        c.cache.meters.hits.increment(1);
+        c.cache.meters.hits.add(1);
         c.cache.meters.hit_seconds.record(elapsed);
     }
 
@@ -471,6 +455,11 @@ impl Session {
         if !self.state.awaits_reply() && c.busy_since.is_none() {
             c.busy_since = Some(Instant::now());
         }
+        let default_read_only = self
+            .state
+            .params
+            .get("default_transaction_read_only")
+            .is_some_and(|v| v == "on");
         let mut sent_from = 0;
         let mut offset = 0;
         let mut messages = 0;
@@ -491,19 +480,13 @@ impl Session {
                 }
                 c.unnamed_stale = false;
             }
-            let default_read_only = self
-                .state
-                .params
-                .get("default_transaction_read_only")
-                .is_some_and(|v| v == "on");
             track(c, tag, &body, default_read_only);
             self.state.on_frontend(tag, &body);
             self.client_terminated |= tag == b'X';
             offset += HEADER_LEN + body.len();
         }
         self.to_upstream.push(bytes.slice(sent_from..));
-        c.cache.stats.upstream_messages.fetch_add(messages, Relaxed);
-        c.cache.meters.upstream_messages.increment(messages);
+        c.cache.meters.upstream_messages.add(messages);
     }
 
     /// Follows one backend message for the cache: tees it into a fill, and at ReadyForQuery settles
@@ -560,8 +543,7 @@ impl Session {
             Some(mut fill) => {
                 let elapsed = fill.started.elapsed();
                 fill.digest.miss(elapsed);
-                c.cache.stats.misses.fetch_add(1, Relaxed);
-                c.cache.meters.misses.increment(1);
+                c.cache.meters.misses.add(1);
                 c.cache.meters.miss_seconds.record(elapsed);
                 if !idle || fill.guard.is_none() {
                     return None;
@@ -646,7 +628,7 @@ impl Session {
             offset += header.total_len;
             match header.tag {
                 b'S' => {
-                    let what = match candidate.filter(|c| c.bound || c.parsed) {
+                    let what = match candidate.filter(|c| c.bound || c.parse.is_some()) {
                         Some(c) => What::Cacheable(c),
                         None => What::Forward,
                     };
@@ -654,7 +636,8 @@ impl Session {
                 }
                 b'P' | b'B' | b'D' | b'E' => {
                     if let Some(c) = candidate.take() {
-                        candidate = self.extend(c, header.tag, body);
+                        let body_at = offset - header.total_len + HEADER_LEN;
+                        candidate = self.extend(c, header.tag, body, body_at);
                     }
                 }
                 _ => return Ok(Some((offset - header.total_len, What::Forward))),
@@ -665,20 +648,25 @@ impl Session {
         }
     }
 
-    /// Adds one message to a cacheable run, or rules the run out (`None`).
-    fn extend(&self, mut candidate: Candidate, tag: u8, body: &[u8]) -> Option<Candidate> {
+    /// Adds one message to a cacheable run, or rules the run out (`None`). `body_at` is where the
+    /// message's body starts in the run.
+    fn extend(
+        &self,
+        mut candidate: Candidate,
+        tag: u8,
+        body: &[u8],
+        body_at: usize,
+    ) -> Option<Candidate> {
         let c = self.cache.as_ref()?;
-        let plan = |sql: &[u8]| c.plan(sql);
         match tag {
             b'P' => {
                 let (name, rest) = cstr(body)?;
                 let (sql, _) = cstr(rest)?;
-                if !name.is_empty() || candidate.parsed {
+                if !name.is_empty() || candidate.parse.is_some() {
                     return None;
                 }
-                candidate.add(plan(sql.as_bytes()))?;
-                candidate.parse = Some(Bytes::copy_from_slice(body));
-                candidate.parsed = true;
+                candidate.add(c.plan(sql.as_bytes()))?;
+                candidate.parse = Some(body_at..body_at + body.len());
             }
             b'B' => {
                 let (portal, rest) = cstr(body)?;
@@ -686,12 +674,12 @@ impl Session {
                 if !portal.is_empty() {
                     return None;
                 }
-                candidate = self.uses(candidate, statement, &plan)?;
+                candidate = self.uses(candidate, statement)?;
                 candidate.bound = true;
             }
             b'D' => match body.split_first()? {
                 (b'P', b"\0") if candidate.bound => {}
-                (b'S', name) => candidate = self.uses(candidate, cstr(name)?.0, &plan)?,
+                (b'S', name) => candidate = self.uses(candidate, cstr(name)?.0)?,
                 _ => return None,
             },
             b'E' => {
@@ -707,20 +695,15 @@ impl Session {
 
     /// A run refers to `statement`: the unit's own unnamed Parse, or a statement the upstream
     /// confirmed, whose definition then goes into the key.
-    fn uses(
-        &self,
-        mut candidate: Candidate,
-        statement: &str,
-        plan: &dyn Fn(&[u8]) -> Arc<Plan>,
-    ) -> Option<Candidate> {
-        if statement.is_empty() && candidate.parsed {
+    fn uses(&self, mut candidate: Candidate, statement: &str) -> Option<Candidate> {
+        if statement.is_empty() && candidate.parse.is_some() {
             return Some(candidate);
         }
         let prepared = self.state.statements.get(statement)?;
         if !candidate.definition.is_empty() && candidate.definition != prepared.definition {
             return None;
         }
-        candidate.add(plan(&prepared.sql))?;
+        candidate.add(self.cache.as_ref()?.plan(&prepared.sql))?;
         candidate.definition = prepared.definition.clone();
         Some(candidate)
     }
@@ -768,15 +751,36 @@ impl Fill {
     }
 }
 
+/// Appends each field NUL-terminated (protocol strings hold no NUL, so the encoding is unambiguous).
+fn put_fields<T: AsRef<[u8]>>(out: &mut Vec<u8>, fields: impl IntoIterator<Item = T>) {
+    for field in fields {
+        out.extend_from_slice(field.as_ref());
+        out.push(0);
+    }
+}
+
+/// Appends settings sorted by name, leaving out `skip` and application_name (which changes no output,
+/// so sessions of different applications can share results).
+fn put_settings<'a>(
+    out: &mut Vec<u8>,
+    settings: impl Iterator<Item = (&'a String, &'a String)>,
+    skip: &[&str],
+) {
+    let mut settings: Vec<_> = settings
+        .filter(|(k, _)| k.as_str() != "application_name" && !skip.contains(&k.as_str()))
+        .collect();
+    settings.sort();
+    put_fields(out, settings.into_iter().flat_map(|(k, v)| [k, v]));
+}
+
 /// Follows one forwarded message for write tracking (and READ ONLY blocks, begun by a simple Query;
 /// `default_read_only` is the session's default_transaction_read_only).
 fn track(c: &mut SessionCache, tag: u8, body: &Bytes, default_read_only: bool) {
-    let plan_of = |c: &SessionCache, sql: &[u8]| c.plan(sql);
     match tag {
         b'Q' => {
             let sql = &body[..body.len().saturating_sub(1)];
             if admin::command(sql).is_none() {
-                let plan = plan_of(c, sql);
+                let plan = c.plan(sql);
                 note_write(c, &plan);
             }
             if let Some(read_only) = begins_block(sql, default_read_only) {
@@ -787,7 +791,7 @@ fn track(c: &mut SessionCache, tag: u8, body: &Bytes, default_read_only: bool) {
         b'P' => {
             if let Some((name, rest)) = cstr(body) {
                 let sql = cstr(rest).map_or(&b""[..], |(s, _)| s.as_bytes());
-                let plan = plan_of(c, sql);
+                let plan = c.plan(sql);
                 if name.is_empty() {
                     c.unnamed_stale = false;
                 }
@@ -808,11 +812,7 @@ fn track(c: &mut SessionCache, tag: u8, body: &Bytes, default_read_only: bool) {
             match c.portals.get(portal).cloned() {
                 Some(plan) => note_write(c, &plan),
                 // A portal the proxy did not see bound (or a cursor): it may do anything.
-                None => c.writes.push_back(Write {
-                    ready: c.readies_sent + 1,
-                    bump: Bump::Global,
-                    ddl: true,
-                }),
+                None => c.expect_write(Bump::Global, true),
             }
         }
         b'C' => {
@@ -826,11 +826,7 @@ fn track(c: &mut SessionCache, tag: u8, body: &Bytes, default_read_only: bool) {
             }
         }
         b'F' => {
-            c.writes.push_back(Write {
-                ready: c.readies_sent + 1,
-                bump: Bump::Global,
-                ddl: true,
-            });
+            c.expect_write(Bump::Global, true);
             c.readies_sent += 1;
         }
         b'S' => c.readies_sent += 1,
@@ -845,6 +841,11 @@ fn track(c: &mut SessionCache, tag: u8, body: &Bytes, default_read_only: bool) {
 fn begins_block(sql: &[u8], default_read_only: bool) -> Option<bool> {
     let text = std::str::from_utf8(sql).ok()?;
     let text = text.trim().trim_end_matches(';');
+    // Every forwarded query passes here: turn the rest away before allocating.
+    let opening = text.get(..5)?;
+    if !opening.eq_ignore_ascii_case("BEGIN") && !opening.eq_ignore_ascii_case("START") {
+        return None;
+    }
     if text.contains(';') {
         return None;
     }
@@ -876,11 +877,7 @@ fn note_write(c: &mut SessionCache, plan: &Plan) {
         ..
     } = &plan.action
     {
-        c.writes.push_back(Write {
-            ready: c.readies_sent + 1,
-            bump: bump.clone(),
-            ddl: *ddl,
-        });
+        c.expect_write(bump.clone(), *ddl);
     }
 }
 

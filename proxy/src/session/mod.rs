@@ -246,7 +246,8 @@ impl Session {
                     Ok(0) => return Some(End::UpstreamClosed),
                     Ok(_) => {
                         match self.relay_upstream() {
-                            Ok(completed) => self.after_upstream(completed).await,
+                            Ok(Some(completed)) => self.store(completed).await,
+                            Ok(None) => {}
                             Err(e) => return Some(End::Failed(e)),
                         }
                         if let Err(e) = self.dispatch().await {
@@ -379,13 +380,6 @@ impl Session {
         self.to_client.push(chunk.slice(from..));
         self.traffic.to_client += sent as u64;
         Ok(completed)
-    }
-
-    /// Stores what a ReadyForQuery completed.
-    async fn after_upstream(&mut self, completed: Option<Completed>) {
-        if let Some(completed) = completed {
-            self.store(completed).await;
-        }
     }
 
     /// At the drain deadline a statement may still be running upstream. Closing the socket would not
