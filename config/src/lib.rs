@@ -144,6 +144,18 @@ pub struct Settings {
     #[arg(long, env = "VENEER_PUBLICATION", value_name = "NAME")]
     pub publication: Option<String>,
 
+    /// Most replication streams followed at once, one per database in use; a further database is
+    /// served as if its stream were down (see replication) until a stream frees up. Keep it under the
+    /// server's max_replication_slots and max_wal_senders, which other replication also uses
+    /// [default: 4].
+    #[arg(long, env = "VENEER_REPLICATION_LISTENERS", value_name = "COUNT")]
+    pub replication_listeners: Option<usize>,
+
+    /// How long a database's replication stream and catalog reader keep running after its last client
+    /// left; the slot is then released, and the next client starts them again [default: 5min].
+    #[arg(long, env = "VENEER_REPLICATION_IDLE_TIMEOUT", value_name = "DURATION")]
+    pub replication_idle_timeout: Option<Millis>,
+
     /// How often the proxy rereads which relations are plain tables and which functions are safe to
     /// cache, per database; DDL through the proxy rereads at once [default: 60s].
     #[arg(long, env = "VENEER_CATALOG_REFRESH", value_name = "DURATION")]
@@ -237,6 +249,10 @@ pub struct CacheConfig {
     pub replication: Replication,
     /// The publication followed.
     pub publication: String,
+    /// Cap on replication streams running at once.
+    pub replication_listeners: usize,
+    /// How long a database's background work outlives its last client.
+    pub replication_idle_timeout: Duration,
 }
 
 /// Files of the certificate offered to clients.
@@ -346,6 +362,10 @@ impl Config {
                 read_only_transactions: s.cache_read_only_transactions.unwrap_or(false),
                 replication: s.replication.unwrap_or(Replication::Required),
                 publication: s.publication.unwrap_or_else(|| "veneer".to_owned()),
+                replication_listeners: s.replication_listeners.unwrap_or(4),
+                replication_idle_timeout: s
+                    .replication_idle_timeout
+                    .map_or(Duration::from_secs(300), Into::into),
             }),
             service_user: s.service_user.unwrap_or_else(|| "postgres".to_owned()),
             service_password: s.service_password,
@@ -396,6 +416,12 @@ impl Config {
             if cache.catalog_refresh < Duration::from_secs(1) {
                 return Err(invalid("catalog_refresh", "must be at least 1s"));
             }
+            if cache.replication_listeners == 0 && cache.replication != Replication::Off {
+                return Err(invalid(
+                    "replication_listeners",
+                    "must be at least 1 (set replication = off to follow no database)",
+                ));
+            }
         }
         Ok(())
     }
@@ -439,6 +465,10 @@ impl Settings {
             catalog_refresh: self.catalog_refresh.or(lower.catalog_refresh),
             replication: self.replication.or(lower.replication),
             publication: self.publication.or(lower.publication),
+            replication_listeners: self.replication_listeners.or(lower.replication_listeners),
+            replication_idle_timeout: self
+                .replication_idle_timeout
+                .or(lower.replication_idle_timeout),
             cache_read_only_transactions: self
                 .cache_read_only_transactions
                 .or(lower.cache_read_only_transactions),

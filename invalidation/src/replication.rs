@@ -116,8 +116,19 @@ pub trait Sink {
     fn commit(&mut self, commit: &Commit);
 }
 
-/// Logs in on `stream`, starts streaming and reports commits to `sink` until the stream fails.
-pub async fn follow<S, K>(stream: S, login: &Login, sink: &mut K) -> Result<(), ReplicationError>
+/// Longest wait for the server to end the stream and drop the slot when asked to stop; past it the
+/// connection is simply closed (the server then drops the temporary slot on its own, a little later).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Logs in on `stream`, starts streaming and reports commits to `sink` until the stream fails, or
+/// until `stop` completes: then the stream is ended, the slot dropped and the session closed before
+/// this returns `Ok`, so the slot is gone once it has returned.
+pub async fn follow<S, K>(
+    stream: S,
+    login: &Login,
+    sink: &mut K,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), ReplicationError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     K: Sink,
@@ -160,7 +171,15 @@ where
         }
     }
     sink.streaming(published);
-    conn.stream_changes(sink).await
+    conn.stream_changes(sink, stop).await?;
+    match tokio::time::timeout(CLOSE_TIMEOUT, conn.close(&login.slot)).await {
+        Ok(closed) => closed,
+        Err(_) => Err(ReplicationError::Protocol(format!(
+            "the server did not end the stream within {CLOSE_TIMEOUT:?}; slot {} is dropped when \
+             its connection ends",
+            login.slot
+        ))),
+    }
 }
 
 struct Conn<S> {
@@ -366,7 +385,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         Ok(Some(tables.into_iter().flatten().collect()))
     }
 
-    async fn stream_changes<K: Sink>(&mut self, sink: &mut K) -> Result<(), ReplicationError> {
+    /// Applies the stream until it fails, or returns `Ok` when `stop` completes.
+    async fn stream_changes<K: Sink>(
+        &mut self,
+        sink: &mut K,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Result<(), ReplicationError> {
+        tokio::pin!(stop);
         let mut relations: HashMap<u32, String> = HashMap::new();
         let mut changed: HashSet<u32> = HashSet::new();
         let mut whole: HashSet<u32> = HashSet::new();
@@ -374,7 +399,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let mut last_status = tokio::time::Instant::now();
         loop {
             let wait = STATUS_INTERVAL.saturating_sub(last_status.elapsed());
-            let next = tokio::time::timeout(wait, self.read()).await;
+            let next = tokio::select! {
+                next = tokio::time::timeout(wait, self.read()) => next,
+                () = &mut stop => return Ok(()),
+            };
             let Ok(message) = next else {
                 self.status(applied).await?;
                 last_status = tokio::time::Instant::now();
@@ -444,6 +472,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 }
             }
         }
+    }
+
+    /// Ends streaming (CopyDone, answered by the server's CopyDone, CommandComplete and
+    /// ReadyForQuery), drops the slot and logs out.
+    async fn close(&mut self, slot: &str) -> Result<(), ReplicationError> {
+        frontend::copy_done(&mut self.out);
+        self.flush().await?;
+        loop {
+            let (tag, body) = self.read().await?;
+            match tag {
+                b'Z' => break,
+                b'E' => return Err(server_error(&body, "ending the stream")),
+                _ => {}
+            }
+        }
+        self.simple(
+            &format!("DROP_REPLICATION_SLOT {} WAIT", escape_identifier(slot)),
+            "dropping the replication slot",
+        )
+        .await?;
+        frontend::terminate(&mut self.out);
+        self.flush().await
     }
 
     /// A standby status update: everything up to `lsn` is written, flushed and applied.

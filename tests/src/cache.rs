@@ -3,11 +3,11 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_postgres::{Client, SimpleQueryMessage};
 
-use crate::client::{connect_as, wait_for};
+use crate::client::{connect, connect_as, direct_admin, wait_for, Conn};
 
 /// The rows of `SHOW VENEER STATUS`, by name.
 pub async fn status(client: &Client) -> HashMap<String, String> {
@@ -83,4 +83,43 @@ pub async fn column(client: &Client, sql: &str) -> Vec<Option<String>> {
             _ => None,
         })
         .collect()
+}
+
+/// The first column of the first row `sql` returns (simple protocol).
+pub async fn first(client: &Client, sql: &str) -> Option<String> {
+    column(client, sql).await.into_iter().next().flatten()
+}
+
+/// Reads `sql` through `client` until it returns `expected`; returns how long that took.
+pub async fn until_seen(client: &Client, sql: &str, expected: &str) -> Duration {
+    let started = Instant::now();
+    let seen = wait_for(Duration::from_secs(20), || async {
+        first(client, sql).await.as_deref() == Some(expected)
+    })
+    .await;
+    assert!(
+        seen,
+        "{sql} never returned {expected}: {:?}",
+        first(client, sql).await
+    );
+    started.elapsed()
+}
+
+/// Creates database `name` and returns a superuser session on it, straight to the server.
+pub async fn own_database(name: &str) -> Conn {
+    direct_admin()
+        .await
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e:?}"));
+    connect(&on(crate::pg().addr(), name))
+        .await
+        .unwrap_or_else(|e| panic!("connect to {name}: {e:?}"))
+}
+
+/// A superuser connection configuration for database `name` at `addr`.
+pub fn on(addr: SocketAddr, name: &str) -> tokio_postgres::Config {
+    let mut config = crate::client::config(addr, crate::SUPERUSER, None, "veneer-tests");
+    config.dbname(name);
+    config
 }

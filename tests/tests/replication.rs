@@ -1,48 +1,13 @@
 //! Writes made outside the proxy (directly on the server, by triggers) invalidate cached results through
 //! logical replication, and a lost stream never leaves a stale answer served.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use veneer_tests::cache::{
-    column, figure, run_direct as setup, status, wait_cache_ready, wait_database_cached,
+    figure, first, on, own_database, run_direct as setup, status, until_seen, wait_cache_ready,
+    wait_database_cached,
 };
 use veneer_tests::*;
-
-/// Creates database `name` and returns a superuser session on it, straight to the server.
-async fn own_database(name: &str) -> Conn {
-    direct_admin()
-        .await
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
-    connect(&on(pg().addr(), name)).await.unwrap()
-}
-
-/// A superuser connection configuration for database `name` at `addr`.
-fn on(addr: std::net::SocketAddr, name: &str) -> tokio_postgres::Config {
-    let mut config = client::config(addr, SUPERUSER, None, "repl-tests");
-    config.dbname(name);
-    config
-}
-
-async fn first(client: &tokio_postgres::Client, sql: &str) -> Option<String> {
-    column(client, sql).await.into_iter().next().flatten()
-}
-
-/// Reads `sql` through `client` until it returns `expected`; returns how long that took.
-async fn until_seen(client: &tokio_postgres::Client, sql: &str, expected: &str) -> Duration {
-    let started = Instant::now();
-    let seen = wait_for(Duration::from_secs(20), || async {
-        first(client, sql).await.as_deref() == Some(expected)
-    })
-    .await;
-    assert!(
-        seen,
-        "{sql} never returned {expected}: {:?}",
-        first(client, sql).await
-    );
-    started.elapsed()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_made_elsewhere_invalidate_what_they_touched() {

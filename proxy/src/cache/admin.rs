@@ -10,6 +10,7 @@ use veneer_cache_node::CacheStore;
 use veneer_config::Replication;
 use veneer_invalidation::Source;
 
+use super::database::Listener;
 use super::Cache;
 use crate::session::TxStatus;
 use crate::wire::authored::{error_response, Severity};
@@ -158,34 +159,38 @@ async fn status(cache: &Cache) -> Vec<Vec<String>> {
     let mut databases = cache.databases();
     databases.sort_by(|a, b| a.name.cmp(&b.name));
     for db in databases {
-        let replication = match (cache.config.replication, db.is_streaming()) {
+        let replication = match (cache.config.replication, db.listener()) {
             (Replication::Off, _) => {
                 "replication off: writes elsewhere show after the TTL".to_owned()
             }
-            (_, true) => "replication streaming".to_owned(),
-            (_, false) => format!(
-                "replication down: {}",
-                db.replication_error()
-                    .unwrap_or_else(|| "starting".to_owned())
+            (_, Listener::Streaming) => "replication streaming".to_owned(),
+            (_, Listener::Starting) => "replication starting".to_owned(),
+            (_, Listener::Idle) => "replication idle: no client lately, slot released".to_owned(),
+            (_, Listener::AtCap(cap)) => format!(
+                "replication waiting: replication_listeners cap ({cap}) reached by other databases"
             ),
+            (_, Listener::Held) => {
+                "replication paused: a DROP DATABASE of it is running".to_owned()
+            }
+            (_, Listener::Down(why)) => format!("replication down: {why}"),
         };
-        let state = if !db.has_catalog() {
-            "forwarded: catalog not read (see the log)".to_owned()
+        let serving = if !db.has_catalog() {
+            "forwarded: catalog not read (idle, starting, or failing: see the log)"
         } else if !cache.serves(&db) {
-            format!("forwarded: {replication}")
+            "forwarded: replication not following"
         } else {
-            format!("cached ({replication})")
+            "cached"
         };
+        let mut state = vec![serving.to_owned(), replication];
         let outside = db.outside_publication();
-        let state = if outside.is_empty() {
-            state
-        } else {
-            format!(
-                "{state}; outside the publication, cached with TTL only: {}",
+        if !outside.is_empty() {
+            state.push(format!(
+                "outside the publication, cached with TTL only: {}",
                 outside.join(", ")
-            )
-        };
-        rows.push(vec![format!("database {}", db.name), state]);
+            ));
+        }
+        state.push(format!("{} client(s)", db.demand.clients()));
+        rows.push(vec![format!("database {}", db.name), state.join("; ")]);
     }
     rows
 }

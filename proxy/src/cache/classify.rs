@@ -14,7 +14,9 @@ use sqlparser::ast::{
     Visit, Visitor,
 };
 use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::keywords::Keyword;
 use sqlparser::parser::Parser;
+use sqlparser::tokenizer::{Token, Tokenizer, Word};
 
 /// A relation as named in the statement: identifiers folded as Postgres folds them.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -192,6 +194,35 @@ fn unparsable(sql: &str) -> Analysis {
         Analysis::other("not understood by the parser", false)
     } else {
         Analysis::ddl("not understood by the parser")
+    }
+}
+
+/// The database a `DROP DATABASE [IF EXISTS] name ...` statement drops (options such as
+/// `WITH (FORCE)` allowed), its name folded as Postgres folds it. Read from the tokens, since the
+/// parser does not know every form; the statement cannot share its query with another.
+pub fn dropped_database(sql: &str) -> Option<String> {
+    let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize().ok()?;
+    // Words in order; any other token (an option list, a semicolon) is `None` and ends the match.
+    let mut words = tokens
+        .into_iter()
+        .filter(|t| !matches!(t, Token::Whitespace(_)))
+        .map(|t| match t {
+            Token::Word(w) => Some(w),
+            _ => None,
+        });
+    let mut next = move || words.next().flatten();
+    let is = |w: &Word, k: Keyword| w.keyword == k && w.quote_style.is_none();
+    next().filter(|w| is(w, Keyword::DROP))?;
+    next().filter(|w| is(w, Keyword::DATABASE))?;
+    let mut name = next()?;
+    if is(&name, Keyword::IF) {
+        next().filter(|w| is(w, Keyword::EXISTS))?;
+        name = next()?;
+    }
+    match name.quote_style {
+        None => Some(name.value.to_lowercase()),
+        Some('"') => Some(name.value),
+        Some(_) => None,
     }
 }
 
@@ -458,5 +489,17 @@ mod tests {
         assert!(reason("EXPLAIN ANALYZE DELETE FROM t").1);
         assert!(!reason("SELECT 1; SELECT 2").1);
         assert!(reason("SELECT 1; DELETE FROM t").1);
+    }
+
+    #[test]
+    fn dropped_databases_are_named_as_postgres_folds_them() {
+        assert_eq!(dropped_database("DROP DATABASE Shop"), Some("shop".into()));
+        assert_eq!(
+            dropped_database("/* x */ drop database if exists \"Shop\" with (force);"),
+            Some("Shop".into())
+        );
+        assert_eq!(dropped_database("DROP TABLE shop"), None);
+        assert_eq!(dropped_database("DROP DATABASE"), None);
+        assert_eq!(dropped_database("SELECT 'DROP DATABASE shop'"), None);
     }
 }

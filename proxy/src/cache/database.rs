@@ -7,12 +7,13 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use veneer_config::{CacheConfig, RuleTarget, Ttl};
 use veneer_invalidation::{Dependencies, Generations, TableGeneration};
 
 use super::catalog::{Catalog, Function, Relation};
 use super::classify::{self, Analysis, Name};
+use super::demand::Demand;
 use super::digest::{self, Digest, Hint};
 use super::Digests;
 
@@ -48,6 +49,8 @@ pub enum Action {
         bump: Option<Bump>,
         /// Whether it may change the catalog (DDL): the snapshot is reread.
         ddl: bool,
+        /// The database a DROP DATABASE drops: its replication stream must be off while it runs.
+        drops_database: Option<String>,
     },
 }
 
@@ -74,6 +77,48 @@ pub mod reason {
     pub const RULE: &str = "rule_or_hint";
 }
 
+/// What a database's replication listener is doing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listener {
+    /// Not running: no client has used the database for the idle time (or none yet).
+    Idle,
+    /// Wanted, but as many listeners as `replication_listeners` allows run for other databases.
+    AtCap(usize),
+    /// Connecting and setting up its slot.
+    Starting,
+    /// Applying the database's commits.
+    Streaming,
+    /// Failed; retried with backoff. The reason, for the status.
+    Down(String),
+    /// Kept off while a DROP DATABASE of this database runs.
+    Held,
+}
+
+impl Listener {
+    /// Whether a replication connection may be open (and hold a slot) in this state.
+    fn connected(&self) -> bool {
+        matches!(self, Listener::Starting | Listener::Streaming)
+    }
+}
+
+/// A session's use of a database, which keeps the database's background work running; ends with the
+/// session.
+pub struct Attached(Arc<Database>);
+
+impl std::ops::Deref for Attached {
+    type Target = Arc<Database>;
+
+    fn deref(&self) -> &Arc<Database> {
+        &self.0
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        self.0.demand.detach();
+    }
+}
+
 /// One database as the cache sees it.
 pub struct Database {
     /// Its name, from the clients' startup messages.
@@ -85,10 +130,12 @@ pub struct Database {
     memo: RwLock<HashMap<Bytes, Arc<Plan>, foldhash::fast::RandomState>>,
     /// Wakes the catalog reader early (after DDL through the proxy).
     pub(super) reread: Notify,
-    /// The replication stream is applying this database's commits.
+    /// The replication stream is applying this database's commits (read on every lookup).
     streaming: AtomicBool,
-    /// Why the stream last stopped, for the status.
-    replication_error: std::sync::Mutex<Option<String>>,
+    /// What the replication listener is doing, for the status and for holds waiting on it.
+    listener: watch::Sender<Listener>,
+    /// Who needs the database's background work.
+    pub demand: Demand,
     /// The tables the followed publication covers, when it does not cover all tables.
     published: std::sync::Mutex<Option<std::collections::HashSet<String>>>,
 }
@@ -105,7 +152,8 @@ impl Database {
             memo: RwLock::new(HashMap::default()),
             reread: Notify::new(),
             streaming: AtomicBool::new(false),
-            replication_error: std::sync::Mutex::new(None),
+            listener: watch::channel(Listener::Idle).0,
+            demand: Demand::default(),
             published: std::sync::Mutex::new(None),
         }
     }
@@ -134,20 +182,36 @@ impl Database {
 
     /// Marks the stream up or down; returns whether it was up.
     pub(super) fn set_streaming(&self, up: bool) -> bool {
-        if up {
-            *self.replication_error.lock().expect("not poisoned") = None;
-        }
         self.streaming.swap(up, Ordering::AcqRel)
     }
 
-    /// Records why the stream is down.
-    pub(super) fn set_replication_error(&self, error: String) {
-        *self.replication_error.lock().expect("not poisoned") = Some(error);
+    /// What the replication listener is doing now.
+    pub fn listener(&self) -> Listener {
+        self.listener.borrow().clone()
     }
 
-    /// Why the stream is down, if it is and the reason is known.
-    pub fn replication_error(&self) -> Option<String> {
-        self.replication_error.lock().expect("not poisoned").clone()
+    /// Records what the replication listener is doing.
+    pub(super) fn set_listener(&self, state: Listener) {
+        self.listener.send_replace(state);
+    }
+
+    /// Returns once no replication connection of this database is open (its slot is released).
+    pub(super) async fn listener_closed(&self) {
+        let mut rx = self.listener.subscribe();
+        let _ = rx.wait_for(|l| !l.connected()).await;
+    }
+
+    /// A session starts using the database: its background work runs while any session does.
+    pub fn attach(self: &Arc<Self>) -> Attached {
+        self.demand.attach();
+        Attached(Arc::clone(self))
+    }
+
+    /// The database may no longer be the one cached results came from (it was dropped, perhaps
+    /// re-created): every result becomes unreachable and the catalog is read again.
+    pub(super) fn reset(&self) {
+        self.generations.bump_global();
+        self.catalog_changed();
     }
 
     /// Records which tables the publication covers (`None`: all of them).
@@ -209,6 +273,7 @@ impl Database {
                 reason: "not UTF-8",
                 bump: Some(Bump::Global),
                 ddl: false,
+                drops_database: None,
             },
         };
         let plan = Arc::new(Plan { version, action });
@@ -229,7 +294,12 @@ impl Database {
         config: &CacheConfig,
         digests: &Digests,
     ) -> Action {
-        let forward = |reason, bump, ddl| Action::Forward { reason, bump, ddl };
+        let forward = |reason, bump, ddl| Action::Forward {
+            reason,
+            bump,
+            ddl,
+            drops_database: None,
+        };
         match classify::analyze(sql) {
             Analysis::Write { relations } => {
                 let bump = match catalog {
@@ -250,7 +320,12 @@ impl Database {
                 reason,
                 may_write,
                 ddl,
-            } => forward(reason, may_write.then_some(Bump::Global), ddl),
+            } => Action::Forward {
+                reason,
+                bump: may_write.then_some(Bump::Global),
+                ddl,
+                drops_database: ddl.then(|| classify::dropped_database(sql)).flatten(),
+            },
             Analysis::Read {
                 relations,
                 functions,

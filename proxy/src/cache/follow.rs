@@ -1,19 +1,23 @@
 //! Keeps one database's generations in step with writes made anywhere: runs the replication stream
 //! of `veneer_invalidation::replication` over a connection of Veneer's own (TLS as configured),
-//! applies each commit's changes as bumps, and reconnects with backoff when the stream fails. While
-//! the stream is down the database is marked not streaming, which under `replication = required`
-//! makes sessions forward its reads; each (re)start bumps the global epoch, since writes made while
+//! applies each commit's changes as bumps, and reconnects with backoff when the stream fails.
+//!
+//! The stream runs only while the database is wanted ([`super::demand`]): it starts with the first
+//! session, ends (dropping its temporary slot) once no session has used the database for
+//! `replication_idle_timeout` or when a DROP DATABASE holds it off, and at most
+//! `replication_listeners` streams run at once. Whenever the stream is not applying commits the
+//! database is marked not streaming, which under `replication = required` makes sessions forward its
+//! reads; each start bumps the global epoch and rereads the catalog, since writes and DDL made while
 //! nobody listened are unknown.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-
 use std::time::Duration;
 
 use veneer_invalidation::replication::{self, Commit, Login, Sink};
 use veneer_invalidation::Source;
 
-use super::database::Database;
+use super::database::{Database, Listener};
 use super::Cache;
 use crate::upstream;
 
@@ -33,8 +37,9 @@ struct Apply<'a> {
 impl Sink for Apply<'_> {
     fn streaming(&mut self, published: Option<Vec<String>>) {
         self.db.set_published(published);
-        self.db.generations.bump_global();
+        self.db.reset();
         self.db.set_streaming(true);
+        self.db.set_listener(Listener::Streaming);
         tracing::info!(database = %self.db.name, "replication stream following writes");
     }
 
@@ -55,47 +60,85 @@ impl Sink for Apply<'_> {
     }
 }
 
-/// Follows `db`'s writes until the cache is dropped, or stops (the connection then closes and the
-/// server drops the temporary slot).
+/// Follows `db`'s writes while it is wanted, until the cache is dropped or stops (the connection then
+/// closes and the server drops the temporary slot).
 pub async fn follow(cache: Weak<Cache>, db: Arc<Database>) {
     let mut backoff = FIRST_BACKOFF;
     loop {
+        db.demand.wanted().await;
+        let Some(listeners) = cache.upgrade().map(|c| Arc::clone(&c.listeners)) else {
+            return;
+        };
+        let permit = match Arc::clone(&listeners).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                let cap = cache
+                    .upgrade()
+                    .map_or(0, |c| c.config.replication_listeners);
+                db.set_listener(Listener::AtCap(cap));
+                tracing::warn!(database = %db.name, replication_listeners = cap,
+                    "replication listener cap reached: this database's reads are served as with the \
+                     stream down until another database's listener stops");
+                tokio::select! {
+                    permit = listeners.acquire_owned() => permit.expect("the semaphore is never closed"),
+                    () = db.demand.released(Duration::ZERO) => continue,
+                }
+            }
+        };
         let Some(strong) = cache.upgrade() else {
             return;
         };
-        let login = Login {
-            user: strong.service.service_user.clone(),
-            password: strong.service.service_password.clone(),
-            database: db.name.clone(),
-            publication: strong.config.publication.clone(),
-            slot: format!(
-                "veneer_{}_{}",
-                std::process::id(),
-                NEXT_SLOT.fetch_add(1, Ordering::Relaxed)
-            ),
+        db.set_listener(Listener::Starting);
+        let idle = strong.config.replication_idle_timeout;
+        let failure = run(&strong, &db).await.err();
+        drop(permit);
+        db.set_streaming(false);
+        let Some(failure) = failure else {
+            backoff = FIRST_BACKOFF;
+            let (state, why) = if db.demand.held() {
+                (Listener::Held, "a DROP DATABASE of it is running")
+            } else {
+                (
+                    Listener::Idle,
+                    "it has had no client for replication_idle_timeout",
+                )
+            };
+            db.set_listener(state);
+            tracing::info!(database = %db.name, "replication stream stopped and slot released: {why}");
+            continue;
         };
-        let failure = match upstream::connect(&strong.service, strong.service_tls.as_ref()).await {
-            Ok(connection) => {
-                let mut sink = Apply {
-                    cache: &strong,
-                    db: &db,
-                };
-                let result = replication::follow(connection.stream, &login, &mut sink).await;
-                if db.set_streaming(false) {
-                    backoff = FIRST_BACKOFF;
-                }
-                match result {
-                    Ok(()) => "the stream ended".to_owned(),
-                    Err(e) => e.to_string(),
-                }
-            }
-            Err(e) => e.to_string(),
-        };
-        db.set_replication_error(failure.clone());
+        db.set_listener(Listener::Down(failure.clone()));
         tracing::warn!(database = %db.name, error = %failure, retry_in = ?backoff,
             "replication stream down: writes made outside the proxy are not followed until it is back");
         drop(strong);
-        tokio::time::sleep(backoff).await;
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = db.demand.released(idle) => {}
+        }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// One replication session: returns `Ok` when it was stopped because the database is no longer
+/// wanted (its slot is dropped by then), or why it failed.
+async fn run(cache: &Cache, db: &Database) -> Result<(), String> {
+    let login = Login {
+        user: cache.service.service_user.clone(),
+        password: cache.service.service_password.clone(),
+        database: db.name.clone(),
+        publication: cache.config.publication.clone(),
+        slot: format!(
+            "veneer_{}_{}",
+            std::process::id(),
+            NEXT_SLOT.fetch_add(1, Ordering::Relaxed)
+        ),
+    };
+    let connection = upstream::connect(&cache.service, cache.service_tls.as_ref())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut sink = Apply { cache, db };
+    let stop = db.demand.released(cache.config.replication_idle_timeout);
+    replication::follow(connection.stream, &login, &mut sink, stop)
+        .await
+        .map_err(|e| e.to_string())
 }

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod catalog;
 pub mod classify;
 pub mod database;
+mod demand;
 pub mod digest;
 mod follow;
 
@@ -14,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsConnector;
 use veneer_cache_node::{CacheKey, CacheStore, EmbeddedStore};
 use veneer_config::{CacheConfig, Config, Replication};
@@ -84,10 +85,25 @@ pub struct Cache {
     scopes: Mutex<HashMap<Vec<u8>, u64>>,
     next_scope: AtomicU64,
     flights: Mutex<HashMap<CacheKey, watch::Receiver<()>>>,
+    /// Permits for replication streams running at once (`replication_listeners`).
+    listeners: Arc<Semaphore>,
     service: Config,
     service_tls: Option<TlsConnector>,
     /// Set when the proxy has shut down: background tasks (catalog readers, replication streams) end.
     stopped: watch::Sender<bool>,
+}
+
+/// Longest wait for a database's replication stream to close before a DROP DATABASE goes on.
+const HOLD_WAIT: Duration = Duration::from_secs(10);
+
+/// Keeps a database's replication stream off (see [`Cache::hold_database`]).
+pub struct DatabaseHold(Arc<Database>);
+
+impl Drop for DatabaseHold {
+    fn drop(&mut self) {
+        self.0.reset();
+        self.0.demand.unhold();
+    }
 }
 
 /// Whether a miss goes upstream itself or waits for an identical one already there.
@@ -126,13 +142,14 @@ impl Cache {
         Cache {
             meters,
             store: Store::new(config.max_bytes),
-            config,
             digests: Digests::default(),
             started: Instant::now(),
             databases: Mutex::new(HashMap::new()),
             scopes: Mutex::new(HashMap::new()),
             next_scope: AtomicU64::new(1),
             flights: Mutex::new(HashMap::new()),
+            listeners: Arc::new(Semaphore::new(config.replication_listeners)),
+            config,
             service,
             service_tls: tls,
             stopped: watch::channel(false).0,
@@ -152,6 +169,24 @@ impl Cache {
             self.spawn_background(follow::follow(Arc::downgrade(self), Arc::clone(&db)));
         }
         db
+    }
+
+    /// Keeps `name`'s replication stream off until the returned hold is dropped, and returns once its
+    /// slot is released: a DROP DATABASE is refused while a slot of the database is active. Dropping
+    /// the hold resets what the cache knew of the database, which may be a new one by then. `None`
+    /// when no session has used the database through the proxy (it then has no stream).
+    pub async fn hold_database(&self, name: &str) -> Option<DatabaseHold> {
+        let db = self
+            .databases
+            .lock()
+            .expect("not poisoned")
+            .get(name)
+            .cloned()?;
+        db.demand.hold();
+        let hold = DatabaseHold(db);
+        // Bounded: a listener that cannot close is left to the server, which then refuses the drop.
+        let _ = tokio::time::timeout(HOLD_WAIT, hold.0.listener_closed()).await;
+        Some(hold)
     }
 
     /// Ends the background work of every database (catalog readers, replication streams, whose
@@ -261,9 +296,25 @@ pub async fn report_usage(cache: Weak<Cache>) {
     }
 }
 
-/// Keeps one database's catalog snapshot current: read at once, then every `catalog_refresh`, and
-/// straight after DDL through the proxy. Ends when the cache stops or is dropped.
+/// Keeps one database's catalog snapshot current while the database is wanted: read at once, then
+/// every `catalog_refresh`, and straight after DDL through the proxy. Once the database is released
+/// (no client for the idle time) the snapshot is dropped, since nothing follows its DDL then. Ends
+/// when the cache stops or is dropped.
 async fn keep_catalog(cache: Weak<Cache>, db: Arc<Database>) {
+    loop {
+        db.demand.wanted().await;
+        let Some(idle) = cache.upgrade().map(|c| c.config.replication_idle_timeout) else {
+            return;
+        };
+        tokio::select! {
+            () = refresh_catalog(&cache, &db) => return,
+            () = db.demand.released(idle) => db.catalog_changed(),
+        }
+    }
+}
+
+/// Reads the catalog again and again; returns when the cache is dropped.
+async fn refresh_catalog(cache: &Weak<Cache>, db: &Database) {
     let mut failing = false;
     loop {
         let Some(cache) = cache.upgrade() else {

@@ -26,9 +26,9 @@ use veneer_invalidation::Source;
 use super::state::{PreparedStatement, TxStatus};
 use super::{frames, Session};
 use crate::cache::admin::{self, Command};
-use crate::cache::database::{Action, Bump, Database, Plan};
+use crate::cache::database::{Action, Attached, Bump, Database, Plan};
 use crate::cache::digest::Digest;
-use crate::cache::{Cache, Flight, FlightGuard};
+use crate::cache::{Cache, DatabaseHold, Flight, FlightGuard};
 use crate::error::Error;
 use crate::wire::frame::{cstr, Header, HEADER_LEN};
 
@@ -48,7 +48,7 @@ const READY_IN_BLOCK: &[u8] = b"Z\0\0\0\x05T";
 /// The cache state of one session.
 pub(super) struct SessionCache {
     cache: Arc<Cache>,
-    db: Arc<Database>,
+    db: Attached,
     /// Database, role and startup parameters: the fixed part of the scope.
     identity: Vec<u8>,
     /// `SessionState::scope_version` and the scope id computed for it.
@@ -70,6 +70,11 @@ pub(super) struct SessionCache {
     writes: VecDeque<Write>,
     /// Writes of the transaction in progress, bumped when it ends.
     committing: Vec<Write>,
+    /// A DROP DATABASE just forwarded, not yet sent: the database named, and the number of the
+    /// ReadyForQuery that ends it. Its stream is held off before the bytes go out.
+    dropping: Option<(String, u64)>,
+    /// Holds on dropped databases' streams, each released by the ReadyForQuery numbered with it.
+    holds: Vec<(u64, DatabaseHold)>,
     /// The client's unnamed statement was answered locally and does not exist upstream.
     unnamed_stale: bool,
     /// When the upstream became busy with a forwarded request, for the pass-through latency.
@@ -165,7 +170,7 @@ impl SessionCache {
             &["user", "database"],
         );
         SessionCache {
-            db: cache.database(database),
+            db: cache.database(database).attach(),
             cache,
             identity,
             scope: None,
@@ -178,6 +183,8 @@ impl SessionCache {
             readies_seen: 0,
             writes: VecDeque::new(),
             committing: Vec::new(),
+            dropping: None,
+            holds: Vec::new(),
             unnamed_stale: false,
             busy_since: None,
             read_only_block: false,
@@ -264,12 +271,27 @@ impl Session {
                     self.traffic.from_client += len as u64;
                     if let What::Forward = what {
                         self.forward(bytes);
+                        self.hold_dropped_database().await;
                         continue;
                     }
                     self.cache.as_mut().expect("matched").current = Some(Unit { bytes, what });
                 }
             }
             self.decide().await;
+        }
+    }
+
+    /// If the unit just forwarded drops a database, keeps that database's replication stream off (and
+    /// its slot released, which Postgres requires) before the unit goes upstream, until it has ended.
+    async fn hold_dropped_database(&mut self) {
+        let Some(c) = self.cache.as_mut() else {
+            return;
+        };
+        let Some((name, ready)) = c.dropping.take() else {
+            return;
+        };
+        if let Some(hold) = c.cache.hold_database(&name).await {
+            c.holds.push((ready, hold));
         }
     }
 
@@ -517,6 +539,8 @@ impl Session {
             return None;
         }
         c.readies_seen += 1;
+        let seen = c.readies_seen;
+        c.holds.retain(|(ready, _)| *ready > seen);
         while c.writes.front().is_some_and(|w| w.ready <= c.readies_seen) {
             let write = c.writes.pop_front().expect("checked");
             c.committing.push(write);
@@ -869,15 +893,22 @@ fn begins_block(sql: &[u8], default_read_only: bool) -> Option<bool> {
     })
 }
 
-/// Remembers what a forwarded statement may write, to bump when its transaction ends.
+/// Remembers what a forwarded statement may write, to bump when its transaction ends, and which
+/// database it drops.
 fn note_write(c: &mut SessionCache, plan: &Plan) {
     if let Action::Forward {
-        bump: Some(bump),
+        bump,
         ddl,
+        drops_database,
         ..
     } = &plan.action
     {
-        c.expect_write(bump.clone(), *ddl);
+        if let Some(bump) = bump {
+            c.expect_write(bump.clone(), *ddl);
+        }
+        if let Some(name) = drops_database {
+            c.dropping = Some((name.clone(), c.readies_sent + 1));
+        }
     }
 }
 
