@@ -492,12 +492,19 @@ async fn identical_concurrent_misses_go_upstream_once() {
     })
     .await;
     assert!(all_waiting, "{:?}", status(&observer).await);
-    let waiting_upstream: i64 = scalar(
-        &locker,
+    // The leader's query may reach the server after the followers have joined its flight.
+    let lock_waits =
         "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'cache-flight' \
-         AND wait_event_type = 'Lock'",
-    )
+         AND wait_event_type = 'Lock'";
+    let leader_arrived = wait_for(Duration::from_secs(20), || async {
+        scalar::<i64>(&locker, lock_waits).await > 0
+    })
     .await;
+    assert!(
+        leader_arrived,
+        "the leader's query never reached the server"
+    );
+    let waiting_upstream: i64 = scalar(&locker, lock_waits).await;
     assert_eq!(
         waiting_upstream, 1,
         "more than one execution reached the server"
