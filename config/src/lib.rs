@@ -25,7 +25,10 @@ pub use values::{
 #[command(
     name = "veneer",
     version,
-    about = "Veneer: a transparent caching proxy for PostgreSQL"
+    about = "Veneer: a transparent caching proxy for PostgreSQL",
+    after_help = "Setup: `veneer setup [OPTIONS]` installs, once, as service_user (a superuser then), \
+        an event trigger in every database that reports DDL into the replication stream, so that \
+        DDL made outside the proxy invalidates cached results too. It takes the same options."
 )]
 #[serde(deny_unknown_fields)]
 pub struct Settings {

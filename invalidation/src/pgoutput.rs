@@ -1,6 +1,8 @@
-//! A decoder for the pgoutput logical replication protocol (version 1): only what invalidation needs —
-//! which relations a transaction changed, and where it commits. Row contents are skipped, not decoded.
-//! See the PostgreSQL documentation, "Logical Replication Message Formats".
+//! A decoder for the pgoutput logical replication protocol (versions 1 and 2, the latter with
+//! streamed in-progress transactions): only what invalidation needs — which relations a transaction
+//! changed and how many rows, where and when it commits, and logical decoding messages (Veneer's DDL
+//! notices). Row contents are skipped, not decoded. See the PostgreSQL documentation, "Logical
+//! Replication Message Formats".
 
 use std::fmt;
 
@@ -9,8 +11,8 @@ use std::fmt;
 pub enum Event {
     /// A transaction starts.
     Begin,
-    /// Describes a relation: its OID, schema and name (sent before the first change to it in a
-    /// session, and again when its definition changed).
+    /// Describes a relation (sent before the first change to it in a session or streamed
+    /// transaction, and again when its cached description was invalidated).
     Relation {
         /// The relation's OID.
         oid: u32,
@@ -18,8 +20,11 @@ pub enum Event {
         schema: String,
         /// Its name.
         name: String,
+        /// The whole description (replica identity and columns): a definition change shows as a
+        /// different description.
+        definition: Vec<u8>,
     },
-    /// Rows of a relation were inserted, updated or deleted.
+    /// One row of a relation was inserted, updated or deleted.
     Change {
         /// The relation's OID.
         oid: u32,
@@ -29,12 +34,45 @@ pub enum Event {
         /// Their OIDs.
         oids: Vec<u32>,
     },
-    /// The transaction committed; `end_lsn` is the WAL position just past its commit record.
+    /// The transaction committed.
     Commit {
-        /// End of the commit record.
+        /// The WAL position just past its commit record.
         end_lsn: u64,
+        /// Commit time, microseconds since 2000-01-01 (Postgres's epoch).
+        commit_time: i64,
     },
-    /// Origin, Type and logical decoding messages: nothing to invalidate.
+    /// A logical decoding message (`pg_logical_emit_message`).
+    Message {
+        /// Its prefix, which says who sent it.
+        prefix: String,
+        /// Its content.
+        content: Vec<u8>,
+    },
+    /// A streamed block of an in-progress transaction starts; the changes up to [`Event::StreamStop`]
+    /// belong to transaction `xid`.
+    StreamStart {
+        /// The top-level transaction.
+        xid: u32,
+    },
+    /// The streamed block ends.
+    StreamStop,
+    /// A streamed transaction committed.
+    StreamCommit {
+        /// The top-level transaction.
+        xid: u32,
+        /// The WAL position just past its commit record.
+        end_lsn: u64,
+        /// Commit time, microseconds since 2000-01-01.
+        commit_time: i64,
+    },
+    /// A streamed transaction, or one of its subtransactions, aborted.
+    StreamAbort {
+        /// The top-level transaction.
+        xid: u32,
+        /// The aborted (sub)transaction: equal to `xid` when the whole transaction aborted.
+        subxid: u32,
+    },
+    /// Origin and Type messages: nothing to invalidate.
     Other,
 }
 
@@ -59,8 +97,9 @@ impl fmt::Display for DecodeError {
 
 impl std::error::Error for DecodeError {}
 
-/// Decodes one pgoutput message (the payload of an XLogData).
-pub fn decode(message: &[u8]) -> Result<Event, DecodeError> {
+/// Decodes one pgoutput message (the payload of an XLogData). `in_stream` says whether it arrived
+/// between Stream Start and Stream Stop, where data messages carry their transaction id first.
+pub fn decode(message: &[u8], in_stream: bool) -> Result<Event, DecodeError> {
     let Some((&tag, body)) = message.split_first() else {
         return Err(DecodeError {
             tag: 0,
@@ -72,20 +111,30 @@ pub fn decode(message: &[u8]) -> Result<Event, DecodeError> {
         problem: "message too short",
     };
     let mut r = Reader(body);
+    if in_stream && matches!(tag, b'R' | b'Y' | b'I' | b'U' | b'D' | b'T' | b'M') {
+        r.u32().ok_or(short.clone())?;
+    }
     let event = match tag {
         b'B' => Event::Begin,
         b'C' => {
             let _flags = r.u8().ok_or(short.clone())?;
             let _commit_lsn = r.u64().ok_or(short.clone())?;
             Event::Commit {
-                end_lsn: r.u64().ok_or(short)?,
+                end_lsn: r.u64().ok_or(short.clone())?,
+                commit_time: r.i64().ok_or(short)?,
             }
         }
         b'R' => {
+            let definition = r.0.to_vec();
             let oid = r.u32().ok_or(short.clone())?;
             let schema = r.cstr().ok_or(short.clone())?;
             let name = r.cstr().ok_or(short)?;
-            Event::Relation { oid, schema, name }
+            Event::Relation {
+                oid,
+                schema,
+                name,
+                definition,
+            }
         }
         b'I' | b'U' | b'D' => Event::Change {
             oid: r.u32().ok_or(short)?,
@@ -99,7 +148,33 @@ pub fn decode(message: &[u8]) -> Result<Event, DecodeError> {
                 .ok_or(short)?;
             Event::Truncate { oids }
         }
-        b'O' | b'Y' | b'M' => Event::Other,
+        b'M' => {
+            let _flags = r.u8().ok_or(short.clone())?;
+            let _lsn = r.u64().ok_or(short.clone())?;
+            let prefix = r.cstr().ok_or(short.clone())?;
+            let len = r.u32().ok_or(short.clone())? as usize;
+            let content = r.0.get(..len).ok_or(short)?.to_vec();
+            Event::Message { prefix, content }
+        }
+        b'S' => Event::StreamStart {
+            xid: r.u32().ok_or(short)?,
+        },
+        b'E' => Event::StreamStop,
+        b'c' => {
+            let xid = r.u32().ok_or(short.clone())?;
+            let _flags = r.u8().ok_or(short.clone())?;
+            let _commit_lsn = r.u64().ok_or(short.clone())?;
+            Event::StreamCommit {
+                xid,
+                end_lsn: r.u64().ok_or(short.clone())?,
+                commit_time: r.i64().ok_or(short)?,
+            }
+        }
+        b'A' => Event::StreamAbort {
+            xid: r.u32().ok_or(short.clone())?,
+            subxid: r.u32().ok_or(short)?,
+        },
+        b'O' | b'Y' => Event::Other,
         _ => {
             return Err(DecodeError {
                 tag,
@@ -131,6 +206,10 @@ impl Reader<'_> {
         self.take::<8>().map(u64::from_be_bytes)
     }
 
+    fn i64(&mut self) -> Option<i64> {
+        self.take::<8>().map(i64::from_be_bytes)
+    }
+
     fn cstr(&mut self) -> Option<String> {
         let end = self.0.iter().position(|&b| b == 0)?;
         let s = String::from_utf8_lossy(&self.0[..end]).into_owned();
@@ -150,36 +229,98 @@ mod tests {
         relation.extend(b"public\0accounts\0");
         relation.extend([b'd', 0, 0]); // replica identity, no columns
         assert_eq!(
-            decode(&relation),
+            decode(&relation, false),
             Ok(Event::Relation {
                 oid: 16385,
                 schema: "public".into(),
-                name: "accounts".into()
+                name: "accounts".into(),
+                definition: relation[1..].to_vec(),
             })
         );
         let mut update = vec![b'U'];
         update.extend(16385u32.to_be_bytes());
         update.extend(b"N\0\0");
-        assert_eq!(decode(&update), Ok(Event::Change { oid: 16385 }));
+        assert_eq!(decode(&update, false), Ok(Event::Change { oid: 16385 }));
         let mut truncate = vec![b'T'];
         truncate.extend(2u32.to_be_bytes());
         truncate.push(0);
         truncate.extend(1u32.to_be_bytes());
         truncate.extend(2u32.to_be_bytes());
-        assert_eq!(decode(&truncate), Ok(Event::Truncate { oids: vec![1, 2] }));
+        assert_eq!(
+            decode(&truncate, false),
+            Ok(Event::Truncate { oids: vec![1, 2] })
+        );
         let mut commit = vec![b'C', 0];
         commit.extend(7u64.to_be_bytes());
         commit.extend(9u64.to_be_bytes());
-        commit.extend(0i64.to_be_bytes());
-        assert_eq!(decode(&commit), Ok(Event::Commit { end_lsn: 9 }));
+        commit.extend(11i64.to_be_bytes());
+        assert_eq!(
+            decode(&commit, false),
+            Ok(Event::Commit {
+                end_lsn: 9,
+                commit_time: 11
+            })
+        );
+        let mut message = vec![b'M', 1];
+        message.extend(5u64.to_be_bytes());
+        message.extend(b"veneer.ddl\0");
+        message.extend(3u32.to_be_bytes());
+        message.extend(b"a.b");
+        assert_eq!(
+            decode(&message, false),
+            Ok(Event::Message {
+                prefix: "veneer.ddl".into(),
+                content: b"a.b".to_vec()
+            })
+        );
+    }
+
+    #[test]
+    fn streamed_messages_carry_their_transaction() {
+        let mut start = vec![b'S'];
+        start.extend(700u32.to_be_bytes());
+        start.push(1);
+        assert_eq!(decode(&start, false), Ok(Event::StreamStart { xid: 700 }));
+        let mut insert = vec![b'I'];
+        insert.extend(701u32.to_be_bytes()); // a subtransaction's xid
+        insert.extend(16385u32.to_be_bytes());
+        insert.extend(b"N\0\0");
+        assert_eq!(decode(&insert, true), Ok(Event::Change { oid: 16385 }));
+        assert_eq!(decode(b"E", true), Ok(Event::StreamStop));
+        let mut commit = vec![b'c'];
+        commit.extend(700u32.to_be_bytes());
+        commit.push(0);
+        commit.extend(7u64.to_be_bytes());
+        commit.extend(9u64.to_be_bytes());
+        commit.extend(11i64.to_be_bytes());
+        assert_eq!(
+            decode(&commit, false),
+            Ok(Event::StreamCommit {
+                xid: 700,
+                end_lsn: 9,
+                commit_time: 11
+            })
+        );
+        let mut abort = vec![b'A'];
+        abort.extend(700u32.to_be_bytes());
+        abort.extend(701u32.to_be_bytes());
+        assert_eq!(
+            decode(&abort, false),
+            Ok(Event::StreamAbort {
+                xid: 700,
+                subxid: 701
+            })
+        );
     }
 
     #[test]
     fn malformed_messages_are_errors_not_panics() {
-        assert!(decode(b"").is_err());
-        assert!(decode(b"C\0\0").is_err());
-        assert!(decode(b"T\0\0\0\x09\0").is_err());
-        assert!(decode(b"Z").is_err());
-        assert!(decode(b"R\0\0\0\x01public").is_err());
+        assert!(decode(b"", false).is_err());
+        assert!(decode(b"C\0\0", false).is_err());
+        assert!(decode(b"T\0\0\0\x09\0", false).is_err());
+        assert!(decode(b"Z", false).is_err());
+        assert!(decode(b"R\0\0\0\x01public", false).is_err());
+        assert!(decode(b"I\0\0\0\x01", true).is_err());
+        assert!(decode(b"M\0", false).is_err());
     }
 }

@@ -48,14 +48,44 @@ pub struct Login {
 }
 
 /// What one committed transaction changed.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Commit {
     /// Tables whose rows changed.
     pub changed: Vec<String>,
-    /// Tables changed as a whole: truncated, or their definition changed.
+    /// Tables changed as a whole: truncated, their definition changed, or named by a DDL notice.
     pub whole: Vec<String>,
+    /// DDL the transaction reported through Veneer's event trigger (see [`DDL_PREFIX`]).
+    pub ddl: Option<Ddl>,
+    /// Rows inserted, updated or deleted.
+    pub rows: u64,
     /// WAL position just past the commit.
     pub end_lsn: u64,
+    /// When it committed on the server.
+    pub commit_time: SystemTime,
+}
+
+/// DDL reported in the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ddl {
+    /// It changed the tables listed in [`Commit::whole`] (and perhaps indexes): the catalog is read
+    /// again.
+    Tables,
+    /// It changed something whose reach Veneer cannot tell (a function, a type, a view): every cached
+    /// result of the database is invalid, and the catalog is read again.
+    Unknown,
+}
+
+/// Prefix of the logical decoding messages Veneer's event trigger emits at DDL: the content is the
+/// names of the tables the DDL changed, one per line, with a line `*` when it changed something else.
+pub const DDL_PREFIX: &str = "veneer.ddl";
+
+/// Where the stream stands, reported on the server's keepalives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// The server's WAL end.
+    pub server_end: u64,
+    /// Everything up to here has been applied.
+    pub applied: u64,
 }
 
 /// Why following the stream stopped.
@@ -86,7 +116,13 @@ impl fmt::Display for ReplicationError {
                 code,
                 message,
                 during,
-            } => write!(f, "server refused {during}: {message} (SQLSTATE {code})"),
+            } => {
+                write!(f, "server refused {during}: {message} (SQLSTATE {code})")?;
+                match hint(code, message) {
+                    Some(hint) => write!(f, "; {hint}"),
+                    None => Ok(()),
+                }
+            }
             ReplicationError::Protocol(what) => write!(f, "replication protocol: {what}"),
             ReplicationError::Setup(what) => f.write_str(what),
         }
@@ -94,6 +130,33 @@ impl fmt::Display for ReplicationError {
 }
 
 impl std::error::Error for ReplicationError {}
+
+/// What to do about the refusals a setup can cause.
+fn hint(code: &str, message: &str) -> Option<&'static str> {
+    Some(match code {
+        "55000" if message.contains("wal_level") => {
+            "set wal_level = logical in postgresql.conf and restart Postgres"
+        }
+        "42501" if message.contains("publication") => {
+            "create the publication once as a superuser (CREATE PUBLICATION veneer FOR ALL TABLES), \
+             or make service_user a superuser"
+        }
+        "42501" => "service_user needs the REPLICATION attribute: ALTER ROLE <service_user> REPLICATION",
+        "53400" => {
+            "all replication slots are in use: raise max_replication_slots on the server or lower \
+             replication_listeners"
+        }
+        "53300" => {
+            "all WAL senders are in use: raise max_wal_senders on the server or lower \
+             replication_listeners"
+        }
+        "28000" if message.contains("pg_hba.conf") => {
+            "pg_hba.conf must allow service_user to connect to this database (a replication=database \
+             connection matches the database's own name)"
+        }
+        _ => return None,
+    })
+}
 
 impl From<std::io::Error> for ReplicationError {
     fn from(e: std::io::Error) -> Self {
@@ -114,6 +177,8 @@ pub trait Sink {
     fn streaming(&mut self, published: Option<Vec<String>>);
     /// A transaction committed.
     fn commit(&mut self, commit: &Commit);
+    /// The server reported its WAL end (on a keepalive) and what has been applied.
+    fn progress(&mut self, progress: Progress);
 }
 
 /// Longest wait for the server to end the stream and drop the slot when asked to stop; past it the
@@ -137,6 +202,7 @@ where
         stream,
         buf: BytesMut::with_capacity(64 * 1024),
         out: BytesMut::new(),
+        server_major: 0,
     };
     conn.login(login).await?;
     conn.ensure_publication(&login.publication).await?;
@@ -149,8 +215,15 @@ where
         "creating a replication slot",
     )
     .await?;
+    // Protocol 2 (Postgres 14 and later) streams large transactions while they run, so the server
+    // does not spill them to disk first, and passes on Veneer's DDL messages.
+    let options = if conn.server_major >= 14 {
+        "proto_version '2', streaming 'on', messages 'true'"
+    } else {
+        "proto_version '1'"
+    };
     let start = format!(
-        "START_REPLICATION SLOT {} LOGICAL 0/0 (proto_version '1', publication_names {})",
+        "START_REPLICATION SLOT {} LOGICAL 0/0 ({options}, publication_names {})",
         escape_identifier(&login.slot),
         escape_literal(&escape_identifier(&login.publication))
     );
@@ -186,6 +259,8 @@ struct Conn<S> {
     stream: S,
     buf: BytesMut,
     out: BytesMut,
+    /// The server's major version, from its `server_version` parameter.
+    server_major: u32,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
@@ -289,6 +364,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     self.flush().await?;
                 }
                 b'E' => return Err(server_error(&body, "the replication login")),
+                b'S' => {
+                    let mut fields = body.split(|&b| b == 0);
+                    if fields.next() == Some(b"server_version") {
+                        self.server_major = fields
+                            .next()
+                            .and_then(|v| std::str::from_utf8(v).ok())
+                            .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next())
+                            .and_then(|major| major.parse().ok())
+                            .unwrap_or(0);
+                    }
+                }
                 b'Z' => return Ok(()),
                 _ => {}
             }
@@ -392,9 +478,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         stop: impl std::future::Future<Output = ()>,
     ) -> Result<(), ReplicationError> {
         tokio::pin!(stop);
-        let mut relations: HashMap<u32, String> = HashMap::new();
-        let mut changed: HashSet<u32> = HashSet::new();
-        let mut whole: HashSet<u32> = HashSet::new();
+        let mut decoder = Decoder::default();
         let mut applied = 0u64;
         let mut last_status = tokio::time::Instant::now();
         loop {
@@ -422,43 +506,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             match body.first() {
                 Some(b'w') if body.len() >= 25 => {
                     body.advance(25);
-                    match pgoutput::decode(&body)? {
-                        Event::Begin => {
-                            changed.clear();
-                            whole.clear();
-                        }
-                        Event::Relation { oid, name, .. } => {
-                            // A relation described again within a session has changed its definition.
-                            if relations.insert(oid, name).is_some() {
-                                whole.insert(oid);
-                            }
-                        }
-                        Event::Change { oid } => {
-                            changed.insert(oid);
-                        }
-                        Event::Truncate { oids } => whole.extend(oids),
-                        Event::Commit { end_lsn } => {
-                            let names = |oids: &HashSet<u32>| {
-                                oids.iter()
-                                    .filter_map(|o| relations.get(o).cloned())
-                                    .collect()
-                            };
-                            sink.commit(&Commit {
-                                changed: names(&changed),
-                                whole: names(&whole),
-                                end_lsn,
-                            });
-                            applied = applied.max(end_lsn);
-                        }
-                        Event::Other => {}
+                    if let Some(commit) = decoder.apply(&body)? {
+                        sink.commit(&commit);
+                        applied = applied.max(commit.end_lsn);
                     }
                 }
                 Some(b'k') if body.len() >= 18 => {
                     let wal_end =
                         u64::from_be_bytes(body[1..9].try_into().expect("checked length"));
-                    // Nothing is pending between transactions, so the slot may move to the server's WAL
-                    // end: an idle database does not pin WAL.
-                    applied = applied.max(wal_end);
+                    // Between transactions nothing is pending, so the slot may move to the server's
+                    // WAL end: an idle database does not pin WAL. Within one (or with streamed ones
+                    // open) it stays at the last commit applied.
+                    if decoder.between_transactions() {
+                        applied = applied.max(wal_end);
+                    }
+                    sink.progress(Progress {
+                        server_end: wal_end,
+                        applied,
+                    });
                     if body[17] == 1 {
                         self.status(applied).await?;
                         last_status = tokio::time::Instant::now();
@@ -513,6 +578,139 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         self.out.put_i64(now);
         self.out.put_u8(0);
         self.flush().await
+    }
+}
+
+/// What a transaction has done so far.
+#[derive(Default)]
+struct Pending {
+    changed: HashSet<u32>,
+    whole: HashSet<u32>,
+    /// Tables named by DDL notices.
+    named: Vec<String>,
+    ddl: Option<Ddl>,
+    rows: u64,
+}
+
+impl Pending {
+    fn note_ddl(&mut self, content: &[u8]) {
+        for line in String::from_utf8_lossy(content).lines() {
+            if line == "*" {
+                self.ddl = Some(Ddl::Unknown);
+            } else if !line.is_empty() {
+                self.named.push(line.to_owned());
+                self.ddl.get_or_insert(Ddl::Tables);
+            }
+        }
+        self.ddl.get_or_insert(Ddl::Unknown);
+    }
+}
+
+/// Turns pgoutput messages into committed transactions: the plain transaction in progress, and the
+/// streamed ones (protocol 2), each gathered under its top-level transaction id until it commits.
+#[derive(Default)]
+struct Decoder {
+    /// Relation names and descriptions by OID.
+    relations: HashMap<u32, (String, Vec<u8>)>,
+    current: Pending,
+    in_transaction: bool,
+    streamed: HashMap<u32, Pending>,
+    /// The streamed transaction whose block is open.
+    streaming: Option<u32>,
+}
+
+impl Decoder {
+    fn between_transactions(&self) -> bool {
+        !self.in_transaction && self.streamed.is_empty()
+    }
+
+    /// Where the changes of the message being applied go.
+    fn pending(&mut self) -> &mut Pending {
+        match self.streaming {
+            Some(xid) => self.streamed.entry(xid).or_default(),
+            None => &mut self.current,
+        }
+    }
+
+    /// Applies one pgoutput message; returns the transaction it committed, if any.
+    fn apply(&mut self, message: &[u8]) -> Result<Option<Commit>, ReplicationError> {
+        match pgoutput::decode(message, self.streaming.is_some())? {
+            Event::Begin => {
+                self.current = Pending::default();
+                self.in_transaction = true;
+            }
+            Event::Relation {
+                oid,
+                name,
+                definition,
+                ..
+            } => {
+                // Descriptions are sent again for each streamed transaction and after cache
+                // invalidations; only a different one means the definition changed.
+                let changed = self
+                    .relations
+                    .get(&oid)
+                    .is_some_and(|(_, known)| *known != definition);
+                self.relations.insert(oid, (name, definition));
+                if changed {
+                    self.pending().whole.insert(oid);
+                }
+            }
+            Event::Change { oid } => {
+                let pending = self.pending();
+                pending.changed.insert(oid);
+                pending.rows += 1;
+            }
+            Event::Truncate { oids } => self.pending().whole.extend(oids),
+            Event::Message { prefix, content } if prefix == DDL_PREFIX => {
+                self.pending().note_ddl(&content);
+            }
+            Event::Commit {
+                end_lsn,
+                commit_time,
+            } => {
+                self.in_transaction = false;
+                let pending = std::mem::take(&mut self.current);
+                return Ok(Some(self.commit(pending, end_lsn, commit_time)));
+            }
+            Event::StreamStart { xid } => self.streaming = Some(xid),
+            Event::StreamStop => self.streaming = None,
+            Event::StreamCommit {
+                xid,
+                end_lsn,
+                commit_time,
+            } => {
+                let pending = self.streamed.remove(&xid).unwrap_or_default();
+                return Ok(Some(self.commit(pending, end_lsn, commit_time)));
+            }
+            Event::StreamAbort { xid, subxid } => {
+                // A subtransaction's changes are not told apart: keeping them only costs misses.
+                if xid == subxid {
+                    self.streamed.remove(&xid);
+                }
+            }
+            Event::Message { .. } | Event::Other => {}
+        }
+        Ok(None)
+    }
+
+    fn commit(&self, pending: Pending, end_lsn: u64, commit_time: i64) -> Commit {
+        let names = |oids: &HashSet<u32>| -> Vec<String> {
+            oids.iter()
+                .filter_map(|o| self.relations.get(o).map(|(name, _)| name.clone()))
+                .collect()
+        };
+        let mut whole = names(&pending.whole);
+        whole.extend(pending.named);
+        Commit {
+            changed: names(&pending.changed),
+            whole,
+            ddl: pending.ddl,
+            rows: pending.rows,
+            end_lsn,
+            commit_time: UNIX_EPOCH
+                + Duration::from_micros((commit_time + PG_EPOCH_MICROS).max(0) as u64),
+        }
     }
 }
 

@@ -91,15 +91,16 @@ impl Error {
         Error::new(Kind::ClientIo, "client connection lost".to_owned()).with_cause(cause)
     }
 
-    /// Veneer's own session as `user` on `database` failed.
-    pub fn service_login(
+    /// Veneer's own session as `user` on `database` failed while doing `what`.
+    pub fn service(
+        what: &str,
         user: &str,
         database: &str,
         cause: impl std::error::Error + Send + Sync + 'static,
     ) -> Error {
         Error::new(
             Kind::Service,
-            format!("catalog read as service_user {user} in database {database} failed"),
+            format!("{what} as service_user {user} in database {database} failed"),
         )
         .with_cause(cause)
     }

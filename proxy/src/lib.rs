@@ -13,6 +13,7 @@ pub mod logging;
 pub mod metrics;
 pub mod server;
 pub mod session;
+pub mod setup;
 pub mod stream;
 pub mod tls;
 pub mod upstream;

@@ -7,7 +7,12 @@ use veneer_config::{Config, ConfigError};
 use veneer_proxy::Proxy;
 
 fn main() -> ExitCode {
-    let config = match Config::load() {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let setup = args.get(1).is_some_and(|a| a == "setup");
+    if setup {
+        args.remove(1);
+    }
+    let config = match Config::load_from(args) {
         Ok(config) => config,
         // clap's own errors know how to print help and version and with which exit code.
         Err(ConfigError::Cli(e)) => e.exit(),
@@ -37,6 +42,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if setup {
+        return runtime.block_on(run_setup(&config));
+    }
     let served = runtime.block_on(async {
         let (listen, upstream) = (config.listen, config.upstream.clone());
         if let Some(addr) = config.metrics_listen {
@@ -57,6 +65,39 @@ fn main() -> ExitCode {
             eprintln!("veneer: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `veneer setup`: installs the DDL event trigger in every database and says where it worked.
+async fn run_setup(config: &Config) -> ExitCode {
+    let tls = match veneer_proxy::tls::upstream_connector(config) {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("veneer setup: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let done = match veneer_proxy::setup::install(config, tls.as_ref()).await {
+        Ok(done) => done,
+        Err(e) => {
+            eprintln!("veneer setup: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut failed = false;
+    for (database, result) in done {
+        match result {
+            Ok(()) => println!("veneer setup: DDL event trigger installed in database {database}"),
+            Err(e) => {
+                failed = true;
+                eprintln!("veneer setup: {e}");
+            }
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

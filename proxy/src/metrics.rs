@@ -106,6 +106,69 @@ impl Default for Meters {
     }
 }
 
+/// What one database's replication stream has done, exported with a `database` label and readable
+/// for the status.
+pub struct StreamMeters {
+    /// Transactions applied.
+    pub transactions: Tally,
+    /// Rows inserted, updated or deleted by them.
+    pub rows: Tally,
+    /// Commit-to-apply delay of each transaction.
+    delay: Histogram,
+    /// Bytes of WAL the server had beyond what was applied, at its last report.
+    lag_bytes: Gauge,
+    last_lag_bytes: AtomicU64,
+    last_delay_micros: AtomicU64,
+    database: String,
+}
+
+impl StreamMeters {
+    /// The meters of database `name`'s stream.
+    pub fn new(name: &str) -> StreamMeters {
+        let database = name.to_owned();
+        StreamMeters {
+            transactions: Tally::new(
+                counter!("veneer_replication_transactions_total", "database" => database.clone()),
+            ),
+            rows: Tally::new(
+                counter!("veneer_replication_rows_total", "database" => database.clone()),
+            ),
+            delay: histogram!("veneer_replication_delay_seconds", "database" => database.clone()),
+            lag_bytes: gauge!("veneer_replication_lag_bytes", "database" => database.clone()),
+            last_lag_bytes: AtomicU64::new(0),
+            last_delay_micros: AtomicU64::new(0),
+            database,
+        }
+    }
+
+    /// A transaction was applied `delay` after its commit, invalidating `tables`.
+    pub fn applied(&self, rows: u64, delay: std::time::Duration, tables: &[String]) {
+        self.transactions.add(1);
+        self.rows.add(rows);
+        self.delay.record(delay);
+        self.last_delay_micros
+            .store(delay.as_micros() as u64, Ordering::Relaxed);
+        for table in tables {
+            counter!("veneer_table_invalidations_total", "database" => self.database.clone(), "table" => table.clone())
+                .increment(1);
+        }
+    }
+
+    /// The server reported how far behind the stream is, in bytes of WAL.
+    pub fn behind(&self, bytes: u64) {
+        self.lag_bytes.set(bytes as f64);
+        self.last_lag_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// The last lag figures: bytes of WAL behind, and the last transaction's commit-to-apply delay.
+    pub fn lag(&self) -> (u64, std::time::Duration) {
+        (
+            self.last_lag_bytes.load(Ordering::Relaxed),
+            std::time::Duration::from_micros(self.last_delay_micros.load(Ordering::Relaxed)),
+        )
+    }
+}
+
 impl Meters {
     /// A request forwarded although it might have been cacheable, by reason.
     pub fn bypass(&self, reason: &'static str) {

@@ -12,6 +12,34 @@ use crate::error::Error;
 use crate::stream::Stream;
 use crate::tls;
 
+/// Logs in to `database` as `service_user` over a connection of its own (TLS as configured), for
+/// Veneer's own queries (catalog reads, `veneer setup`). Returns the client and its connection task,
+/// which ends once the client is dropped.
+pub async fn service_login(
+    config: &Config,
+    tls: Option<&TlsConnector>,
+    database: &str,
+    application_name: &str,
+) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), Error> {
+    let upstream = connect(config, tls).await?;
+    let mut login = tokio_postgres::Config::new();
+    login
+        .user(&config.service_user)
+        .dbname(database)
+        .application_name(application_name);
+    if let Some(password) = &config.service_password {
+        login.password(password);
+    }
+    let (client, connection) = login
+        .connect_raw(upstream.stream, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| Error::service("login", &config.service_user, database, e))?;
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok((client, driver))
+}
+
 /// SSLRequest: length 8, code 80877103.
 const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
 

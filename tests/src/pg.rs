@@ -148,7 +148,10 @@ impl PgServer {
             "\n# veneer-tests\nlisten_addresses = '127.0.0.1'\nport = {port}\n\
              unix_socket_directories = '{sock}'\nwal_level = logical\nmax_wal_senders = 100\n\
              max_replication_slots = 100\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\n\
-             max_connections = 200\nssl = on\n",
+             max_connections = 200\nssl = on\n\
+             # Small, so that transactions of a few thousand rows are streamed while in progress\n\
+             # (pgoutput protocol 2) and the tests cover that path.\n\
+             logical_decoding_work_mem = 64kB\n",
             port = self.port,
             sock = self.base.display(),
         );

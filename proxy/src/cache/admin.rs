@@ -191,6 +191,19 @@ async fn status(cache: &Cache) -> Vec<Vec<String>> {
         }
         state.push(format!("{} client(s)", db.demand.clients()));
         rows.push(vec![format!("database {}", db.name), state.join("; ")]);
+        if cache.config.replication != Replication::Off {
+            let (behind, delay) = db.stream.lag();
+            rows.push(vec![
+                format!("replication {}", db.name),
+                format!(
+                    "{} transactions, {} rows applied; {behind} bytes of WAL behind; last commit \
+                     applied {:.1} ms after it committed",
+                    db.stream.transactions.get(),
+                    db.stream.rows.get(),
+                    delay.as_secs_f64() * 1000.0
+                ),
+            ]);
+        }
     }
     rows
 }

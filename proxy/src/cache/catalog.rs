@@ -7,7 +7,6 @@
 
 use std::collections::{HashMap, HashSet};
 
-use tokio_postgres::NoTls;
 use veneer_config::Config;
 
 use super::classify::Name;
@@ -116,20 +115,8 @@ impl Catalog {
         tls: Option<&tokio_rustls::TlsConnector>,
         database: &str,
     ) -> Result<Catalog, Error> {
-        let upstream = upstream::connect(config, tls).await?;
-        let mut login = tokio_postgres::Config::new();
-        login
-            .user(&config.service_user)
-            .dbname(database)
-            .application_name("veneer catalog");
-        if let Some(password) = &config.service_password {
-            login.password(password);
-        }
-        let (client, connection) = login
-            .connect_raw(upstream.stream, NoTls)
-            .await
-            .map_err(|e| Error::service_login(&config.service_user, database, e))?;
-        let driver = tokio::spawn(connection);
+        let (client, driver) =
+            upstream::service_login(config, tls, database, "veneer catalog").await?;
         let read = async {
             let relations = client.query(RELATIONS, &[]).await?;
             let functions = client.query(FUNCTIONS, &[]).await?;
@@ -138,8 +125,8 @@ impl Catalog {
         let result = read.await;
         drop(client);
         let _ = driver.await;
-        let (relations, functions) =
-            result.map_err(|e| Error::service_login(&config.service_user, database, e))?;
+        let (relations, functions) = result
+            .map_err(|e| Error::service("catalog read", &config.service_user, database, e))?;
         let mut catalog = Catalog::default();
         for row in relations {
             let (name, schema, kind, persistence): (String, String, String, String) =

@@ -16,6 +16,7 @@ use super::classify::{self, Analysis, Name};
 use super::demand::Demand;
 use super::digest::{self, Digest, Hint};
 use super::Digests;
+use crate::metrics::StreamMeters;
 
 /// Plans memoized per database, by query shape; past this many the memo starts over.
 const MEMO_CAPACITY: usize = 10_000;
@@ -136,6 +137,8 @@ pub struct Database {
     listener: watch::Sender<Listener>,
     /// Who needs the database's background work.
     pub demand: Demand,
+    /// What its replication stream has applied.
+    pub stream: StreamMeters,
     /// The tables the followed publication covers, when it does not cover all tables.
     published: std::sync::Mutex<Option<std::collections::HashSet<String>>>,
 }
@@ -145,6 +148,7 @@ impl Database {
     /// installed.
     pub fn new(name: String) -> Database {
         Database {
+            stream: StreamMeters::new(&name),
             name,
             generations: Generations::default(),
             catalog: RwLock::new(None),

@@ -12,9 +12,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use veneer_invalidation::replication::{self, Commit, Login, Sink};
+use veneer_invalidation::replication::{self, Commit, Ddl, Login, Progress, Sink};
 use veneer_invalidation::Source;
 
 use super::database::{Database, Listener};
@@ -44,19 +44,34 @@ impl Sink for Apply<'_> {
     }
 
     fn commit(&mut self, commit: &Commit) {
+        let generations = &self.db.generations;
         for name in &commit.changed {
-            self.db
-                .generations
-                .bump_table(&self.db.generations.table(name));
+            generations.bump_table(&generations.table(name));
         }
         for name in &commit.whole {
-            self.db
-                .generations
-                .bump_table_epoch(&self.db.generations.table(name));
+            generations.bump_table_epoch(&generations.table(name));
         }
-        if !commit.changed.is_empty() || !commit.whole.is_empty() {
+        if commit.ddl == Some(Ddl::Unknown) {
+            generations.bump_global();
+        }
+        if commit.ddl.is_some() {
+            self.db.catalog_changed();
+        }
+        if !commit.changed.is_empty() || !commit.whole.is_empty() || commit.ddl.is_some() {
             self.cache.meters.invalidation(Source::Replication);
         }
+        let delay = SystemTime::now()
+            .duration_since(commit.commit_time)
+            .unwrap_or_default();
+        let mut tables = commit.changed.clone();
+        tables.extend(commit.whole.iter().cloned());
+        self.db.stream.applied(commit.rows, delay, &tables);
+    }
+
+    fn progress(&mut self, progress: Progress) {
+        self.db
+            .stream
+            .behind(progress.server_end.saturating_sub(progress.applied));
     }
 }
 

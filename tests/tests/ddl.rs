@@ -1,0 +1,134 @@
+//! DDL and large transactions made outside the proxy: with `veneer setup`'s event trigger, DDL reaches
+//! the replication stream and invalidates what it changed; transactions larger than the server's
+//! logical_decoding_work_mem arrive streamed (pgoutput protocol 2) and invalidate at their commit.
+//! A test binary of its own: the setup installs the trigger in every database of its server.
+
+use veneer_config::{Config, HostPort, Settings};
+use veneer_tests::cache::{
+    figure, first, on, own_database, status, until_seen, wait_database_cached,
+};
+use veneer_tests::*;
+
+/// Runs `veneer setup` (the library call behind it) against the test server.
+async fn setup() {
+    let config = Config::resolve(Settings {
+        upstream: Some(HostPort::new("127.0.0.1", pg().port())),
+        service_user: Some(SUPERUSER.to_owned()),
+        ..Default::default()
+    })
+    .unwrap();
+    let done = veneer_proxy::setup::install(&config, None).await.unwrap();
+    for (database, result) in &done {
+        assert!(result.is_ok(), "setup in {database}: {result:?}");
+    }
+    assert!(done.iter().any(|(d, _)| d == "template1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ddl_made_elsewhere_invalidates_once_set_up() {
+    let direct = own_database("ddl_db").await;
+    direct
+        .batch_execute(
+            "SET synchronous_commit = on;
+             CREATE TABLE items (id int PRIMARY KEY, v text); INSERT INTO items VALUES (1, 'a'), (2, 'b');
+             CREATE FUNCTION tag(int) RETURNS text IMMUTABLE LANGUAGE sql AS 'SELECT ''old'' || $1';",
+        )
+        .await
+        .unwrap();
+    setup().await;
+    let proxy = ProxyHandle::start().await;
+    let client = connect(&on(proxy.addr(), "ddl_db")).await.unwrap();
+    wait_database_cached(&client, "ddl_db").await;
+    let (row, count, tagged) = (
+        "SELECT * FROM items WHERE id = 1",
+        "SELECT count(*) FROM items",
+        "SELECT tag(id) FROM items WHERE id = 1",
+    );
+    for sql in [row, count, tagged, row, count, tagged] {
+        first(&client, sql).await;
+    }
+    assert!(figure(&client, "hits").await >= 3);
+
+    // A column added directly shows in SELECT * (DDL writes no rows: only the trigger reports it).
+    direct
+        .batch_execute("ALTER TABLE items ADD COLUMN extra int DEFAULT 7")
+        .await
+        .unwrap();
+    let widened = wait_for(STEP_TIMEOUT, || async {
+        let rows = client.simple_query(row).await.unwrap();
+        rows.iter().any(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.len() == 3,
+            _ => false,
+        })
+    })
+    .await;
+    assert!(widened, "SELECT * kept the old columns");
+
+    // A table dropped and created again, empty: no row change is streamed, the DDL notice is.
+    direct
+        .batch_execute("DROP TABLE items; CREATE TABLE items (id int PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+    until_seen(&client, count, "0").await;
+
+    // A function replaced changes what cached reads calling it return.
+    direct
+        .batch_execute("INSERT INTO items VALUES (1, 'a')")
+        .await
+        .unwrap();
+    until_seen(&client, tagged, "old1").await;
+    direct
+        .batch_execute(
+            "CREATE OR REPLACE FUNCTION tag(int) RETURNS text IMMUTABLE LANGUAGE sql AS 'SELECT ''new'' || $1'",
+        )
+        .await
+        .unwrap();
+    until_seen(&client, tagged, "new1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_transaction_of_100k_rows_invalidates_at_its_commit() {
+    let direct = own_database("ddl_big").await;
+    direct
+        .batch_execute(
+            "SET synchronous_commit = on;
+             CREATE TABLE big (id int PRIMARY KEY, v int); INSERT INTO big VALUES (0, 0);",
+        )
+        .await
+        .unwrap();
+    let proxy = ProxyHandle::start().await;
+    let client = connect(&on(proxy.addr(), "ddl_big")).await.unwrap();
+    wait_database_cached(&client, "ddl_big").await;
+    let count = "SELECT count(*) FROM big";
+    assert_eq!(first(&client, count).await.as_deref(), Some("1"));
+    // An aborted streamed transaction changes nothing.
+    direct
+        .batch_execute(
+            "BEGIN; INSERT INTO big SELECT g, g FROM generate_series(1, 20000) g; ROLLBACK",
+        )
+        .await
+        .unwrap();
+    direct
+        .batch_execute("INSERT INTO big SELECT g, g FROM generate_series(1, 100000) g")
+        .await
+        .unwrap();
+    until_seen(&client, count, "100001").await;
+    let streamed: i64 = scalar(
+        &direct,
+        "SELECT coalesce(sum(stream_txns), 0)::int8 FROM pg_stat_replication_slots \
+         WHERE slot_name IN (SELECT slot_name FROM pg_replication_slots WHERE database = 'ddl_big')",
+    )
+    .await;
+    assert!(
+        streamed >= 1,
+        "the transactions were not streamed in progress"
+    );
+    let replication = status(&client).await["replication ddl_big"].clone();
+    let rows: u64 = replication
+        .split(" rows applied")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{replication}"));
+    assert!(rows >= 100_000, "{replication}");
+}
