@@ -321,3 +321,76 @@ async fn a_thousand_writes_made_elsewhere_are_each_seen_and_stay_seen() {
         lags.last().unwrap()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_keeps_up_with_tpcb_run_directly() {
+    let direct = own_database("repl_tpcb").await;
+    let pgbench = |args: &[&str]| {
+        tools::PgTool::pgbench(pg().addr(), SUPERUSER)
+            .conn("dbname", "repl_tpcb")
+            .args(args.iter().copied())
+            .limit(Duration::from_secs(120))
+    };
+    pgbench(&["-i", "-q", "-s", "1"])
+        .run()
+        .await
+        .assert_success("pgbench -i");
+    direct
+        .batch_execute(
+            "ALTER TABLE pgbench_history REPLICA IDENTITY FULL;
+             CREATE TABLE probe (id int PRIMARY KEY, n int); INSERT INTO probe VALUES (1, 0);
+             SET synchronous_commit = on;",
+        )
+        .await
+        .unwrap();
+    let proxy = ProxyHandle::start().await;
+    let client = connect(&on(proxy.addr(), "repl_tpcb")).await.unwrap();
+    wait_database_cached(&client, "repl_tpcb").await;
+    let load = tokio::spawn(pgbench(&["-n", "-c", "4", "-T", "5"]).run());
+    let sql = "SELECT n FROM probe WHERE id = 1";
+    let mut lags = Vec::new();
+    let mut n = 0;
+    while !load.is_finished() {
+        n += 1;
+        direct
+            .batch_execute(&format!("UPDATE probe SET n = {n} WHERE id = 1"))
+            .await
+            .unwrap();
+        let (committed, expected) = (Instant::now(), Some(n.to_string()));
+        while first(&client, sql).await != expected {
+            assert!(committed.elapsed() < STEP_TIMEOUT, "write {n} never seen");
+        }
+        lags.push(committed.elapsed());
+    }
+    let output = load.await.unwrap();
+    output.assert_success("pgbench TPC-B");
+    let processed: u64 = output
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|n| n.split('/').next()?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{}", output.stdout));
+    // The listener applied every pgbench transaction (and the probes).
+    let applied = |status: std::collections::HashMap<String, String>| -> u64 {
+        let row = &status["replication repl_tpcb"];
+        row.split(' ')
+            .next()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0)
+    };
+    let caught_up = wait_for(STEP_TIMEOUT, || async {
+        applied(status(&client).await) >= processed + n
+    })
+    .await;
+    assert!(caught_up, "{:?}", status(&client).await);
+    lags.sort();
+    let quantile = |q: f64| lags[((lags.len() as f64 * q) as usize).min(lags.len() - 1)];
+    eprintln!(
+        "under TPC-B run directly ({processed} transactions), commit to first fresh read over {} \
+         writes: p50 {:?}, p99 {:?}, max {:?}",
+        lags.len(),
+        quantile(0.50),
+        quantile(0.99),
+        lags.last().unwrap()
+    );
+}
