@@ -294,16 +294,7 @@ async fn a_thousand_writes_made_elsewhere_are_each_seen_and_stay_seen() {
     first(&client, sql).await;
     let mut lags = Vec::with_capacity(1000);
     for n in 1..=1000 {
-        direct
-            .batch_execute(&format!("UPDATE counter SET n = {n} WHERE id = 1"))
-            .await
-            .unwrap();
-        // Read back to back (no polling interval), so the time measured is the stream's lag.
-        let (committed, expected) = (Instant::now(), Some(n.to_string()));
-        while first(&client, sql).await != expected {
-            assert!(committed.elapsed() < STEP_TIMEOUT, "write {n} never seen");
-        }
-        lags.push(committed.elapsed());
+        lags.push(write_and_see(&direct, "counter", n, &client).await);
         // Once fresh, never stale again: the entry that replaced the old one is the new value.
         assert_eq!(
             first(&client, sql).await,
@@ -311,14 +302,9 @@ async fn a_thousand_writes_made_elsewhere_are_each_seen_and_stay_seen() {
             "stale again"
         );
     }
-    lags.sort();
-    let quantile = |q: f64| lags[((lags.len() as f64 * q) as usize).min(lags.len() - 1)];
     eprintln!(
-        "commit to first fresh read through the proxy over {} writes: p50 {:?}, p99 {:?}, max {:?}",
-        lags.len(),
-        quantile(0.50),
-        quantile(0.99),
-        lags.last().unwrap()
+        "commit to first fresh read through the proxy: {}",
+        percentiles(lags)
     );
 }
 
@@ -347,20 +333,11 @@ async fn the_listener_keeps_up_with_tpcb_run_directly() {
     let client = connect(&on(proxy.addr(), "repl_tpcb")).await.unwrap();
     wait_database_cached(&client, "repl_tpcb").await;
     let load = tokio::spawn(pgbench(&["-n", "-c", "4", "-T", "5"]).run());
-    let sql = "SELECT n FROM probe WHERE id = 1";
     let mut lags = Vec::new();
     let mut n = 0;
     while !load.is_finished() {
         n += 1;
-        direct
-            .batch_execute(&format!("UPDATE probe SET n = {n} WHERE id = 1"))
-            .await
-            .unwrap();
-        let (committed, expected) = (Instant::now(), Some(n.to_string()));
-        while first(&client, sql).await != expected {
-            assert!(committed.elapsed() < STEP_TIMEOUT, "write {n} never seen");
-        }
-        lags.push(committed.elapsed());
+        lags.push(write_and_see(&direct, "probe", n, &client).await);
     }
     let output = load.await.unwrap();
     output.assert_success("pgbench TPC-B");
@@ -383,14 +360,41 @@ async fn the_listener_keeps_up_with_tpcb_run_directly() {
     })
     .await;
     assert!(caught_up, "{:?}", status(&client).await);
-    lags.sort();
-    let quantile = |q: f64| lags[((lags.len() as f64 * q) as usize).min(lags.len() - 1)];
     eprintln!(
-        "under TPC-B run directly ({processed} transactions), commit to first fresh read over {} \
-         writes: p50 {:?}, p99 {:?}, max {:?}",
-        lags.len(),
-        quantile(0.50),
-        quantile(0.99),
-        lags.last().unwrap()
+        "under TPC-B run directly ({processed} transactions), commit to first fresh read: {}",
+        percentiles(lags)
     );
+}
+
+/// Sets `n` in row 1 of `table` directly, then reads it back through `client` back to back (no
+/// polling interval) until it is seen; returns the time from the commit to the first fresh read.
+async fn write_and_see(
+    direct: &tokio_postgres::Client,
+    table: &str,
+    n: u64,
+    client: &tokio_postgres::Client,
+) -> Duration {
+    direct
+        .batch_execute(&format!("UPDATE {table} SET n = {n} WHERE id = 1"))
+        .await
+        .unwrap();
+    let (committed, expected) = (Instant::now(), Some(n.to_string()));
+    let sql = format!("SELECT n FROM {table} WHERE id = 1");
+    while first(client, &sql).await != expected {
+        assert!(committed.elapsed() < STEP_TIMEOUT, "write {n} never seen");
+    }
+    committed.elapsed()
+}
+
+/// p50, p99 and max of `lags`.
+fn percentiles(mut lags: Vec<Duration>) -> String {
+    lags.sort();
+    let at = |q: f64| lags[((lags.len() as f64 * q) as usize).min(lags.len() - 1)];
+    format!(
+        "over {} writes: p50 {:?}, p99 {:?}, max {:?}",
+        lags.len(),
+        at(0.50),
+        at(0.99),
+        lags[lags.len() - 1]
+    )
 }
