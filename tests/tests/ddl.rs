@@ -3,25 +3,35 @@
 //! logical_decoding_work_mem arrive streamed (pgoutput protocol 2) and invalidate at their commit.
 //! A test binary of its own: the setup installs the trigger in every database of its server.
 
-use veneer_config::{Config, HostPort, Settings};
 use veneer_tests::cache::{
     figure, first, on, own_database, status, until_seen, wait_database_cached,
 };
 use veneer_tests::*;
 
-/// Runs `veneer setup` (the library call behind it) against the test server.
+/// Runs `veneer setup` against the test server, as a user would.
 async fn setup() {
-    let config = Config::resolve(Settings {
-        upstream: Some(HostPort::new("127.0.0.1", pg().port())),
-        service_user: Some(SUPERUSER.to_owned()),
-        ..Default::default()
-    })
-    .unwrap();
-    let done = veneer_proxy::setup::install(&config, None).await.unwrap();
-    for (database, result) in &done {
-        assert!(result.is_ok(), "setup in {database}: {result:?}");
+    let upstream = format!("127.0.0.1:{}", pg().port());
+    let output = binary::run_veneer(
+        &[
+            "setup",
+            "--upstream",
+            &upstream,
+            "--service-user",
+            SUPERUSER,
+        ],
+        &[],
+    )
+    .await;
+    output.assert_success("veneer setup");
+    for database in ["ddl_db", "template1"] {
+        assert!(
+            output
+                .stdout
+                .contains(&format!("installed in database {database}\n")),
+            "{}",
+            output.stdout
+        );
     }
-    assert!(done.iter().any(|(d, _)| d == "template1"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
