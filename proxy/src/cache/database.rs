@@ -131,7 +131,7 @@ pub struct Database {
     memo: RwLock<HashMap<Bytes, Arc<Plan>, foldhash::fast::RandomState>>,
     /// Wakes the catalog reader early (after DDL through the proxy).
     pub(super) reread: Notify,
-    /// The replication stream is applying this database's commits (read on every lookup).
+    /// Mirrors `listener == Streaming`, as one atomic load for every lookup.
     streaming: AtomicBool,
     /// What the replication listener is doing, for the status and for holds waiting on it.
     listener: watch::Sender<Listener>,
@@ -184,18 +184,15 @@ impl Database {
         self.streaming.load(Ordering::Acquire)
     }
 
-    /// Marks the stream up or down; returns whether it was up.
-    pub(super) fn set_streaming(&self, up: bool) -> bool {
-        self.streaming.swap(up, Ordering::AcqRel)
-    }
-
     /// What the replication listener is doing now.
     pub fn listener(&self) -> Listener {
         self.listener.borrow().clone()
     }
 
-    /// Records what the replication listener is doing.
+    /// Records what the replication listener is doing (and so whether the database is streaming).
     pub(super) fn set_listener(&self, state: Listener) {
+        self.streaming
+            .store(state == Listener::Streaming, Ordering::Release);
         self.listener.send_replace(state);
     }
 

@@ -38,7 +38,6 @@ impl Sink for Apply<'_> {
     fn streaming(&mut self, published: Option<Vec<String>>) {
         self.db.set_published(published);
         self.db.reset();
-        self.db.set_streaming(true);
         self.db.set_listener(Listener::Streaming);
         tracing::info!(database = %self.db.name, "replication stream following writes");
     }
@@ -81,15 +80,15 @@ pub async fn follow(cache: Weak<Cache>, db: Arc<Database>) {
     let mut backoff = FIRST_BACKOFF;
     loop {
         db.demand.wanted().await;
-        let Some(listeners) = cache.upgrade().map(|c| Arc::clone(&c.listeners)) else {
+        let Some((listeners, cap)) = cache
+            .upgrade()
+            .map(|c| (Arc::clone(&c.listeners), c.config.replication_listeners))
+        else {
             return;
         };
         let permit = match Arc::clone(&listeners).try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
-                let cap = cache
-                    .upgrade()
-                    .map_or(0, |c| c.config.replication_listeners);
                 db.set_listener(Listener::AtCap(cap));
                 tracing::warn!(database = %db.name, replication_listeners = cap,
                     "replication listener cap reached: this database's reads are served as with the \
@@ -107,7 +106,6 @@ pub async fn follow(cache: Weak<Cache>, db: Arc<Database>) {
         let idle = strong.config.replication_idle_timeout;
         let failure = run(&strong, &db).await.err();
         drop(permit);
-        db.set_streaming(false);
         let Some(failure) = failure else {
             backoff = FIRST_BACKOFF;
             let (state, why) = if db.demand.held() {
