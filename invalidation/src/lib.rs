@@ -12,6 +12,7 @@
 
 pub mod pgoutput;
 pub mod replication;
+pub mod rows;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,13 +51,24 @@ pub enum Source {
     Admin,
 }
 
-/// The generations of one database: per table, and global. (Row-key buckets for point lookups come
-/// with the replication listener, which is what sees the keys of changed rows.)
-#[derive(Debug, Default)]
+/// The generations of one database: per table, per row-key bucket (see [`rows`]), and global.
+#[derive(Debug)]
 pub struct Generations {
     clock: AtomicU64,
     global: AtomicU64,
     tables: RwLock<HashMap<Arc<str>, Arc<TableGeneration>>>,
+    rows: Box<[AtomicU64]>,
+}
+
+impl Default for Generations {
+    fn default() -> Self {
+        Generations {
+            clock: AtomicU64::new(0),
+            global: AtomicU64::new(0),
+            tables: RwLock::default(),
+            rows: (0..rows::ROW_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
 }
 
 impl Generations {
@@ -90,6 +102,17 @@ impl Generations {
         bump(&table.any, v);
     }
 
+    /// A change to the rows whose keys hash to `bucket` (see [`rows::RowKey`]): point lookups of
+    /// those keys miss from now on. The table's own generation is bumped separately.
+    pub fn bump_row(&self, bucket: usize) {
+        bump(&self.rows[bucket % rows::ROW_BUCKETS], self.tick());
+    }
+
+    /// The generation of row-key bucket `bucket`.
+    pub fn row(&self, bucket: usize) -> u64 {
+        self.rows[bucket % rows::ROW_BUCKETS].load(Ordering::Acquire)
+    }
+
     /// Something changed that the proxy cannot place: every cached result of the database misses.
     pub fn bump_global(&self) {
         bump(&self.global, self.tick());
@@ -120,17 +143,27 @@ fn bump(counter: &AtomicU64, value: u64) {
 pub struct Dependencies {
     /// Tables read as a whole.
     pub tables: Vec<Arc<TableGeneration>>,
+    /// The table of a point lookup: the result depends on its epoch and on the looked-up key's
+    /// bucket, or on the whole table when the key's value could not be read.
+    pub point: Option<Arc<TableGeneration>>,
 }
 
 impl Dependencies {
     /// The stamp of a result read now: the highest generation among its dependencies and the global
     /// epoch. Every bump hands out a value above all earlier ones, so any bump of a dependency makes
-    /// every later stamp differ from every earlier one.
-    pub fn stamp(&self, generations: &Generations) -> u64 {
-        self.tables
+    /// every later stamp differ from every earlier one. `row` is the bucket of the point lookup's
+    /// key, when it has one.
+    pub fn stamp(&self, generations: &Generations, row: Option<usize>) -> u64 {
+        let tables = self
+            .tables
             .iter()
             .map(|t| t.any())
-            .fold(generations.global(), u64::max)
+            .fold(generations.global(), u64::max);
+        match (&self.point, row) {
+            (None, _) => tables,
+            (Some(t), Some(bucket)) => tables.max(t.epoch()).max(generations.row(bucket)),
+            (Some(t), None) => tables.max(t.any()),
+        }
     }
 }
 
@@ -144,23 +177,45 @@ mod tests {
         let (a, b, c) = (g.table("a"), g.table("b"), g.table("c"));
         let deps = Dependencies {
             tables: vec![Arc::clone(&a), Arc::clone(&b)],
+            point: None,
         };
-        let s0 = deps.stamp(&g);
+        let s0 = deps.stamp(&g, None);
         g.bump_table(&c);
         assert_eq!(
-            deps.stamp(&g),
+            deps.stamp(&g, None),
             s0,
             "an unrelated table leaves the stamp alone"
         );
         g.bump_table(&b);
-        let s1 = deps.stamp(&g);
+        let s1 = deps.stamp(&g, None);
         assert_ne!(s1, s0);
         g.bump_table_epoch(&a);
-        let s2 = deps.stamp(&g);
+        let s2 = deps.stamp(&g, None);
         assert!(s2 != s1 && s2 != s0);
         g.bump_global();
-        let s3 = deps.stamp(&g);
+        let s3 = deps.stamp(&g, None);
         assert!(![s0, s1, s2].contains(&s3));
+    }
+
+    #[test]
+    fn a_point_lookup_depends_on_its_row_and_whole_table_events_only() {
+        let g = Generations::default();
+        let t = g.table("t");
+        let point = Dependencies {
+            tables: vec![],
+            point: Some(Arc::clone(&t)),
+        };
+        let (mine, other) = (7, 8);
+        let s0 = point.stamp(&g, Some(mine));
+        g.bump_row(other);
+        g.bump_table(&t);
+        assert_eq!(point.stamp(&g, Some(mine)), s0, "another row's change");
+        assert_ne!(point.stamp(&g, None), s0, "no key: the whole table counts");
+        g.bump_row(mine);
+        let s1 = point.stamp(&g, Some(mine));
+        assert_ne!(s1, s0);
+        g.bump_table_epoch(&t);
+        assert_ne!(point.stamp(&g, Some(mine)), s1, "TRUNCATE or DDL");
     }
 
     #[test]

@@ -1,14 +1,14 @@
 //! A decoder for the pgoutput logical replication protocol (versions 1 and 2, the latter with
 //! streamed in-progress transactions): only what invalidation needs — which relations a transaction
-//! changed and how many rows, where and when it commits, and logical decoding messages (Veneer's DDL
-//! notices). Row contents are skipped, not decoded. See the PostgreSQL documentation, "Logical
+//! changed, the values of changed rows (as slices of the message, for their keys), where and when it
+//! commits, and logical decoding messages (Veneer's DDL notices). See the PostgreSQL documentation, "Logical
 //! Replication Message Formats".
 
 use std::fmt;
 
-/// One pgoutput message, reduced to what invalidation uses.
+/// One pgoutput message, reduced to what invalidation uses; row values borrow from the message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
+pub enum Event<'a> {
     /// A transaction starts.
     Begin,
     /// Describes a relation (sent before the first change to it in a session or streamed
@@ -20,6 +20,10 @@ pub enum Event {
         schema: String,
         /// Its name.
         name: String,
+        /// Its replica identity setting: `d` (primary key), `i` (an index), `f` (full row), `n`.
+        identity: u8,
+        /// Its columns, in the order row values come.
+        columns: Vec<Column>,
         /// The whole description (replica identity and columns): a definition change shows as a
         /// different description.
         definition: Vec<u8>,
@@ -28,6 +32,9 @@ pub enum Event {
     Change {
         /// The relation's OID.
         oid: u32,
+        /// The row images sent: the old key or old row (updates and deletes, when the server sends
+        /// one), then the new row (inserts and updates).
+        tuples: Vec<Tuple<'a>>,
     },
     /// Relations were truncated.
     Truncate {
@@ -76,6 +83,39 @@ pub enum Event {
     Other,
 }
 
+/// One column of a relation description.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    /// Its name.
+    pub name: String,
+    /// Its type's OID.
+    pub type_oid: u32,
+    /// Whether it is part of the replica identity key.
+    pub key: bool,
+}
+
+/// One row image of a change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tuple<'a> {
+    /// `K` (the old key), `O` (the old row) or `N` (the new row).
+    pub kind: u8,
+    /// Its values, one per column of the relation.
+    pub values: Vec<Field<'a>>,
+}
+
+/// One value of a row image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field<'a> {
+    /// NULL (also every non-key column of an old-key image).
+    Null,
+    /// A TOASTed value that did not change, not sent.
+    Unchanged,
+    /// The value's text form.
+    Text(&'a [u8]),
+    /// The value's binary form (only with the `binary` option, which Veneer does not ask for).
+    Binary(&'a [u8]),
+}
+
 /// A message that does not follow the protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecodeError {
@@ -99,7 +139,7 @@ impl std::error::Error for DecodeError {}
 
 /// Decodes one pgoutput message (the payload of an XLogData). `in_stream` says whether it arrived
 /// between Stream Start and Stream Stop, where data messages carry their transaction id first.
-pub fn decode(message: &[u8], in_stream: bool) -> Result<Event, DecodeError> {
+pub fn decode(message: &[u8], in_stream: bool) -> Result<Event<'_>, DecodeError> {
     let Some((&tag, body)) = message.split_first() else {
         return Err(DecodeError {
             tag: 0,
@@ -128,17 +168,46 @@ pub fn decode(message: &[u8], in_stream: bool) -> Result<Event, DecodeError> {
             let definition = r.0.to_vec();
             let oid = r.u32().ok_or(short.clone())?;
             let schema = r.cstr().ok_or(short.clone())?;
-            let name = r.cstr().ok_or(short)?;
+            let name = r.cstr().ok_or(short.clone())?;
+            let identity = r.u8().ok_or(short.clone())?;
+            let count = r.u16().ok_or(short.clone())?;
+            let columns = (0..count)
+                .map(|_| {
+                    let flags = r.u8()?;
+                    let name = r.cstr()?;
+                    let type_oid = r.u32()?;
+                    let _modifier = r.u32()?;
+                    Some(Column {
+                        name,
+                        type_oid,
+                        key: flags & 1 == 1,
+                    })
+                })
+                .collect::<Option<Vec<_>>>()
+                .ok_or(short)?;
             Event::Relation {
                 oid,
                 schema,
                 name,
+                identity,
+                columns,
                 definition,
             }
         }
-        b'I' | b'U' | b'D' => Event::Change {
-            oid: r.u32().ok_or(short)?,
-        },
+        b'I' | b'U' | b'D' => {
+            let oid = r.u32().ok_or(short.clone())?;
+            let mut tuples = Vec::with_capacity(2);
+            while let Some(kind) = r.u8() {
+                if !matches!(kind, b'K' | b'O' | b'N') {
+                    return Err(DecodeError {
+                        tag,
+                        problem: "unknown row image kind",
+                    });
+                }
+                tuples.push(r.tuple(kind).ok_or(short.clone())?);
+            }
+            Event::Change { oid, tuples }
+        }
         b'T' => {
             let count = r.u32().ok_or(short.clone())?;
             let _options = r.u8().ok_or(short.clone())?;
@@ -187,7 +256,34 @@ pub fn decode(message: &[u8], in_stream: bool) -> Result<Event, DecodeError> {
 
 struct Reader<'a>(&'a [u8]);
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
+    /// TupleData: a column count, then per column a kind byte and, for values, a length and bytes.
+    fn tuple(&mut self, kind: u8) -> Option<Tuple<'a>> {
+        let count = self.u16()?;
+        let values = (0..count)
+            .map(|_| match self.u8()? {
+                b'n' => Some(Field::Null),
+                b'u' => Some(Field::Unchanged),
+                format @ (b't' | b'b') => {
+                    let len = self.u32()? as usize;
+                    let value = self.0.get(..len)?;
+                    self.0 = &self.0[len..];
+                    Some(if format == b't' {
+                        Field::Text(value)
+                    } else {
+                        Field::Binary(value)
+                    })
+                }
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Tuple { kind, values })
+    }
+
+    fn u16(&mut self) -> Option<u16> {
+        self.take::<2>().map(u16::from_be_bytes)
+    }
+
     fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
         let (head, rest) = self.0.split_first_chunk::<N>()?;
         self.0 = rest;
@@ -227,20 +323,51 @@ mod tests {
         let mut relation = vec![b'R'];
         relation.extend(16385u32.to_be_bytes());
         relation.extend(b"public\0accounts\0");
-        relation.extend([b'd', 0, 0]); // replica identity, no columns
+        relation.extend([b'd', 0, 2]); // replica identity, two columns
+        relation.extend(b"\x01id\0\0\0\0\x17\xff\xff\xff\xff");
+        relation.extend(b"\0note\0\0\0\0\x19\xff\xff\xff\xff");
         assert_eq!(
             decode(&relation, false),
             Ok(Event::Relation {
                 oid: 16385,
                 schema: "public".into(),
                 name: "accounts".into(),
+                identity: b'd',
+                columns: vec![
+                    Column {
+                        name: "id".into(),
+                        type_oid: 23,
+                        key: true
+                    },
+                    Column {
+                        name: "note".into(),
+                        type_oid: 25,
+                        key: false
+                    }
+                ],
                 definition: relation[1..].to_vec(),
             })
         );
         let mut update = vec![b'U'];
         update.extend(16385u32.to_be_bytes());
-        update.extend(b"N\0\0");
-        assert_eq!(decode(&update, false), Ok(Event::Change { oid: 16385 }));
+        update.extend(b"K\0\x02t\0\0\0\x017n");
+        update.extend(b"N\0\x02t\0\0\0\x018u");
+        assert_eq!(
+            decode(&update, false),
+            Ok(Event::Change {
+                oid: 16385,
+                tuples: vec![
+                    Tuple {
+                        kind: b'K',
+                        values: vec![Field::Text(b"7"), Field::Null]
+                    },
+                    Tuple {
+                        kind: b'N',
+                        values: vec![Field::Text(b"8"), Field::Unchanged]
+                    }
+                ]
+            })
+        );
         let mut truncate = vec![b'T'];
         truncate.extend(2u32.to_be_bytes());
         truncate.push(0);
@@ -285,7 +412,16 @@ mod tests {
         insert.extend(701u32.to_be_bytes()); // a subtransaction's xid
         insert.extend(16385u32.to_be_bytes());
         insert.extend(b"N\0\0");
-        assert_eq!(decode(&insert, true), Ok(Event::Change { oid: 16385 }));
+        assert_eq!(
+            decode(&insert, true),
+            Ok(Event::Change {
+                oid: 16385,
+                tuples: vec![Tuple {
+                    kind: b'N',
+                    values: vec![]
+                }]
+            })
+        );
         assert_eq!(decode(b"E", true), Ok(Event::StreamStop));
         let mut commit = vec![b'c'];
         commit.extend(700u32.to_be_bytes());
@@ -322,5 +458,8 @@ mod tests {
         assert!(decode(b"R\0\0\0\x01public", false).is_err());
         assert!(decode(b"I\0\0\0\x01", true).is_err());
         assert!(decode(b"M\0", false).is_err());
+        assert!(decode(b"I\0\0\0\x01N\0\x01t\0\0\0\x09ab", false).is_err());
+        assert!(decode(b"I\0\0\0\x01X", false).is_err());
+        assert!(decode(b"R\0\0\0\x01s\0t\0d\0\x01", false).is_err());
     }
 }

@@ -15,7 +15,8 @@ use postgres_protocol::escape::{escape_identifier, escape_literal};
 use postgres_protocol::message::{backend, frontend};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::pgoutput::{self, Event};
+use crate::pgoutput::{self, Column, Event, Field, Tuple};
+use crate::rows::{KeyType, RowKey, RowSet};
 
 /// Longest wait between two standby status updates.
 pub const STATUS_INTERVAL: Duration = Duration::from_secs(10);
@@ -52,8 +53,14 @@ pub struct Login {
 pub struct Commit {
     /// Tables whose rows changed.
     pub changed: Vec<String>,
-    /// Tables changed as a whole: truncated, their definition changed, or named by a DDL notice.
+    /// The row-key buckets of the changed rows, old and new keys (see [`crate::rows`]).
+    pub keys: RowSet,
+    /// Tables changed as a whole: truncated, their definition changed, named by a DDL notice, or
+    /// changed in rows whose keys could not be read.
     pub whole: Vec<String>,
+    /// A relation's description changed (a column, its type or the replica identity): plans made
+    /// from the old definition must be made again.
+    pub redefined: bool,
     /// DDL the transaction reported through Veneer's event trigger (see [`DDL_PREFIX`]).
     pub ddl: Option<Ddl>,
     /// Rows inserted, updated or deleted.
@@ -585,7 +592,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 #[derive(Default)]
 struct Pending {
     changed: HashSet<u32>,
+    keys: RowSet,
     whole: HashSet<u32>,
+    redefined: bool,
     /// Tables named by DDL notices.
     named: Vec<String>,
     ddl: Option<Ddl>,
@@ -606,12 +615,100 @@ impl Pending {
     }
 }
 
+/// A relation as its description says: its name, the description itself (to notice a change) and
+/// which columns key its rows.
+struct Known {
+    name: String,
+    definition: Vec<u8>,
+    keys: Keys,
+}
+
+/// Which columns of a relation's rows give row keys, each as (position, name, type), by name.
+enum Keys {
+    /// The replica identity's key columns together (a primary key or an index).
+    Together(Vec<(usize, String, KeyType)>),
+    /// Each column on its own (REPLICA IDENTITY FULL): a point lookup may use any of them.
+    Each(Vec<(usize, String, KeyType)>),
+    /// None: no point lookup of the table can be keyed (no identity, or a key of another type).
+    No,
+}
+
+impl Keys {
+    fn of(identity: u8, columns: &[Column]) -> Keys {
+        let mut usable: Vec<(usize, String, KeyType)> = Vec::new();
+        let mut all_usable = true;
+        for (i, column) in columns.iter().enumerate() {
+            if identity != b'f' && !column.key {
+                continue;
+            }
+            match KeyType::of(column.type_oid) {
+                Some(t) => usable.push((i, column.name.clone(), t)),
+                None => all_usable = false,
+            }
+        }
+        usable.sort_by(|a, b| a.1.cmp(&b.1));
+        match identity {
+            b'f' => Keys::Each(usable),
+            _ if all_usable && !usable.is_empty() => Keys::Together(usable),
+            _ => Keys::No,
+        }
+    }
+
+    /// Adds the keys of the rows in `tuples` to `keys`; `false` when one could not be read (a value
+    /// not sent), so the whole table must count as changed.
+    fn collect(&self, table: &str, tuples: &[Tuple<'_>], keys: &mut RowSet) -> bool {
+        let has_old = tuples.iter().any(|t| t.kind != b'N');
+        for tuple in tuples {
+            let value = |i: usize| tuple.values.get(i).copied().unwrap_or(Field::Null);
+            match self {
+                Keys::Together(columns) => {
+                    let mut key = RowKey::new(table);
+                    for (i, name, t) in columns {
+                        match value(*i) {
+                            // No row with a NULL key is found by equality.
+                            Field::Null => break,
+                            Field::Text(text) => match t.from_text(text) {
+                                Some(v) => key.column(name, v),
+                                None => return false,
+                            },
+                            Field::Unchanged | Field::Binary(_) => return false,
+                        }
+                    }
+                    if columns.iter().all(|(i, ..)| value(*i) != Field::Null) {
+                        keys.insert(key.bucket());
+                    }
+                }
+                Keys::Each(columns) => {
+                    for (i, name, t) in columns {
+                        match value(*i) {
+                            Field::Null => {}
+                            // The new row's unsent value equals the old row's, already added.
+                            Field::Unchanged if tuple.kind == b'N' && has_old => {}
+                            Field::Text(text) => match t.from_text(text) {
+                                Some(v) => {
+                                    let mut key = RowKey::new(table);
+                                    key.column(name, v);
+                                    keys.insert(key.bucket());
+                                }
+                                None => return false,
+                            },
+                            Field::Unchanged | Field::Binary(_) => return false,
+                        }
+                    }
+                }
+                Keys::No => {}
+            }
+        }
+        true
+    }
+}
+
 /// Turns pgoutput messages into committed transactions: the plain transaction in progress, and the
 /// streamed ones (protocol 2), each gathered under its top-level transaction id until it commits.
 #[derive(Default)]
 struct Decoder {
-    /// Relation names and descriptions by OID.
-    relations: HashMap<u32, (String, Vec<u8>)>,
+    /// Relations by OID.
+    relations: HashMap<u32, Known>,
     current: Pending,
     in_transaction: bool,
     streamed: HashMap<u32, Pending>,
@@ -642,6 +739,8 @@ impl Decoder {
             Event::Relation {
                 oid,
                 name,
+                identity,
+                columns,
                 definition,
                 ..
             } => {
@@ -650,16 +749,35 @@ impl Decoder {
                 let changed = self
                     .relations
                     .get(&oid)
-                    .is_some_and(|(_, known)| *known != definition);
-                self.relations.insert(oid, (name, definition));
+                    .is_some_and(|known| known.definition != definition);
+                let keys = Keys::of(identity, &columns);
+                self.relations.insert(
+                    oid,
+                    Known {
+                        name,
+                        definition,
+                        keys,
+                    },
+                );
                 if changed {
-                    self.pending().whole.insert(oid);
+                    let pending = self.pending();
+                    pending.whole.insert(oid);
+                    pending.redefined = true;
                 }
             }
-            Event::Change { oid } => {
-                let pending = self.pending();
+            Event::Change { oid, tuples } => {
+                let pending = match self.streaming {
+                    Some(xid) => self.streamed.entry(xid).or_default(),
+                    None => &mut self.current,
+                };
                 pending.changed.insert(oid);
                 pending.rows += 1;
+                let read = self.relations.get(&oid).is_some_and(|known| {
+                    known.keys.collect(&known.name, &tuples, &mut pending.keys)
+                });
+                if !read {
+                    pending.whole.insert(oid);
+                }
             }
             Event::Truncate { oids } => self.pending().whole.extend(oids),
             Event::Message { prefix, content } if prefix == DDL_PREFIX => {
@@ -697,14 +815,16 @@ impl Decoder {
     fn commit(&self, pending: Pending, end_lsn: u64, commit_time: i64) -> Commit {
         let names = |oids: &HashSet<u32>| -> Vec<String> {
             oids.iter()
-                .filter_map(|o| self.relations.get(o).map(|(name, _)| name.clone()))
+                .filter_map(|o| self.relations.get(o).map(|known| known.name.clone()))
                 .collect()
         };
         let mut whole = names(&pending.whole);
         whole.extend(pending.named);
         Commit {
             changed: names(&pending.changed),
+            keys: pending.keys,
             whole,
+            redefined: pending.redefined,
             ddl: pending.ddl,
             rows: pending.rows,
             end_lsn,

@@ -14,8 +14,10 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
 use veneer_cache_node::{CacheKey, CacheStore, EmbeddedStore};
 use veneer_config::{CacheConfig, Config, Settings};
-use veneer_proxy::cache::catalog::Catalog;
+use veneer_proxy::cache::catalog::{Catalog, KeyColumn};
 use veneer_proxy::cache::database::{Action, Database};
+use veneer_proxy::cache::digest::Shape;
+use veneer_proxy::cache::point::Values;
 use veneer_proxy::cache::Digests;
 
 struct Counting;
@@ -54,6 +56,13 @@ fn hit(c: &mut Criterion) {
     let db = Database::new("bench".to_owned());
     let mut catalog = Catalog::default();
     catalog.add_relation("pgbench_accounts".to_owned(), "public", "r", "p");
+    let aid = KeyColumn {
+        name: "aid".to_owned(),
+        type_oid: 23,
+        usable: true,
+        key: true,
+    };
+    catalog.add_keys("pgbench_accounts".to_owned(), "d", &[aid]);
     db.install_catalog(catalog, db.version());
     let store = EmbeddedStore::new(config.max_bytes);
     // The request as a client sends it: a Query message.
@@ -62,15 +71,26 @@ fn hit(c: &mut Criterion) {
     message.extend_from_slice(SQL);
     message.push(0);
     let request = Bytes::from(message);
-    let mut shape = Vec::with_capacity(256);
-    let lookup = |shape: &mut Vec<u8>| {
+    let mut shape = Shape::default();
+    let lookup = |shape: &mut Shape| {
         let plan = db.plan(SQL, shape, &config, &digests);
-        let Action::Cache { dependencies, .. } = &plan.action else {
-            panic!("the statement must be cacheable: {plan:?}");
+        let Action::Cache {
+            dependencies,
+            point: Some(point),
+            ..
+        } = &plan.action
+        else {
+            panic!("the statement must be a cacheable point lookup: {plan:?}");
         };
+        let row = point.bucket(&Values {
+            sql: SQL,
+            literals: &shape.literals,
+            bind: None,
+            same_encoding: &|| true,
+        });
         CacheKey {
             scope: 1,
-            stamp: dependencies.stamp(&db.generations),
+            stamp: dependencies.stamp(&db.generations, row),
             request: request.clone(),
             definition: Bytes::new(),
         }
@@ -78,7 +98,7 @@ fn hit(c: &mut Criterion) {
     let answer = Bytes::from(vec![0u8; 80]);
     runtime.block_on(store.put(lookup(&mut shape), answer, Duration::from_secs(3600)));
 
-    let one_hit = |shape: &mut Vec<u8>| {
+    let one_hit = |shape: &mut Shape| {
         let key = lookup(shape);
         runtime.block_on(store.get(&key)).expect("stored above")
     };

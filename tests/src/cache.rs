@@ -123,3 +123,32 @@ pub fn on(addr: SocketAddr, name: &str) -> tokio_postgres::Config {
     config.dbname(name);
     config
 }
+
+/// How many transactions the proxy's replication stream of `database` has applied.
+pub async fn applied(client: &Client, database: &str) -> u64 {
+    let status = status(client).await;
+    status
+        .get(&format!("replication {database}"))
+        .and_then(|row| row.split(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Runs the write `sql` on `direct` (a session straight to the server, not through the proxy) and
+/// returns once the proxy's stream of `database` has applied it: from then on no read through the
+/// proxy may miss it.
+pub async fn write_applied(direct: &Client, client: &Client, database: &str, sql: &str) {
+    let before = applied(client, database).await;
+    direct
+        .batch_execute(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    let seen = wait_for(Duration::from_secs(20), || async {
+        applied(client, database).await > before
+    })
+    .await;
+    assert!(
+        seen,
+        "the stream never applied {sql}: {:?}",
+        status(client).await
+    );
+}

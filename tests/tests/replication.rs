@@ -4,8 +4,8 @@
 use std::time::{Duration, Instant};
 
 use veneer_tests::cache::{
-    figure, first, on, own_database, run_direct as setup, status, until_seen, wait_cache_ready,
-    wait_database_cached,
+    applied, figure, first, on, own_database, run_direct as setup, status, until_seen,
+    wait_cache_ready, wait_database_cached,
 };
 use veneer_tests::*;
 
@@ -348,15 +348,8 @@ async fn the_listener_keeps_up_with_tpcb_run_directly() {
         .and_then(|n| n.split('/').next()?.trim().parse().ok())
         .unwrap_or_else(|| panic!("{}", output.stdout));
     // The listener applied every pgbench transaction (and the probes).
-    let applied = |status: std::collections::HashMap<String, String>| -> u64 {
-        let row = &status["replication repl_tpcb"];
-        row.split(' ')
-            .next()
-            .and_then(|t| t.parse().ok())
-            .unwrap_or(0)
-    };
     let caught_up = wait_for(STEP_TIMEOUT, || async {
-        applied(status(&client).await) >= processed + n
+        applied(&client, "repl_tpcb").await >= processed + n
     })
     .await;
     assert!(caught_up, "{:?}", status(&client).await);

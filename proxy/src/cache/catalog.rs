@@ -8,6 +8,7 @@
 use std::collections::{HashMap, HashSet};
 
 use veneer_config::Config;
+use veneer_invalidation::rows::KeyType;
 
 use super::classify::Name;
 use crate::error::Error;
@@ -45,6 +46,21 @@ pub struct Catalog {
     /// Tables whose writes reach tables the statement does not name: triggers (foreign keys
     /// included), rules, partitioning and inheritance.
     spreading: HashSet<String>,
+    /// How point lookups of each table are keyed (`None` for a name held by several tables).
+    keys: HashMap<String, Option<RowKeys>>,
+    /// Partitioning and inheritance trees: each member's name maps to every member's. The stream
+    /// reports a change under the partition (or the root) that holds the row, while a query may
+    /// read any member, so a read of one depends on all of them.
+    families: HashMap<String, Vec<String>>,
+}
+
+/// Which columns key a table's rows for point lookups, as the replication stream reports them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RowKeys {
+    /// The replica identity's columns (the primary key, or the identity index) together, by name.
+    Together(Vec<(String, KeyType)>),
+    /// Any one of these columns (REPLICA IDENTITY FULL: every change carries whole rows).
+    Each(Vec<(String, KeyType)>),
 }
 
 /// Built-in STABLE functions whose result changes without any write: the clock, the session's own
@@ -105,6 +121,25 @@ const RELATIONS: &str = "SELECT c.relname, n.nspname, c.relkind::text, c.relpers
      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
      WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')";
 
+/// Columns of ordinary tables: whether each is in the replica identity key, and whether its values
+/// can key rows (a type with one text form and a deterministic collation, not generated — pgoutput
+/// leaves generated columns out).
+const COLUMNS: &str = "SELECT c.oid, c.relname, c.relreplident::text, a.attname, a.atttypid, \
+       COALESCE(co.collisdeterministic, true) AND a.attgenerated = '', \
+       EXISTS (SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid \
+         AND a.attnum = ANY (i.indkey) AND CASE c.relreplident WHEN 'd' THEN i.indisprimary \
+           WHEN 'i' THEN i.indisreplident ELSE false END) \
+     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+     JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+     LEFT JOIN pg_catalog.pg_collation co ON co.oid = a.attcollation \
+     WHERE c.relkind = 'r' AND c.relpersistence = 'p' \
+       AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%' \
+     ORDER BY c.oid, a.attname";
+
+/// Parent and child of each inheritance or partitioning link.
+const INHERITANCE: &str = "SELECT p.relname, c.relname FROM pg_catalog.pg_inherits i \
+     JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid JOIN pg_catalog.pg_class p ON p.oid = i.inhparent";
+
 const FUNCTIONS: &str = "SELECT p.proname, n.nspname, p.provolatile::text \
      FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace";
 
@@ -120,12 +155,14 @@ impl Catalog {
         let read = async {
             let relations = client.query(RELATIONS, &[]).await?;
             let functions = client.query(FUNCTIONS, &[]).await?;
-            Ok::<_, tokio_postgres::Error>((relations, functions))
+            let columns = client.query(COLUMNS, &[]).await?;
+            let links = client.query(INHERITANCE, &[]).await?;
+            Ok::<_, tokio_postgres::Error>((relations, functions, columns, links))
         };
         let result = read.await;
         drop(client);
         let _ = driver.await;
-        let (relations, functions) = result
+        let (relations, functions, columns, links) = result
             .map_err(|e| Error::service("catalog read", &config.service_user, database, e))?;
         let mut catalog = Catalog::default();
         for row in relations {
@@ -141,7 +178,84 @@ impl Catalog {
                 (row.get(0), row.get(1), row.get(2));
             catalog.add_function(name, &schema, &volatility);
         }
+        let mut table: Option<(u32, String, String, Vec<KeyColumn>)> = None;
+        for row in columns {
+            let oid: u32 = row.get(0);
+            if table.as_ref().is_some_and(|(seen, ..)| *seen != oid) {
+                let (_, name, identity, columns) = table.take().expect("checked");
+                catalog.add_keys(name, &identity, &columns);
+            }
+            let (_, _, _, columns) =
+                table.get_or_insert_with(|| (oid, row.get(1), row.get(2), Vec::new()));
+            columns.push(KeyColumn {
+                name: row.get(3),
+                type_oid: row.get(4),
+                usable: row.get(5),
+                key: row.get(6),
+            });
+        }
+        if let Some((_, name, identity, columns)) = table {
+            catalog.add_keys(name, &identity, &columns);
+        }
+        for row in links {
+            catalog.link(row.get(0), row.get(1));
+        }
         Ok(catalog)
+    }
+
+    /// Adds how the rows of table `name` are keyed: `identity` is its relreplident, `columns` its
+    /// columns in name order. A name held by several tables gets no keys.
+    pub fn add_keys(&mut self, name: String, identity: &str, columns: &[KeyColumn]) {
+        let usable = |c: &KeyColumn| {
+            KeyType::of(c.type_oid)
+                .filter(|_| c.usable)
+                .map(|t| (c.name.clone(), t))
+        };
+        let keys = if identity == "f" {
+            Some(RowKeys::Each(columns.iter().filter_map(usable).collect()))
+        } else {
+            let key: Vec<&KeyColumn> = columns.iter().filter(|c| c.key).collect();
+            let typed: Option<Vec<_>> = key.iter().map(|c| usable(c)).collect();
+            typed.filter(|t| !t.is_empty()).map(RowKeys::Together)
+        };
+        let merged = if self.keys.contains_key(&name) {
+            None
+        } else {
+            keys
+        };
+        self.keys.insert(name, merged);
+    }
+
+    /// Records that `child` inherits from (or is a partition of) `parent`.
+    pub fn link(&mut self, parent: String, child: String) {
+        let mut members: Vec<String> = [&parent, &child]
+            .iter()
+            .flat_map(|n| {
+                self.families
+                    .get(n.as_str())
+                    .cloned()
+                    .unwrap_or_else(|| vec![n.to_string()])
+            })
+            .collect();
+        members.sort();
+        members.dedup();
+        for member in &members {
+            self.families.insert(member.clone(), members.clone());
+        }
+    }
+
+    /// How point lookups of table `name` are keyed, if they can be.
+    pub fn row_keys(&self, name: &Name) -> Option<&RowKeys> {
+        self.keys.get(&name.name)?.as_ref()
+    }
+
+    /// Every table whose changes can show in a read of `name`: itself, and the rest of its
+    /// partitioning or inheritance tree.
+    pub fn family<'a>(&'a self, name: &'a Name) -> &'a [String] {
+        match self.families.get(&name.name) {
+            Some(members) => members,
+            None => std::slice::from_ref(&name.name),
+        }
     }
 
     /// Adds one pg_class row (`kind` is relkind, `persistence` relpersistence); names held by several
@@ -197,6 +311,19 @@ impl Catalog {
             .copied()
             .unwrap_or(Function::Unsafe { may_write: true })
     }
+}
+
+/// One column as [`Catalog::add_keys`] needs it.
+#[derive(Debug, Clone)]
+pub struct KeyColumn {
+    /// Its name.
+    pub name: String,
+    /// Its type's OID.
+    pub type_oid: u32,
+    /// Whether its values can key rows (deterministic collation, not generated).
+    pub usable: bool,
+    /// Whether it is in the replica identity key.
+    pub key: bool,
 }
 
 fn is_system_schema(schema: &str) -> bool {
@@ -256,6 +383,66 @@ mod tests {
         assert_eq!(c.relation(&name("scratch")), Some(Relation::Other));
         assert_eq!(c.relation(&name("pg_class")), Some(Relation::System));
         assert_eq!(c.relation(&name("nowhere")), None);
+    }
+
+    fn column(name: &str, type_oid: u32, usable: bool, key: bool) -> KeyColumn {
+        KeyColumn {
+            name: name.into(),
+            type_oid,
+            usable,
+            key,
+        }
+    }
+
+    #[test]
+    fn rows_are_keyed_by_the_replica_identity() {
+        let mut c = Catalog::default();
+        let cols = [
+            column("a", 23, true, true),
+            column("b", 25, true, true),
+            column("note", 25, false, false),
+            column("price", 1700, true, false),
+        ];
+        c.add_keys("pk".into(), "d", &cols);
+        c.add_keys("full".into(), "f", &cols);
+        // With no identity, no column is in the key.
+        let unkeyed: Vec<KeyColumn> = cols
+            .iter()
+            .map(|c| KeyColumn {
+                key: false,
+                ..c.clone()
+            })
+            .collect();
+        c.add_keys("none".into(), "n", &unkeyed);
+        c.add_keys("odd_key".into(), "d", &[column("at", 1184, true, true)]);
+        c.add_keys("twice".into(), "d", &cols);
+        c.add_keys("twice".into(), "d", &cols);
+        let (int, text) = (KeyType::Int, KeyType::Text);
+        assert_eq!(
+            c.row_keys(&name("pk")),
+            Some(&RowKeys::Together(vec![
+                ("a".into(), int),
+                ("b".into(), text)
+            ]))
+        );
+        assert_eq!(
+            c.row_keys(&name("full")),
+            Some(&RowKeys::Each(vec![("a".into(), int), ("b".into(), text)]))
+        );
+        assert_eq!(c.row_keys(&name("none")), None);
+        assert_eq!(c.row_keys(&name("odd_key")), None, "timestamptz key");
+        assert_eq!(c.row_keys(&name("twice")), None, "one name, two tables");
+    }
+
+    #[test]
+    fn a_family_is_every_table_linked_by_inheritance() {
+        let mut c = Catalog::default();
+        c.link("m".into(), "m_1".into());
+        c.link("m_1".into(), "m_1a".into());
+        c.link("m".into(), "m_2".into());
+        assert_eq!(c.family(&name("m_1a")), ["m", "m_1", "m_1a", "m_2"]);
+        assert_eq!(c.family(&name("m")), c.family(&name("m_2")));
+        assert_eq!(c.family(&name("alone")), ["alone"]);
     }
 
     #[test]

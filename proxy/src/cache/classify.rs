@@ -10,8 +10,8 @@ use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    CopySource, DataType, Expr, ObjectName, Query, Select, SetExpr, Statement, TableFactor, Value,
-    Visit, Visitor,
+    BinaryOperator, CopySource, DataType, Expr, ObjectName, Query, Select, SetExpr, Statement,
+    TableFactor, Value, Visit, Visitor,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::keywords::Keyword;
@@ -37,6 +37,9 @@ pub enum Analysis {
         relations: BTreeSet<Name>,
         /// Functions called, table functions included.
         functions: BTreeSet<Name>,
+        /// When the query reads one table, with no join or subquery: the `column = value` terms its
+        /// WHERE clause requires (top-level AND), which may make it a point lookup.
+        equalities: Vec<Equality>,
     },
     /// Changes rows of the named relations (INSERT, UPDATE, DELETE, MERGE, TRUNCATE, COPY FROM, or a
     /// query with a data-modifying CTE). Every relation the statement names is listed: bumping one it
@@ -55,6 +58,24 @@ pub enum Analysis {
         /// Whether it may change the schema, functions or privileges the catalog describes.
         ddl: bool,
     },
+}
+
+/// A `column = value` term of a WHERE clause.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Equality {
+    /// The column, folded.
+    pub column: String,
+    /// The value it must equal.
+    pub operand: Operand,
+}
+
+/// A value in a statement's text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operand {
+    /// A literal (a number, or a plain single-quoted string) starting at this byte of the statement.
+    Literal(usize),
+    /// Parameter `$n`, as its 0-based index.
+    Param(usize),
 }
 
 impl Analysis {
@@ -83,13 +104,16 @@ pub fn analyze(sql: &str) -> Analysis {
     };
     match statements.as_slice() {
         [] => Analysis::other("empty query", false),
-        [one] => analyze_statement(one),
+        [one] => analyze_statement(sql, one),
         many => {
-            let writes = many.iter().map(analyze_statement).any(|a| match a {
-                Analysis::Read { .. } => false,
-                Analysis::Write { .. } => true,
-                Analysis::Other { may_write, .. } => may_write,
-            });
+            let writes = many
+                .iter()
+                .map(|s| analyze_statement(sql, s))
+                .any(|a| match a {
+                    Analysis::Read { .. } => false,
+                    Analysis::Write { .. } => true,
+                    Analysis::Other { may_write, .. } => may_write,
+                });
             if writes {
                 Analysis::ddl("several statements in one query")
             } else {
@@ -99,7 +123,7 @@ pub fn analyze(sql: &str) -> Analysis {
     }
 }
 
-fn analyze_statement(statement: &Statement) -> Analysis {
+fn analyze_statement(sql: &str, statement: &Statement) -> Analysis {
     let mut names = Names::default();
     let _ = statement.visit(&mut names);
     match statement {
@@ -117,9 +141,16 @@ fn analyze_statement(statement: &Statement) -> Analysis {
             } else if names.time_word {
                 Analysis::other("date/time literal evaluated at run time", false)
             } else {
+                let relations = names.relations();
+                let equalities = if relations.len() == 1 && names.queries == 1 {
+                    point_terms(sql, query)
+                } else {
+                    Vec::new()
+                };
                 Analysis::Read {
-                    relations: names.relations(),
+                    relations,
                     functions: names.functions,
+                    equalities,
                 }
             }
         }
@@ -226,6 +257,98 @@ pub fn dropped_database(sql: &str) -> Option<String> {
     }
 }
 
+/// The `column = value` terms of a query over one table with no join, CTE or set operation.
+fn point_terms(sql: &str, query: &Query) -> Vec<Equality> {
+    let mut terms = Vec::new();
+    let SetExpr::Select(select) = &*query.body else {
+        return terms;
+    };
+    let single = matches!(
+        select.from.as_slice(),
+        [one] if one.joins.is_empty() && matches!(one.relation, TableFactor::Table { args: None, .. })
+    );
+    if !single || query.with.is_some() {
+        return terms;
+    }
+    if let Some(selection) = &select.selection {
+        conjuncts(sql, selection, &mut terms);
+    }
+    terms
+}
+
+/// Gathers the equalities among the terms `expr` ANDs together.
+fn conjuncts(sql: &str, expr: &Expr, terms: &mut Vec<Equality>) {
+    match expr {
+        Expr::Nested(inner) => conjuncts(sql, inner, terms),
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::And,
+            right,
+        } => {
+            conjuncts(sql, left, terms);
+            conjuncts(sql, right, terms);
+        }
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::Eq,
+            right,
+        } => {
+            let term = match (column(left), operand(sql, right)) {
+                (Some(c), Some(o)) => Some((c, o)),
+                _ => column(right).zip(operand(sql, left)),
+            };
+            if let Some((column, operand)) = term {
+                terms.push(Equality { column, operand });
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The column an expression names (`col` or `t.col`).
+fn column(expr: &Expr) -> Option<String> {
+    match expr {
+        Expr::Identifier(ident) => Some(fold(ident)),
+        Expr::CompoundIdentifier(parts) => parts.last().map(fold),
+        _ => None,
+    }
+}
+
+/// The literal or parameter an expression is.
+fn operand(sql: &str, expr: &Expr) -> Option<Operand> {
+    let Expr::Value(v) = expr else {
+        return None;
+    };
+    match &v.value {
+        Value::Number(..) | Value::SingleQuotedString(_) => {
+            offset(sql, v.span.start).map(Operand::Literal)
+        }
+        Value::Placeholder(p) => {
+            let n: usize = p.strip_prefix('$')?.parse().ok()?;
+            n.checked_sub(1).map(Operand::Param)
+        }
+        _ => None,
+    }
+}
+
+/// The byte offset of a parser location (1-based line and character column).
+fn offset(sql: &str, at: sqlparser::tokenizer::Location) -> Option<usize> {
+    let mut line = 1;
+    let mut column = 1;
+    for (i, c) in sql.char_indices() {
+        if line == at.line && column == at.column {
+            return Some(i);
+        }
+        if c == '\n' {
+            line += 1;
+            column = 1;
+        } else {
+            column += 1;
+        }
+    }
+    None
+}
+
 /// The first word of `sql`, after whitespace and comments.
 fn first_word(sql: &str) -> &str {
     let mut rest = sql;
@@ -258,6 +381,8 @@ struct Names {
     reg_cast: bool,
     time_word: bool,
     depth: usize,
+    /// Queries met, subqueries included.
+    queries: usize,
 }
 
 impl Names {
@@ -284,6 +409,7 @@ impl Visitor for Names {
     }
 
     fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
+        self.queries += 1;
         self.locks |= !query.locks.is_empty();
         if let Some(with) = &query.with {
             for cte in &with.cte_tables {
@@ -399,6 +525,7 @@ mod tests {
             Analysis::Read {
                 relations,
                 functions,
+                ..
             } => (
                 relations.into_iter().collect(),
                 functions.into_iter().collect(),
@@ -429,6 +556,45 @@ mod tests {
         assert_eq!(read("VALUES (1), (2)"), (vec![], vec![]));
         // sqlparser does not parse TABLE t: it is forwarded, and cannot write.
         assert_eq!(reason("TABLE t"), ("not understood by the parser", false));
+    }
+
+    fn terms(sql: &str) -> Vec<(String, Operand)> {
+        match analyze(sql) {
+            Analysis::Read { equalities, .. } => equalities
+                .into_iter()
+                .map(|e| (e.column, e.operand))
+                .collect(),
+            other => panic!("{sql}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn point_terms_are_equalities_anded_in_a_single_table_query() {
+        let sql = "SELECT v FROM t WHERE id = 42 AND (t.Name = 'x' AND $2 = k) AND v > 1";
+        assert_eq!(
+            terms(sql),
+            vec![
+                ("id".into(), Operand::Literal(27)),
+                (
+                    "name".into(),
+                    Operand::Literal(sql.find("'x'").expect("literal"))
+                ),
+                ("k".into(), Operand::Param(1)),
+            ]
+        );
+        let multi_line = "SELECT v\nFROM t\nWHERE é = 'a' AND id = 7";
+        let at = multi_line.find("7").expect("literal");
+        assert!(terms(multi_line).contains(&("id".into(), Operand::Literal(at))));
+        for none in [
+            "SELECT v FROM t WHERE id = 1 OR id = 2",
+            "SELECT v FROM t JOIN u ON true WHERE t.id = 1",
+            "SELECT v FROM t WHERE id = 1 AND v = (SELECT max(v) FROM t)",
+            "WITH x AS (SELECT 1) SELECT v FROM t WHERE id = 1",
+            "SELECT v FROM t WHERE id = -1 AND w = E'a' AND x = 1 + 1",
+            "SELECT v FROM t WHERE id = 1 UNION SELECT v FROM t WHERE id = 2",
+        ] {
+            assert_eq!(terms(none), vec![], "{none}");
+        }
     }
 
     #[test]

@@ -12,9 +12,10 @@ use veneer_config::{CacheConfig, RuleTarget, Ttl};
 use veneer_invalidation::{Dependencies, Generations, TableGeneration};
 
 use super::catalog::{Catalog, Function, Relation};
-use super::classify::{self, Analysis, Name};
+use super::classify::{self, Analysis, Equality, Name};
 use super::demand::Demand;
-use super::digest::{self, Digest, Hint};
+use super::digest::{self, Digest, Hint, Shape};
+use super::point::Point;
 use super::Digests;
 use crate::metrics::StreamMeters;
 
@@ -37,6 +38,8 @@ pub enum Action {
     Cache {
         /// The generations its results depend on.
         dependencies: Dependencies,
+        /// Where its key comes from, when it is a point lookup (`dependencies.point` is set).
+        point: Option<Point>,
         /// How long a stored result lives.
         ttl: Duration,
         /// Statistics of its query shape.
@@ -58,7 +61,7 @@ pub enum Action {
 /// What a write invalidates.
 #[derive(Debug, Clone)]
 pub enum Bump {
-    /// These tables (every query reading them misses afterwards).
+    /// These tables as a whole (every query reading them misses afterwards, point lookups included).
     Tables(Vec<Arc<TableGeneration>>),
     /// Every cached result of the database.
     Global,
@@ -252,24 +255,27 @@ impl Database {
     }
 
     /// The plan of statement text `sql`, from the memo (by shape, computed into the caller's reused
-    /// `shape` buffer) or made now.
+    /// `shape` buffer, which then holds where the text's literals are) or made now.
     pub fn plan(
         &self,
         sql: &[u8],
-        shape: &mut Vec<u8>,
+        shape: &mut Shape,
         config: &CacheConfig,
         digests: &Digests,
     ) -> Arc<Plan> {
-        digest::shape_into(sql, shape);
+        shape.of(sql);
         let version = self.version.load(Ordering::Acquire);
-        if let Some(plan) = self.memo.read().expect("not poisoned").get(&shape[..]) {
+        if let Some(plan) = self.memo.read().expect("not poisoned").get(&shape.text[..]) {
             if plan.version == version {
                 return Arc::clone(plan);
             }
         }
         let catalog = self.catalog.read().expect("not poisoned").clone();
-        let action = match (std::str::from_utf8(sql), std::str::from_utf8(shape)) {
-            (Ok(text), Ok(shape)) => self.decide(text, shape, catalog.as_deref(), config, digests),
+        let action = match (std::str::from_utf8(sql), std::str::from_utf8(&shape.text)) {
+            (Ok(text), Ok(normal)) => {
+                let literals = &shape.literals;
+                self.decide(text, normal, literals, catalog.as_deref(), config, digests)
+            }
             _ => Action::Forward {
                 reason: "not UTF-8",
                 bump: Some(Bump::Global),
@@ -283,7 +289,7 @@ impl Database {
             // Shapes are few in practice; an application that makes more starts the memo over.
             memo.clear();
         }
-        memo.insert(Bytes::copy_from_slice(shape), Arc::clone(&plan));
+        memo.insert(Bytes::copy_from_slice(&shape.text), Arc::clone(&plan));
         plan
     }
 
@@ -291,6 +297,7 @@ impl Database {
         &self,
         sql: &str,
         shape: &str,
+        literals: &[std::ops::Range<usize>],
         catalog: Option<&Catalog>,
         config: &CacheConfig,
         digests: &Digests,
@@ -309,7 +316,7 @@ impl Database {
                             .iter()
                             .all(|r| c.relation(r) == Some(Relation::Table) && !c.spreads(r)) =>
                     {
-                        Bump::Tables(self.tables(&relations))
+                        Bump::Tables(self.tables(&relations, c))
                     }
                     // Triggers, rules, partitions, inheritance and updatable views carry the write to
                     // tables it does not name; without a catalog the proxy cannot tell.
@@ -330,6 +337,7 @@ impl Database {
             Analysis::Read {
                 relations,
                 functions,
+                equalities,
             } => {
                 let Some(catalog) = catalog else {
                     return forward(reason::NO_CATALOG, None, false);
@@ -340,13 +348,25 @@ impl Database {
                     }
                 }
                 match self.ttl(shape, &relations, catalog, config) {
-                    Ok(ttl) => Action::Cache {
-                        dependencies: Dependencies {
-                            tables: self.tables(&relations),
-                        },
-                        ttl,
-                        digest: digests.get(shape.to_owned()),
-                    },
+                    Ok(ttl) => {
+                        let point = point(&relations, &equalities, catalog, literals);
+                        let dependencies = match &point {
+                            Some(p) => Dependencies {
+                                tables: Vec::new(),
+                                point: Some(self.generations.table(p.table())),
+                            },
+                            None => Dependencies {
+                                tables: self.tables(&relations, catalog),
+                                point: None,
+                            },
+                        };
+                        Action::Cache {
+                            dependencies,
+                            point,
+                            ttl,
+                            digest: digests.get(shape.to_owned()),
+                        }
+                    }
                     Err(reason) => forward(reason, None, false),
                 }
             }
@@ -389,12 +409,40 @@ impl Database {
         Ok(ttl)
     }
 
-    fn tables(&self, relations: &std::collections::BTreeSet<Name>) -> Vec<Arc<TableGeneration>> {
-        relations
+    /// The generations of `relations` and of the rest of their partitioning or inheritance trees.
+    fn tables(
+        &self,
+        relations: &std::collections::BTreeSet<Name>,
+        catalog: &Catalog,
+    ) -> Vec<Arc<TableGeneration>> {
+        let mut names: Vec<&str> = relations
             .iter()
-            .map(|r| self.generations.table(&r.name))
+            .flat_map(|r| catalog.family(r).iter().map(String::as_str))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+            .into_iter()
+            .map(|name| self.generations.table(name))
             .collect()
     }
+}
+
+/// The point lookup a read is, if it reads one plain table outside any inheritance tree and pins one
+/// of its row keys.
+fn point(
+    relations: &std::collections::BTreeSet<Name>,
+    equalities: &[Equality],
+    catalog: &Catalog,
+    literals: &[std::ops::Range<usize>],
+) -> Option<Point> {
+    let [table] = relations.iter().collect::<Vec<_>>()[..] else {
+        return None;
+    };
+    if catalog.relation(table) != Some(Relation::Table) || catalog.family(table).len() != 1 {
+        return None;
+    }
+    Point::plan(&table.name, equalities, catalog.row_keys(table)?, literals)
 }
 
 fn query_rule(config: &CacheConfig, normalized: &str) -> Option<Ttl> {

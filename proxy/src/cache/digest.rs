@@ -24,10 +24,29 @@ pub enum Hint {
 /// String literals whose value depends on when the statement runs.
 const TIME_WORDS: &[&[u8]] = &[b"now", b"today", b"tomorrow", b"yesterday"];
 
-/// Writes the shape of `sql` into `out` (cleared first). One pass over the bytes; `out` is reused by
-/// the caller, so the hit path does not allocate.
-pub fn shape_into(sql: &[u8], out: &mut Vec<u8>) {
+/// The shape of one statement text, with where its literals sit: a buffer reused by the caller, so
+/// the hit path does not allocate.
+#[derive(Debug, Default)]
+pub struct Shape {
+    /// The shape.
+    pub text: Vec<u8>,
+    /// Where each literal replaced by `?` sits in the statement text, in order: the values a point
+    /// lookup's key is read from.
+    pub literals: Vec<std::ops::Range<usize>>,
+}
+
+impl Shape {
+    /// Computes the shape of `sql`, replacing what the buffer held.
+    pub fn of(&mut self, sql: &[u8]) {
+        shape_into(sql, &mut self.text, &mut self.literals);
+    }
+}
+
+/// Writes the shape of `sql` into `out` and the ranges of the literals it replaced into `literals`
+/// (both cleared first). One pass over the bytes.
+fn shape_into(sql: &[u8], out: &mut Vec<u8>, literals: &mut Vec<std::ops::Range<usize>>) {
     out.clear();
+    literals.clear();
     let mut i = 0;
     let mut space = false;
     let push_space = |out: &mut Vec<u8>, space: &mut bool| {
@@ -63,6 +82,7 @@ pub fn shape_into(sql: &[u8], out: &mut Vec<u8>) {
                 out.extend_from_slice(&sql[i..end]);
             } else {
                 out.push(b'?');
+                literals.push(i..end);
             }
             i = end;
         } else if c == b'"' {
@@ -82,6 +102,7 @@ pub fn shape_into(sql: &[u8], out: &mut Vec<u8>) {
             let end = find(body, &rest[..tag]).map_or(sql.len(), |n| i + tag + n + tag);
             push_space(out, &mut space);
             out.push(b'?');
+            literals.push(i..end);
             i = end;
         } else if c.is_ascii_digit() || (c == b'.' && rest.get(1).is_some_and(u8::is_ascii_digit)) {
             let mut end = i + 1;
@@ -92,6 +113,7 @@ pub fn shape_into(sql: &[u8], out: &mut Vec<u8>) {
             }
             push_space(out, &mut space);
             out.push(b'?');
+            literals.push(i..end);
             i = end;
         } else if is_word_byte(c) {
             let mut end = i + 1;
@@ -113,9 +135,9 @@ pub fn shape_into(sql: &[u8], out: &mut Vec<u8>) {
 
 /// The shape of `sql` as text, for statistics and rules.
 pub fn shape(sql: &[u8]) -> String {
-    let mut out = Vec::with_capacity(sql.len());
-    shape_into(sql, &mut out);
-    String::from_utf8_lossy(&out).into_owned()
+    let mut shape = Shape::default();
+    shape.of(sql);
+    String::from_utf8_lossy(&shape.text).into_owned()
 }
 
 /// The hint a shape holds, if any (the last one wins).
@@ -325,11 +347,17 @@ mod tests {
     }
 
     #[test]
-    fn a_reused_buffer_gives_the_same_shape() {
-        let mut buf = Vec::new();
-        shape_into(b"SELECT v FROM t WHERE id = 1", &mut buf);
-        shape_into(b"SELECT v FROM t WHERE id = 2", &mut buf);
-        assert_eq!(buf, b"SELECT v FROM t WHERE id = ?");
+    fn a_reused_buffer_gives_the_same_shape_and_finds_the_literals() {
+        let mut buf = Shape::default();
+        buf.of(b"SELECT v FROM t WHERE id = 1");
+        let sql = b"SELECT v FROM t WHERE id = 22 AND name = 'it''s' AND d = 'now'";
+        buf.of(sql);
+        assert_eq!(
+            buf.text,
+            b"SELECT v FROM t WHERE id = ? AND name = ? AND d = 'now'"
+        );
+        let literals: Vec<&[u8]> = buf.literals.iter().map(|r| &sql[r.clone()]).collect();
+        assert_eq!(literals, [&b"22"[..], b"'it''s'"]);
     }
 
     #[test]

@@ -44,17 +44,22 @@ impl Sink for Apply<'_> {
 
     fn commit(&mut self, commit: &Commit) {
         let generations = &self.db.generations;
+        // Plans made from the old definition (which columns key rows) go first, so no lookup keyed
+        // the old way outlives the bumps below.
+        if commit.ddl.is_some() || commit.redefined {
+            self.db.catalog_changed();
+        }
         for name in &commit.changed {
             generations.bump_table(&generations.table(name));
+        }
+        for bucket in commit.keys.iter() {
+            generations.bump_row(bucket);
         }
         for name in &commit.whole {
             generations.bump_table_epoch(&generations.table(name));
         }
         if commit.ddl == Some(Ddl::Unknown) {
             generations.bump_global();
-        }
-        if commit.ddl.is_some() {
-            self.db.catalog_changed();
         }
         if !commit.changed.is_empty() || !commit.whole.is_empty() || commit.ddl.is_some() {
             self.cache.meters.invalidation(Source::Replication);

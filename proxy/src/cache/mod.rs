@@ -9,6 +9,7 @@ pub mod database;
 mod demand;
 pub mod digest;
 mod follow;
+pub mod point;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -27,7 +27,8 @@ use super::state::{PreparedStatement, TxStatus};
 use super::{frames, Session};
 use crate::cache::admin::{self, Command};
 use crate::cache::database::{Action, Attached, Bump, Database, Plan};
-use crate::cache::digest::Digest;
+use crate::cache::digest::{Digest, Shape};
+use crate::cache::point::{Bind, Values};
 use crate::cache::{Cache, DatabaseHold, Flight, FlightGuard};
 use crate::error::Error;
 use crate::wire::frame::{cstr, Header, HEADER_LEN};
@@ -83,7 +84,7 @@ pub(super) struct SessionCache {
     read_only_block: bool,
     /// Reused for the shape of each statement looked up, so plan lookups do not allocate (behind an
     /// uncontended lock only because plan lookups happen through shared references).
-    shape: Mutex<Vec<u8>>,
+    shape: Mutex<Shape>,
 }
 
 /// Writes of a session that ended before their transaction's end was seen.
@@ -123,10 +124,33 @@ enum What {
     Admin(Command),
 }
 
+/// The row key a statement of a unit looks up, when its plan is a point lookup.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Key {
+    /// Not read yet (or not a point lookup): the whole table counts.
+    #[default]
+    Unset,
+    /// The key's bucket.
+    Bucket(usize),
+    /// Not readable, or the unit looks up several keys with one statement: the whole table counts.
+    Unknown,
+}
+
+impl Key {
+    fn bucket(self) -> Option<usize> {
+        match self {
+            Key::Bucket(b) => Some(b),
+            Key::Unset | Key::Unknown => None,
+        }
+    }
+}
+
 /// What the cache needs of a cacheable unit.
 #[derive(Default)]
 struct Candidate {
     plans: [Option<Arc<Plan>>; MAX_UNIT_STATEMENTS],
+    /// The row key each plan looks up.
+    keys: [Key; MAX_UNIT_STATEMENTS],
     /// Definition of the statement the unit runs without parsing it (a named or earlier unnamed
     /// one); empty when the unit parses what it runs.
     definition: Bytes,
@@ -188,7 +212,7 @@ impl SessionCache {
             unnamed_stale: false,
             busy_since: None,
             read_only_block: false,
-            shape: Mutex::new(Vec::with_capacity(256)),
+            shape: Mutex::new(Shape::default()),
         }
     }
 
@@ -197,6 +221,35 @@ impl SessionCache {
         let mut shape = self.shape.lock().expect("not poisoned");
         self.db
             .plan(sql, &mut shape, &self.cache.config, &self.cache.digests)
+    }
+
+    /// The plan of statement text `sql` and, when it is a point lookup whose key the text (or `bind`)
+    /// gives, what the request's key is.
+    fn plan_keyed(
+        &self,
+        sql: &[u8],
+        bind: Option<Bind<'_>>,
+        same_encoding: &dyn Fn() -> bool,
+    ) -> (Arc<Plan>, Option<Key>) {
+        let mut shape = self.shape.lock().expect("not poisoned");
+        let plan = self
+            .db
+            .plan(sql, &mut shape, &self.cache.config, &self.cache.digests);
+        let key = match &plan.action {
+            Action::Cache {
+                point: Some(point), ..
+            } if bind.is_some() || !point.needs_bind() => {
+                let values = Values {
+                    sql,
+                    literals: &shape.literals,
+                    bind,
+                    same_encoding,
+                };
+                Some(point.bucket(&values).map_or(Key::Unknown, Key::Bucket))
+            }
+            _ => None,
+        };
+        (plan, key)
     }
 
     /// A write is being forwarded: bump `bump` when the transaction around the unit being sent ends
@@ -239,7 +292,9 @@ impl SessionCache {
     fn apply(cache: &Cache, db: &Database, bumps: &[Bump]) {
         for bump in bumps {
             match bump {
-                Bump::Tables(tables) => tables.iter().for_each(|t| db.generations.bump_table(t)),
+                Bump::Tables(tables) => tables
+                    .iter()
+                    .for_each(|t| db.generations.bump_table_epoch(t)),
                 Bump::Global => db.generations.bump_global(),
             }
         }
@@ -417,9 +472,11 @@ impl Session {
         let stamp = candidate
             .plans
             .iter()
-            .flatten()
-            .filter_map(|p| match &p.action {
-                Action::Cache { dependencies, .. } => Some(dependencies.stamp(&c.db.generations)),
+            .zip(candidate.keys)
+            .filter_map(|(p, key)| match &p.as_ref()?.action {
+                Action::Cache { dependencies, .. } => {
+                    Some(dependencies.stamp(&c.db.generations, key.bucket()))
+                }
                 Action::Forward { .. } => None,
             })
             .max()
@@ -618,11 +675,12 @@ impl Session {
                 if let Some(command) = admin::command(sql) {
                     return Ok(Some((first.total_len, What::Admin(command))));
                 }
-                let plan = c.plan(sql);
+                let (plan, key) = c.plan_keyed(sql, None, &|| self.same_encoding());
                 let what = match plan.action {
                     Action::Cache { .. } => {
                         let mut candidate = Candidate::default();
                         candidate.plans[0] = Some(plan);
+                        candidate.keys[0] = key.unwrap_or_default();
                         What::Cacheable(candidate)
                     }
                     Action::Forward { .. } => What::Forward,
@@ -661,7 +719,7 @@ impl Session {
                 b'P' | b'B' | b'D' | b'E' => {
                     if let Some(c) = candidate.take() {
                         let body_at = offset - header.total_len + HEADER_LEN;
-                        candidate = self.extend(c, header.tag, body, body_at);
+                        candidate = self.extend(c, header.tag, body, body_at, buf);
                     }
                 }
                 _ => return Ok(Some((offset - header.total_len, What::Forward))),
@@ -672,14 +730,15 @@ impl Session {
         }
     }
 
-    /// Adds one message to a cacheable run, or rules the run out (`None`). `body_at` is where the
-    /// message's body starts in the run.
+    /// Adds one message to a cacheable run `buf`, or rules the run out (`None`). `body_at` is where
+    /// the message's body starts in the run.
     fn extend(
         &self,
         mut candidate: Candidate,
         tag: u8,
         body: &[u8],
         body_at: usize,
+        buf: &[u8],
     ) -> Option<Candidate> {
         let c = self.cache.as_ref()?;
         match tag {
@@ -689,7 +748,8 @@ impl Session {
                 if !name.is_empty() || candidate.parse.is_some() {
                     return None;
                 }
-                candidate.add(c.plan(sql.as_bytes()))?;
+                let (plan, key) = c.plan_keyed(sql.as_bytes(), None, &|| self.same_encoding());
+                candidate.add(plan, key)?;
                 candidate.parse = Some(body_at..body_at + body.len());
             }
             b'B' => {
@@ -698,12 +758,12 @@ impl Session {
                 if !portal.is_empty() {
                     return None;
                 }
-                candidate = self.uses(candidate, statement)?;
+                candidate = self.uses(candidate, statement, Some(body), buf)?;
                 candidate.bound = true;
             }
             b'D' => match body.split_first()? {
                 (b'P', b"\0") if candidate.bound => {}
-                (b'S', name) => candidate = self.uses(candidate, cstr(name)?.0)?,
+                (b'S', name) => candidate = self.uses(candidate, cstr(name)?.0, None, buf)?,
                 _ => return None,
             },
             b'E' => {
@@ -717,33 +777,93 @@ impl Session {
         Some(candidate)
     }
 
-    /// A run refers to `statement`: the unit's own unnamed Parse, or a statement the upstream
-    /// confirmed, whose definition then goes into the key.
-    fn uses(&self, mut candidate: Candidate, statement: &str) -> Option<Candidate> {
-        if statement.is_empty() && candidate.parse.is_some() {
-            return Some(candidate);
+    /// A run refers to `statement` (bound by the Bind body `bind`, if it is a Bind): the unit's own
+    /// unnamed Parse (found in the run `buf`), or a statement the upstream confirmed, whose
+    /// definition then goes into the key.
+    fn uses(
+        &self,
+        mut candidate: Candidate,
+        statement: &str,
+        bind: Option<&[u8]>,
+        buf: &[u8],
+    ) -> Option<Candidate> {
+        let c = self.cache.as_ref()?;
+        let same_encoding = || self.same_encoding();
+        if statement.is_empty() {
+            if let Some(range) = candidate.parse.clone() {
+                let (_, rest) = cstr(&buf[range])?;
+                let (sql, rest) = cstr(rest)?;
+                let types = param_types(rest);
+                let bind = bind.map(|body| Bind {
+                    body,
+                    types: &types,
+                });
+                let (plan, key) = c.plan_keyed(sql.as_bytes(), bind, &same_encoding);
+                candidate.add(plan, key)?;
+                return Some(candidate);
+            }
         }
         let prepared = self.state.statements.get(statement)?;
         if !candidate.definition.is_empty() && candidate.definition != prepared.definition {
             return None;
         }
-        candidate.add(self.cache.as_ref()?.plan(&prepared.sql))?;
+        let bind = bind.map(|body| Bind {
+            body,
+            types: &prepared.param_types,
+        });
+        let (plan, key) = c.plan_keyed(&prepared.sql, bind, &same_encoding);
+        candidate.add(plan, key)?;
         candidate.definition = prepared.definition.clone();
         Some(candidate)
     }
+
+    /// Whether the session's strings arrive in the server's encoding (as the replication stream
+    /// reports them), so non-ASCII strings can key rows.
+    fn same_encoding(&self) -> bool {
+        let params = &self.state.params;
+        params.get("client_encoding") == params.get("server_encoding")
+    }
+}
+
+/// The parameter types a Parse declares, from the part of its body after the SQL text.
+fn param_types(rest: &[u8]) -> Vec<u32> {
+    let count = rest
+        .get(..2)
+        .map_or(0, |c| u16::from_be_bytes([c[0], c[1]]) as usize);
+    rest.get(2..2 + count * 4)
+        .unwrap_or_default()
+        .chunks_exact(4)
+        .map(|t| u32::from_be_bytes([t[0], t[1], t[2], t[3]]))
+        .collect()
 }
 
 impl Candidate {
-    /// Adds a statement's plan; `None` when it is not cacheable or the unit runs too many.
-    fn add(&mut self, plan: Arc<Plan>) -> Option<()> {
+    /// Adds a statement's plan and, when known, the row key it looks up; `None` when it is not
+    /// cacheable or the unit runs too many.
+    fn add(&mut self, plan: Arc<Plan>, key: Option<Key>) -> Option<()> {
         if !matches!(plan.action, Action::Cache { .. }) {
             return None;
         }
-        if self.plans.iter().flatten().any(|p| Arc::ptr_eq(p, &plan)) {
-            return Some(());
+        let slot = match self
+            .plans
+            .iter()
+            .position(|p| p.as_ref().is_some_and(|p| Arc::ptr_eq(p, &plan)))
+        {
+            Some(slot) => slot,
+            None => {
+                let slot = self.plans.iter().position(Option::is_none)?;
+                self.plans[slot] = Some(plan);
+                slot
+            }
+        };
+        if let Some(key) = key {
+            self.keys[slot] = match self.keys[slot] {
+                Key::Unset => key,
+                same if same == key => same,
+                // One statement run with two keys in one unit: depend on the whole table.
+                _ => Key::Unknown,
+            };
         }
-        let slot = self.plans.iter_mut().find(|p| p.is_none())?;
-        *slot = Some(plan);
         Some(())
     }
 
