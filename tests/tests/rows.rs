@@ -3,6 +3,7 @@
 //! (the row's own lookups under its old and new keys, range reads) is fresh once the replication
 //! stream has applied it.
 
+use veneer_config::Replication;
 use veneer_tests::cache::{figure, first, on, own_database, wait_database_cached, write_applied};
 use veneer_tests::*;
 
@@ -84,15 +85,28 @@ async fn a_write_to_one_row_leaves_other_rows_cached() {
     assert_eq!(first(&client, &gone).await, None);
     assert_eq!(first(&client, &born).await.as_deref(), Some("v50"));
 
-    // A write through the proxy is seen by another session at once.
-    let mine = at(6);
-    warm(&client, &[&mine]).await;
+    // Writes through the proxy are seen by another session at once, and invalidate only the rows
+    // they pin: a literal key, a key in a Bind parameter; one that moves a key, the whole table.
+    let (mine, bound, neighbour, moved, to) = (at(6), at(8), at(7), at(9), at(90));
+    warm(&client, &[&mine, &bound, &neighbour, &moved, &to]).await;
     let writer = connect(&on(proxy.addr(), "rows_pk")).await.unwrap();
     writer
         .batch_execute("UPDATE acct SET v = 'mine' WHERE id = 6")
         .await
         .unwrap();
+    writer
+        .execute("UPDATE acct SET v = $1 WHERE id = $2", &[&"bound", &8i32])
+        .await
+        .unwrap();
     assert_eq!(first(&client, &mine).await.as_deref(), Some("mine"));
+    assert_eq!(first(&client, &bound).await.as_deref(), Some("bound"));
+    still_cached(&client, &neighbour, "v7").await;
+    writer
+        .batch_execute("UPDATE acct SET id = 90 WHERE id = 9")
+        .await
+        .unwrap();
+    assert_eq!(first(&client, &moved).await, None);
+    assert_eq!(first(&client, &to).await.as_deref(), Some("v9"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -164,4 +178,45 @@ async fn keys_of_every_kind_and_partitioned_tables_stay_fresh() {
     assert_eq!(first(&client, one).await.as_deref(), Some("uno"));
     write("INSERT INTO parted VALUES (160, 'more')").await;
     assert_eq!(first(&client, count).await.as_deref(), Some("3"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_through_the_proxy_invalidate_their_rows_without_the_stream() {
+    let direct = own_database("rows_through").await;
+    direct
+        .batch_execute(
+            "CREATE TABLE item (id bigint PRIMARY KEY, v text);
+             INSERT INTO item SELECT g, 'v' || g FROM generate_series(1, 5) g;",
+        )
+        .await
+        .unwrap();
+    // No stream: only the proxy's own write path keeps the cache fresh.
+    let proxy = ProxyHandle::start_with(|s| s.replication = Some(Replication::Off)).await;
+    let client = connect(&on(proxy.addr(), "rows_through")).await.unwrap();
+    wait_database_cached(&client, "rows_through").await;
+    let at = |id: i64| format!("SELECT v FROM item WHERE id = {id}");
+    let ids: Vec<String> = (1..=5).map(at).collect();
+    let all: Vec<&str> = ids.iter().map(String::as_str).collect();
+    warm(&client, &all).await;
+    let writer = connect(&on(proxy.addr(), "rows_through")).await.unwrap();
+    let by_param = writer
+        .prepare("UPDATE item SET v = $1 WHERE id = $2")
+        .await
+        .unwrap();
+    writer.execute(&by_param, &[&"two", &2i64]).await.unwrap();
+    for sql in [
+        "DELETE FROM item WHERE id = 3",
+        "INSERT INTO item (id, v) VALUES (6, 'six')",
+        "BEGIN",
+        "UPDATE item SET v = 'four' WHERE id = '4'",
+        "COMMIT",
+    ] {
+        writer.batch_execute(sql).await.unwrap();
+    }
+    assert_eq!(first(&client, &ids[1]).await.as_deref(), Some("two"));
+    assert_eq!(first(&client, &ids[2]).await, None);
+    assert_eq!(first(&client, &ids[3]).await.as_deref(), Some("four"));
+    assert_eq!(first(&client, &at(6)).await.as_deref(), Some("six"));
+    still_cached(&client, &ids[0], "v1").await;
+    still_cached(&client, &ids[4], "v5").await;
 }

@@ -10,8 +10,8 @@ use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    BinaryOperator, CopySource, DataType, Expr, ObjectName, Query, Select, SetExpr, Statement,
-    TableFactor, Value, Visit, Visitor,
+    AssignmentTarget, BinaryOperator, CopySource, DataType, Expr, FromTable, ObjectName, Query,
+    Select, SetExpr, Statement, TableFactor, TableWithJoins, Value, Visit, Visitor,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::keywords::Keyword;
@@ -47,6 +47,10 @@ pub enum Analysis {
     Write {
         /// Relations the statement names.
         relations: BTreeSet<Name>,
+        /// Functions called: one that writes carries the write further.
+        functions: BTreeSet<Name>,
+        /// Which rows it changes, when its syntax pins them.
+        rows: Option<RowWrite>,
     },
     /// Not a cacheable read. `may_write` when it could change data or schema in ways the proxy cannot
     /// place (DDL, CALL, DO, SELECT INTO, unparsable text), which then bumps the whole database.
@@ -67,6 +71,17 @@ pub struct Equality {
     pub column: String,
     /// The value it must equal.
     pub operand: Operand,
+}
+
+/// The rows a write of one table changes, as its syntax pins them: an UPDATE or DELETE whose WHERE
+/// clause requires `equalities` (and, for an UPDATE, assigns `assigned`), or an INSERT of one row
+/// whose listed columns get the values in `equalities`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowWrite {
+    /// `column = value` terms every changed row satisfies (before and, unless assigned, after).
+    pub equalities: Vec<Equality>,
+    /// Columns an UPDATE sets.
+    pub assigned: Vec<String>,
 }
 
 /// A value in a statement's text.
@@ -131,6 +146,8 @@ fn analyze_statement(sql: &str, statement: &Statement) -> Analysis {
             if names.modifies {
                 Analysis::Write {
                     relations: names.relations(),
+                    functions: names.functions,
+                    rows: None,
                 }
             } else if names.select_into {
                 Analysis::ddl("SELECT INTO creates a table")
@@ -160,6 +177,8 @@ fn analyze_statement(sql: &str, statement: &Statement) -> Analysis {
         | Statement::Merge(_)
         | Statement::Truncate(_) => Analysis::Write {
             relations: names.relations(),
+            rows: row_write(sql, statement),
+            functions: names.functions,
         },
         Statement::Copy {
             to: false, source, ..
@@ -168,7 +187,11 @@ fn analyze_statement(sql: &str, statement: &Statement) -> Analysis {
             if let CopySource::Table { table_name, .. } = source {
                 relations.insert(name_of(table_name));
             }
-            Analysis::Write { relations }
+            Analysis::Write {
+                relations,
+                functions: names.functions,
+                rows: None,
+            }
         }
         Statement::Copy { to: true, .. } => Analysis::other("COPY TO", !names.functions.is_empty()),
         Statement::Explain {
@@ -274,6 +297,68 @@ fn point_terms(sql: &str, query: &Query) -> Vec<Equality> {
         conjuncts(sql, selection, &mut terms);
     }
     terms
+}
+
+/// The rows a single-table UPDATE, DELETE or one-row INSERT changes, when its syntax pins them.
+fn row_write(sql: &str, statement: &Statement) -> Option<RowWrite> {
+    let single = |t: &TableWithJoins| {
+        t.joins.is_empty() && matches!(t.relation, TableFactor::Table { args: None, .. })
+    };
+    let mut equalities = Vec::new();
+    let mut assigned = Vec::new();
+    match statement {
+        Statement::Update(update) => {
+            if !single(&update.table) || update.from.is_some() {
+                return None;
+            }
+            for assignment in &update.assignments {
+                match &assignment.target {
+                    AssignmentTarget::ColumnName(c) => assigned.push(name_of(c).name),
+                    AssignmentTarget::Tuple(columns) => {
+                        assigned.extend(columns.iter().map(|c| name_of(c).name))
+                    }
+                }
+            }
+            conjuncts(sql, update.selection.as_ref()?, &mut equalities);
+        }
+        Statement::Delete(delete) => {
+            let FromTable::WithFromKeyword(from) = &delete.from else {
+                return None;
+            };
+            if !matches!(from.as_slice(), [one] if single(one)) || delete.using.is_some() {
+                return None;
+            }
+            conjuncts(sql, delete.selection.as_ref()?, &mut equalities);
+        }
+        Statement::Insert(insert) => {
+            let source = insert.source.as_ref()?;
+            let SetExpr::Values(values) = &*source.body else {
+                return None;
+            };
+            let [row] = values.rows.as_slice() else {
+                return None;
+            };
+            if insert.on.is_some()
+                || source.with.is_some()
+                || row.content.len() != insert.columns.len()
+            {
+                return None;
+            }
+            for (column, value) in insert.columns.iter().zip(&row.content) {
+                if let Some(operand) = operand(sql, value) {
+                    equalities.push(Equality {
+                        column: name_of(column).name,
+                        operand,
+                    });
+                }
+            }
+        }
+        _ => return None,
+    }
+    Some(RowWrite {
+        equalities,
+        assigned,
+    })
 }
 
 /// Gathers the equalities among the terms `expr` ANDs together.
@@ -635,9 +720,47 @@ mod tests {
             "WITH gone AS (DELETE FROM t RETURNING *) SELECT * FROM gone",
         ] {
             match analyze(sql) {
-                Analysis::Write { relations } => assert!(relations.contains(&n("t")), "{sql}"),
+                Analysis::Write { relations, .. } => assert!(relations.contains(&n("t")), "{sql}"),
                 other => panic!("{sql}: {other:?}"),
             }
+        }
+    }
+
+    fn rows(sql: &str) -> Option<(Vec<String>, Vec<String>)> {
+        match analyze(sql) {
+            Analysis::Write { rows, .. } => rows.map(|r| {
+                let columns = r.equalities.into_iter().map(|e| e.column).collect();
+                (columns, r.assigned)
+            }),
+            other => panic!("{sql}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn writes_pin_their_rows_when_their_syntax_does() {
+        let s = |v: &[&str]| v.iter().map(|c| c.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            rows("UPDATE t SET v = v + 1, (a, b) = (1, 2) WHERE id = $1 AND k = 'x'"),
+            Some((s(&["id", "k"]), s(&["v", "a", "b"])))
+        );
+        assert_eq!(
+            rows("DELETE FROM t WHERE id = 5"),
+            Some((s(&["id"]), s(&[])))
+        );
+        assert_eq!(
+            rows("INSERT INTO t (id, v, at) VALUES ($1, 'a', now())"),
+            Some((s(&["id", "v"]), s(&[])))
+        );
+        for none in [
+            "UPDATE t SET v = 1",
+            "UPDATE t SET v = u.v FROM u WHERE t.id = 1",
+            "DELETE FROM t USING u WHERE t.id = 1",
+            "INSERT INTO t (id) VALUES (1), (2)",
+            "INSERT INTO t (id) VALUES (1) ON CONFLICT (id) DO UPDATE SET v = 2",
+            "INSERT INTO t (id) SELECT 1",
+            "TRUNCATE t",
+        ] {
+            assert_eq!(rows(none), None, "{none}");
         }
     }
 

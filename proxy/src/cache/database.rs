@@ -11,8 +11,8 @@ use tokio::sync::{watch, Notify};
 use veneer_config::{CacheConfig, RuleTarget, Ttl};
 use veneer_invalidation::{Dependencies, Generations, TableGeneration};
 
-use super::catalog::{Catalog, Function, Relation};
-use super::classify::{self, Analysis, Equality, Name};
+use super::catalog::{Catalog, Function, Relation, RowKeys};
+use super::classify::{self, Analysis, Equality, Name, RowWrite};
 use super::demand::Demand;
 use super::digest::{self, Digest, Hint, Shape};
 use super::point::Point;
@@ -63,8 +63,27 @@ pub enum Action {
 pub enum Bump {
     /// These tables as a whole (every query reading them misses afterwards, point lookups included).
     Tables(Vec<Arc<TableGeneration>>),
+    /// The rows of this table with the key `point` reads from the request (in a plan: each
+    /// request's key is read when it is sent; one whose key cannot be read bumps the whole table).
+    Row(Arc<TableGeneration>, Arc<Point>),
+    /// The rows of this table whose key hashes to this bucket (a `Row` bump with its key read).
+    Key(Arc<TableGeneration>, usize),
     /// Every cached result of the database.
     Global,
+}
+
+impl Plan {
+    /// The point lookup the plan's statement reads, or the row key its write pins.
+    pub fn point(&self) -> Option<&Point> {
+        match &self.action {
+            Action::Cache { point, .. } => point.as_ref(),
+            Action::Forward {
+                bump: Some(Bump::Row(_, point)),
+                ..
+            } => Some(point),
+            Action::Forward { .. } => None,
+        }
+    }
 }
 
 /// Reasons a read is forwarded, as metrics labels.
@@ -309,17 +328,30 @@ impl Database {
             drops_database: None,
         };
         match classify::analyze(sql) {
-            Analysis::Write { relations } => {
+            Analysis::Write {
+                relations,
+                functions,
+                rows,
+            } => {
                 let bump = match catalog {
                     Some(c)
                         if relations
                             .iter()
-                            .all(|r| c.relation(r) == Some(Relation::Table) && !c.spreads(r)) =>
+                            .all(|r| c.relation(r) == Some(Relation::Table) && !c.spreads(r))
+                            && functions
+                                .iter()
+                                .all(|f| c.function(f) != Function::Unsafe { may_write: true }) =>
                     {
-                        Bump::Tables(self.tables(&relations, c))
+                        match row_write(&relations, rows.as_ref(), c, literals) {
+                            Some(point) => {
+                                Bump::Row(self.generations.table(point.table()), Arc::new(point))
+                            }
+                            None => Bump::Tables(self.tables(&relations, c)),
+                        }
                     }
-                    // Triggers, rules, partitions, inheritance and updatable views carry the write to
-                    // tables it does not name; without a catalog the proxy cannot tell.
+                    // Triggers, rules, partitions, inheritance, updatable views and functions that
+                    // write carry the write to tables it does not name; without a catalog the proxy
+                    // cannot tell.
                     _ => Bump::Global,
                 };
                 forward("write", Some(bump), false)
@@ -436,13 +468,41 @@ fn point(
     catalog: &Catalog,
     literals: &[std::ops::Range<usize>],
 ) -> Option<Point> {
+    let table = lone_table(relations, catalog)?;
+    Point::plan(&table.name, equalities, catalog.row_keys(table)?, literals)
+}
+
+/// The row key a write pins, if it writes one plain table outside any inheritance tree, whose rows
+/// are keyed by their identity columns together, and pins the key without assigning it: the write
+/// then changes only rows of that key. (Under REPLICA IDENTITY FULL any column keys lookups, and a
+/// write changes columns whose old values it does not name.)
+fn row_write(
+    relations: &std::collections::BTreeSet<Name>,
+    rows: Option<&RowWrite>,
+    catalog: &Catalog,
+    literals: &[std::ops::Range<usize>],
+) -> Option<Point> {
+    let table = lone_table(relations, catalog)?;
+    let keys @ RowKeys::Together(columns) = catalog.row_keys(table)? else {
+        return None;
+    };
+    let rows = rows?;
+    if columns.iter().any(|(c, _)| rows.assigned.contains(c)) {
+        return None;
+    }
+    Point::plan(&table.name, &rows.equalities, keys, literals)
+}
+
+/// The one plain table outside any inheritance tree `relations` names, if that is what they are.
+fn lone_table<'a>(
+    relations: &'a std::collections::BTreeSet<Name>,
+    catalog: &Catalog,
+) -> Option<&'a Name> {
     let [table] = relations.iter().collect::<Vec<_>>()[..] else {
         return None;
     };
-    if catalog.relation(table) != Some(Relation::Table) || catalog.family(table).len() != 1 {
-        return None;
-    }
-    Point::plan(&table.name, equalities, catalog.row_keys(table)?, literals)
+    (catalog.relation(table) == Some(Relation::Table) && catalog.family(table).len() == 1)
+        .then_some(table)
 }
 
 fn query_rule(config: &CacheConfig, normalized: &str) -> Option<Ttl> {

@@ -60,9 +60,10 @@ pub(super) struct SessionCache {
     waiting: Option<watch::Receiver<()>>,
     /// The response being teed into the cache.
     fill: Option<Fill>,
-    /// Statement and portal plans as forwarded (before the upstream confirms), for write tracking.
-    statements: HashMap<String, Arc<Plan>>,
-    portals: HashMap<String, Arc<Plan>>,
+    /// Statement and portal plans as forwarded (before the upstream confirms), for write tracking,
+    /// with the row key each writes when known.
+    statements: HashMap<String, Forwarded>,
+    portals: HashMap<String, (Arc<Plan>, Option<Key>)>,
     /// ReadyForQuery messages the forwarded requests will produce (the startup's counts as the first),
     /// and how many arrived.
     readies_sent: u64,
@@ -85,6 +86,15 @@ pub(super) struct SessionCache {
     /// Reused for the shape of each statement looked up, so plan lookups do not allocate (behind an
     /// uncontended lock only because plan lookups happen through shared references).
     shape: Mutex<Shape>,
+}
+
+/// A statement as forwarded in a Parse.
+struct Forwarded {
+    plan: Arc<Plan>,
+    /// The row key its text alone gives.
+    key: Option<Key>,
+    /// The parameter types it declares, kept when a Bind's parameters give its row key.
+    types: Vec<u32>,
 }
 
 /// Writes of a session that ended before their transaction's end was seen.
@@ -216,15 +226,8 @@ impl SessionCache {
         }
     }
 
-    /// The plan of statement text `sql`.
-    fn plan(&self, sql: &[u8]) -> Arc<Plan> {
-        let mut shape = self.shape.lock().expect("not poisoned");
-        self.db
-            .plan(sql, &mut shape, &self.cache.config, &self.cache.digests)
-    }
-
-    /// The plan of statement text `sql` and, when it is a point lookup whose key the text (or `bind`)
-    /// gives, what the request's key is.
+    /// The plan of statement text `sql` and, when it is a point lookup (or a write of one row key)
+    /// whose key the text (or `bind`) gives, what the request's key is.
     fn plan_keyed(
         &self,
         sql: &[u8],
@@ -235,10 +238,8 @@ impl SessionCache {
         let plan = self
             .db
             .plan(sql, &mut shape, &self.cache.config, &self.cache.digests);
-        let key = match &plan.action {
-            Action::Cache {
-                point: Some(point), ..
-            } if bind.is_some() || !point.needs_bind() => {
+        let key = match plan.point() {
+            Some(point) if bind.is_some() || !point.needs_bind() => {
                 let values = Values {
                     sql,
                     literals: &shape.literals,
@@ -295,6 +296,12 @@ impl SessionCache {
                 Bump::Tables(tables) => tables
                     .iter()
                     .for_each(|t| db.generations.bump_table_epoch(t)),
+                // A key that was not read: the whole table.
+                Bump::Row(table, _) => db.generations.bump_table_epoch(table),
+                Bump::Key(table, bucket) => {
+                    db.generations.bump_table(table);
+                    db.generations.bump_row(*bucket);
+                }
                 Bump::Global => db.generations.bump_global(),
             }
         }
@@ -527,6 +534,7 @@ impl Session {
     /// Sends a unit upstream, following what it does: session state, plans of the statements and
     /// portals it creates, writes it makes, and the unnamed statement it may need recreated first.
     pub(super) fn forward(&mut self, bytes: Bytes) {
+        let same_encoding = self.same_encoding();
         let Some(c) = self.cache.as_mut() else {
             self.to_upstream.push(bytes);
             return;
@@ -559,7 +567,7 @@ impl Session {
                 }
                 c.unnamed_stale = false;
             }
-            track(c, tag, &body, default_read_only);
+            track(c, tag, &body, default_read_only, same_encoding);
             self.state.on_frontend(tag, &body);
             self.client_terminated |= tag == b'X';
             offset += HEADER_LEN + body.len();
@@ -918,14 +926,22 @@ fn put_settings<'a>(
 }
 
 /// Follows one forwarded message for write tracking (and READ ONLY blocks, begun by a simple Query;
-/// `default_read_only` is the session's default_transaction_read_only).
-fn track(c: &mut SessionCache, tag: u8, body: &Bytes, default_read_only: bool) {
+/// `default_read_only` is the session's default_transaction_read_only, `same_encoding` whether its
+/// client_encoding is the server's).
+fn track(
+    c: &mut SessionCache,
+    tag: u8,
+    body: &Bytes,
+    default_read_only: bool,
+    same_encoding: bool,
+) {
+    let same_encoding = move || same_encoding;
     match tag {
         b'Q' => {
             let sql = &body[..body.len().saturating_sub(1)];
             if admin::command(sql).is_none() {
-                let plan = c.plan(sql);
-                note_write(c, &plan);
+                let (plan, key) = c.plan_keyed(sql, None, &same_encoding);
+                note_write(c, &plan, key);
             }
             if let Some(read_only) = begins_block(sql, default_read_only) {
                 c.read_only_block = read_only;
@@ -934,19 +950,43 @@ fn track(c: &mut SessionCache, tag: u8, body: &Bytes, default_read_only: bool) {
         }
         b'P' => {
             if let Some((name, rest)) = cstr(body) {
-                let sql = cstr(rest).map_or(&b""[..], |(s, _)| s.as_bytes());
-                let plan = c.plan(sql);
+                let (sql, types) =
+                    cstr(rest).map_or((&b""[..], &b""[..]), |(s, t)| (s.as_bytes(), t));
+                let (plan, key) = c.plan_keyed(sql, None, &same_encoding);
                 if name.is_empty() {
                     c.unnamed_stale = false;
                 }
-                c.statements.insert(name.to_owned(), plan);
+                let types = match plan.point() {
+                    Some(point) if point.needs_bind() => param_types(types),
+                    _ => Vec::new(),
+                };
+                c.statements
+                    .insert(name.to_owned(), Forwarded { plan, key, types });
             }
         }
         b'B' => {
             if let Some((portal, rest)) = cstr(body) {
                 let statement = cstr(rest).map(|(s, _)| s).unwrap_or_default();
-                match c.statements.get(statement).cloned() {
-                    Some(plan) => c.portals.insert(portal.to_owned(), plan),
+                match c.statements.get(statement) {
+                    Some(forwarded) => {
+                        let key = match forwarded.plan.point() {
+                            Some(point) if point.needs_bind() => {
+                                let values = Values {
+                                    sql: b"",
+                                    literals: &[],
+                                    bind: Some(Bind {
+                                        body,
+                                        types: &forwarded.types,
+                                    }),
+                                    same_encoding: &same_encoding,
+                                };
+                                Some(point.bucket(&values).map_or(Key::Unknown, Key::Bucket))
+                            }
+                            _ => forwarded.key,
+                        };
+                        let plan = Arc::clone(&forwarded.plan);
+                        c.portals.insert(portal.to_owned(), (plan, key))
+                    }
                     None => c.portals.remove(portal),
                 };
             }
@@ -954,7 +994,7 @@ fn track(c: &mut SessionCache, tag: u8, body: &Bytes, default_read_only: bool) {
         b'E' => {
             let portal = cstr(body).map(|(p, _)| p).unwrap_or_default();
             match c.portals.get(portal).cloned() {
-                Some(plan) => note_write(c, &plan),
+                Some((plan, key)) => note_write(c, &plan, key),
                 // A portal the proxy did not see bound (or a cursor): it may do anything.
                 None => c.expect_write(Bump::Global, true),
             }
@@ -1013,9 +1053,9 @@ fn begins_block(sql: &[u8], default_read_only: bool) -> Option<bool> {
     })
 }
 
-/// Remembers what a forwarded statement may write, to bump when its transaction ends, and which
-/// database it drops.
-fn note_write(c: &mut SessionCache, plan: &Plan) {
+/// Remembers what a forwarded statement may write (the row `key` it writes, when its plan pins one),
+/// to bump when its transaction ends, and which database it drops.
+fn note_write(c: &mut SessionCache, plan: &Plan, key: Option<Key>) {
     if let Action::Forward {
         bump,
         ddl,
@@ -1024,7 +1064,11 @@ fn note_write(c: &mut SessionCache, plan: &Plan) {
     } = &plan.action
     {
         if let Some(bump) = bump {
-            c.expect_write(bump.clone(), *ddl);
+            let bump = match (bump, key.and_then(Key::bucket)) {
+                (Bump::Row(table, _), Some(bucket)) => Bump::Key(Arc::clone(table), bucket),
+                (bump, _) => bump.clone(),
+            };
+            c.expect_write(bump, *ddl);
         }
         if let Some(name) = drops_database {
             c.dropping = Some((name.clone(), c.readies_sent + 1));
