@@ -135,6 +135,12 @@ pub struct Settings {
     #[arg(long, env = "VENEER_CACHE_READ_ONLY_TRANSACTIONS", value_name = "BOOL")]
     pub cache_read_only_transactions: Option<bool>,
 
+    /// Let point lookups (equality on a table's row key) depend on their row rather than their whole
+    /// table, so a write to one row keeps other rows' lookups cached; false falls back to table-level
+    /// invalidation, which only costs hits [default: true].
+    #[arg(long, env = "VENEER_CACHE_ROW_KEYS", value_name = "BOOL")]
+    pub cache_row_keys: Option<bool>,
+
     /// Follow writes made outside the proxy through logical replication (one temporary pgoutput slot
     /// per database in use, as service_user, which needs REPLICATION): required (while the stream is
     /// down, reads are forwarded), best-effort (cached results are still served, bounded by their
@@ -248,6 +254,8 @@ pub struct CacheConfig {
     pub catalog_refresh: Duration,
     /// Whether hits are served inside READ ONLY transaction blocks.
     pub read_only_transactions: bool,
+    /// Whether point lookups and writes depend on row keys rather than whole tables.
+    pub row_keys: bool,
     /// Following writes made elsewhere.
     pub replication: Replication,
     /// The publication followed.
@@ -363,6 +371,7 @@ impl Config {
                     .catalog_refresh
                     .map_or(Duration::from_secs(60), Into::into),
                 read_only_transactions: s.cache_read_only_transactions.unwrap_or(false),
+                row_keys: s.cache_row_keys.unwrap_or(true),
                 replication: s.replication.unwrap_or(Replication::Required),
                 publication: s.publication.unwrap_or_else(|| "veneer".to_owned()),
                 replication_listeners: s.replication_listeners.unwrap_or(4),
@@ -475,6 +484,7 @@ impl Settings {
             cache_read_only_transactions: self
                 .cache_read_only_transactions
                 .or(lower.cache_read_only_transactions),
+            cache_row_keys: self.cache_row_keys.or(lower.cache_row_keys),
             service_user: self.service_user.or(lower.service_user),
             service_password: self.service_password.or(lower.service_password),
             admin_users: non_empty_or(self.admin_users, lower.admin_users),

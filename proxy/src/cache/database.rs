@@ -342,7 +342,8 @@ impl Database {
                                 .iter()
                                 .all(|f| c.function(f) != Function::Unsafe { may_write: true }) =>
                     {
-                        match row_write(&relations, rows.as_ref(), c, literals) {
+                        let rows = rows.as_ref().filter(|_| config.row_keys);
+                        match row_write(&relations, rows, c, literals) {
                             Some(point) => {
                                 Bump::Row(self.generations.table(point.table()), Arc::new(point))
                             }
@@ -381,7 +382,8 @@ impl Database {
                 }
                 match self.ttl(shape, &relations, catalog, config) {
                     Ok(ttl) => {
-                        let point = point(&relations, &equalities, catalog, literals);
+                        let point = point(&relations, &equalities, catalog, literals)
+                            .filter(|_| config.row_keys);
                         let dependencies = match &point {
                             Some(p) => Dependencies {
                                 tables: Vec::new(),
@@ -517,4 +519,49 @@ fn table_rule(config: &CacheConfig, table: &str) -> Option<Ttl> {
         RuleTarget::Table(name) if name.rsplit('.').next() == Some(table) => Some(rule.ttl),
         _ => None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use veneer_config::{Config, Settings};
+
+    use super::*;
+    use crate::cache::catalog::KeyColumn;
+
+    /// The plan of `sql` over a table `t` keyed by `id`, with row keys on or off.
+    fn plan(sql: &str, row_keys: bool) -> Arc<Plan> {
+        let settings = Settings {
+            cache_row_keys: Some(row_keys),
+            ..Settings::default()
+        };
+        let config = Config::resolve(settings).expect("valid").cache.expect("on");
+        let db = Database::new("db".to_owned());
+        let mut catalog = Catalog::default();
+        catalog.add_relation("t".to_owned(), "public", "r", "p");
+        let id = KeyColumn {
+            name: "id".to_owned(),
+            type_oid: 23,
+            usable: true,
+            key: true,
+        };
+        catalog.add_keys("t".to_owned(), "d", &[id]);
+        db.install_catalog(catalog, db.version());
+        db.plan(
+            sql.as_bytes(),
+            &mut Shape::default(),
+            &config,
+            &Digests::default(),
+        )
+    }
+
+    #[test]
+    fn row_keys_can_be_turned_off() {
+        let read = "SELECT v FROM t WHERE id = 1";
+        let write = "UPDATE t SET v = 2 WHERE id = 1";
+        assert!(plan(read, true).point().is_some());
+        assert!(plan(write, true).point().is_some());
+        assert!(plan(read, false).point().is_none());
+        assert!(plan(write, false).point().is_none());
+        assert!(plan("SELECT v FROM t WHERE id > 1", true).point().is_none());
+    }
 }
