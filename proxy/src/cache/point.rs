@@ -58,7 +58,33 @@ pub struct Bind<'a> {
     /// The Bind body.
     pub body: &'a [u8],
     /// Declared parameter types (0, or missing: the server infers them).
-    pub types: &'a [u32],
+    pub types: Declared<'a>,
+}
+
+/// The parameter types a statement declared.
+#[derive(Clone, Copy)]
+pub enum Declared<'a> {
+    /// As the session state keeps them.
+    Oids(&'a [u32]),
+    /// As a Parse body carries them after the SQL text (a count, then the OIDs), read in place.
+    Wire(&'a [u8]),
+}
+
+impl Declared<'_> {
+    /// The type declared for parameter `n` (0 when none is).
+    fn get(self, n: usize) -> u32 {
+        match self {
+            Declared::Oids(oids) => oids.get(n).copied().unwrap_or(0),
+            Declared::Wire(wire) => {
+                let count = wire
+                    .get(..2)
+                    .map_or(0, |c| u16::from_be_bytes([c[0], c[1]]));
+                wire.get(2 + n * 4..6 + n * 4)
+                    .filter(|_| n < usize::from(count))
+                    .map_or(0, |t| u32::from_be_bytes([t[0], t[1], t[2], t[3]]))
+            }
+        }
+    }
 }
 
 impl Point {
@@ -113,6 +139,17 @@ impl Point {
             .any(|p| matches!(p.source, Source::Param(_)))
     }
 
+    /// The bucket of a key read from Bind parameters alone (a key with a literal part is then not
+    /// readable).
+    pub fn bound_bucket(&self, bind: Bind<'_>, same_encoding: &dyn Fn() -> bool) -> Option<usize> {
+        self.bucket(&Values {
+            sql: b"",
+            literals: &[],
+            bind: Some(bind),
+            same_encoding,
+        })
+    }
+
     /// The bucket of the key `values` give, or `None` when a value cannot be read canonically.
     pub fn bucket(&self, values: &Values<'_>) -> Option<usize> {
         let mut key = RowKey::new(&self.table);
@@ -148,7 +185,7 @@ fn literal(kind: KeyType, text: &[u8]) -> Option<KeyValue<'_>> {
 
 /// Parameter `n` of a Bind, if its declared type compares with the column as sent.
 fn param<'a>(kind: KeyType, bind: Bind<'a>, n: usize) -> Option<KeyValue<'a>> {
-    if !kind.accepts_param(bind.types.get(n).copied().unwrap_or(0)) {
+    if !kind.accepts_param(bind.types.get(n)) {
         return None;
     }
     let (_, rest) = cstr(bind.body)?;
@@ -281,26 +318,18 @@ mod tests {
         assert!(by_params.needs_bind());
         let seven = 7i32.to_be_bytes();
         let body = bind(&[Some(b"x"), Some(&seven)], &[0, 1]);
-        let values = |types: &'static [u32]| Values {
-            sql: b"",
-            literals: &[],
-            bind: Some(Bind { body: &body, types }),
-            same_encoding: &|| false,
-        };
-        assert_eq!(by_params.bucket(&values(&[])), Some(expected));
-        assert_eq!(by_params.bucket(&values(&[25, 23])), Some(expected));
-        assert_eq!(by_params.bucket(&values(&[1042, 23])), None, "bpchar");
+        let with = |types| by_params.bound_bucket(Bind { body: &body, types }, &|| false);
+        let wire = [0, 2, 0, 0, 0, 25, 0, 0, 0, 23];
+        assert_eq!(with(Declared::Oids(&[])), Some(expected));
+        assert_eq!(with(Declared::Oids(&[25, 23])), Some(expected));
+        assert_eq!(with(Declared::Wire(&wire)), Some(expected));
+        assert_eq!(with(Declared::Oids(&[1042, 23])), None, "bpchar");
         let null = bind(&[Some(b"x"), None], &[]);
-        let values = Values {
-            sql: b"",
-            literals: &[],
-            bind: Some(Bind {
-                body: &null,
-                types: &[],
-            }),
-            same_encoding: &|| false,
+        let null = Bind {
+            body: &null,
+            types: Declared::Oids(&[]),
         };
-        assert_eq!(by_params.bucket(&values), None);
+        assert_eq!(by_params.bound_bucket(null, &|| false), None);
     }
 
     #[test]

@@ -28,7 +28,7 @@ use super::{frames, Session};
 use crate::cache::admin::{self, Command};
 use crate::cache::database::{Action, Attached, Bump, Database, Plan};
 use crate::cache::digest::{Digest, Shape};
-use crate::cache::point::{Bind, Values};
+use crate::cache::point::{Bind, Declared, Values};
 use crate::cache::{Cache, DatabaseHold, Flight, FlightGuard};
 use crate::error::Error;
 use crate::wire::frame::{cstr, Header, HEADER_LEN};
@@ -93,8 +93,9 @@ struct Forwarded {
     plan: Arc<Plan>,
     /// The row key its text alone gives.
     key: Option<Key>,
-    /// The parameter types it declares, kept when a Bind's parameters give its row key.
-    types: Vec<u32>,
+    /// The Parse body's parameter types (after the SQL text), for a Bind's parameters to give its
+    /// row key.
+    types: Bytes,
 }
 
 /// Writes of a session that ended before their transaction's end was seen.
@@ -167,6 +168,8 @@ struct Candidate {
     /// Where the body of the unit's unnamed Parse sits in the unit's bytes: a hit must apply it to
     /// the session state.
     parse: Option<std::ops::Range<usize>>,
+    /// The slot of the plans holding that Parse's plan.
+    parse_slot: Option<usize>,
     /// The unit has bound the unnamed portal.
     bound: bool,
 }
@@ -757,7 +760,7 @@ impl Session {
                     return None;
                 }
                 let (plan, key) = c.plan_keyed(sql.as_bytes(), None, &|| self.same_encoding());
-                candidate.add(plan, key)?;
+                candidate.parse_slot = Some(candidate.add(plan, key)?);
                 candidate.parse = Some(body_at..body_at + body.len());
             }
             b'B' => {
@@ -798,16 +801,19 @@ impl Session {
         let c = self.cache.as_ref()?;
         let same_encoding = || self.same_encoding();
         if statement.is_empty() {
-            if let Some(range) = candidate.parse.clone() {
-                let (_, rest) = cstr(&buf[range])?;
-                let (sql, rest) = cstr(rest)?;
-                let types = param_types(rest);
-                let bind = bind.map(|body| Bind {
-                    body,
-                    types: &types,
-                });
-                let (plan, key) = c.plan_keyed(sql.as_bytes(), bind, &same_encoding);
-                candidate.add(plan, key)?;
+            if let (Some(range), Some(slot)) = (candidate.parse.clone(), candidate.parse_slot) {
+                // The unit's own Parse was planned (and its literals read) already.
+                if let Some(body) = bind {
+                    let (_, rest) = cstr(&buf[range])?;
+                    let (_, types) = cstr(rest)?;
+                    let plan = Arc::clone(candidate.plans[slot].as_ref()?);
+                    let bind = Bind {
+                        body,
+                        types: Declared::Wire(types),
+                    };
+                    let key = bound_key(&plan, bind, &same_encoding);
+                    candidate.add(plan, key)?;
+                }
                 return Some(candidate);
             }
         }
@@ -817,7 +823,7 @@ impl Session {
         }
         let bind = bind.map(|body| Bind {
             body,
-            types: &prepared.param_types,
+            types: Declared::Oids(&prepared.param_types),
         });
         let (plan, key) = c.plan_keyed(&prepared.sql, bind, &same_encoding);
         candidate.add(plan, key)?;
@@ -833,22 +839,20 @@ impl Session {
     }
 }
 
-/// The parameter types a Parse declares, from the part of its body after the SQL text.
-fn param_types(rest: &[u8]) -> Vec<u32> {
-    let count = rest
-        .get(..2)
-        .map_or(0, |c| u16::from_be_bytes([c[0], c[1]]) as usize);
-    rest.get(2..2 + count * 4)
-        .unwrap_or_default()
-        .chunks_exact(4)
-        .map(|t| u32::from_be_bytes([t[0], t[1], t[2], t[3]]))
-        .collect()
+/// The row key `bind` gives to `plan`, when its key comes from Bind parameters.
+fn bound_key(plan: &Plan, bind: Bind<'_>, same_encoding: &dyn Fn() -> bool) -> Option<Key> {
+    let point = plan.point().filter(|p| p.needs_bind())?;
+    Some(
+        point
+            .bound_bucket(bind, same_encoding)
+            .map_or(Key::Unknown, Key::Bucket),
+    )
 }
 
 impl Candidate {
-    /// Adds a statement's plan and, when known, the row key it looks up; `None` when it is not
-    /// cacheable or the unit runs too many.
-    fn add(&mut self, plan: Arc<Plan>, key: Option<Key>) -> Option<()> {
+    /// Adds a statement's plan and, when known, the row key it looks up; returns the plan's slot,
+    /// or `None` when it is not cacheable or the unit runs too many.
+    fn add(&mut self, plan: Arc<Plan>, key: Option<Key>) -> Option<usize> {
         if !matches!(plan.action, Action::Cache { .. }) {
             return None;
         }
@@ -872,7 +876,7 @@ impl Candidate {
                 _ => Key::Unknown,
             };
         }
-        Some(())
+        Some(slot)
     }
 
     /// The shortest TTL among the unit's statements, and the digest of the first.
@@ -956,10 +960,7 @@ fn track(
                 if name.is_empty() {
                     c.unnamed_stale = false;
                 }
-                let types = match plan.point() {
-                    Some(point) if point.needs_bind() => param_types(types),
-                    _ => Vec::new(),
-                };
+                let types = body.slice_ref(types);
                 c.statements
                     .insert(name.to_owned(), Forwarded { plan, key, types });
             }
@@ -969,21 +970,12 @@ fn track(
                 let statement = cstr(rest).map(|(s, _)| s).unwrap_or_default();
                 match c.statements.get(statement) {
                     Some(forwarded) => {
-                        let key = match forwarded.plan.point() {
-                            Some(point) if point.needs_bind() => {
-                                let values = Values {
-                                    sql: b"",
-                                    literals: &[],
-                                    bind: Some(Bind {
-                                        body,
-                                        types: &forwarded.types,
-                                    }),
-                                    same_encoding: &same_encoding,
-                                };
-                                Some(point.bucket(&values).map_or(Key::Unknown, Key::Bucket))
-                            }
-                            _ => forwarded.key,
+                        let bind = Bind {
+                            body,
+                            types: Declared::Wire(&forwarded.types),
                         };
+                        let key =
+                            bound_key(&forwarded.plan, bind, &same_encoding).or(forwarded.key);
                         let plan = Arc::clone(&forwarded.plan);
                         c.portals.insert(portal.to_owned(), (plan, key))
                     }
