@@ -3,7 +3,8 @@
 //! pgoutput slot (so a dead proxy never pins WAL), streams from it and reports each committed
 //! transaction's changed tables. It acknowledges what it applied with standby status updates, on every
 //! keepalive that asks and at least every [`STATUS_INTERVAL`], so the slot follows even an idle
-//! database.
+//! database. Asked for a WAL position (`wanted`), it has the server report where it stands until
+//! it has applied up to there.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -14,6 +15,7 @@ use postgres_protocol::authentication::{md5_hash, sasl};
 use postgres_protocol::escape::{escape_identifier, escape_literal};
 use postgres_protocol::message::{backend, frontend};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
 
 use crate::pgoutput::{self, Column, Event, Field, Tuple};
 use crate::rows::{KeyType, RowKey, RowSet};
@@ -194,12 +196,15 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Logs in on `stream`, starts streaming and reports commits to `sink` until the stream fails, or
 /// until `stop` completes: then the stream is ended, the slot dropped and the session closed before
-/// this returns `Ok`, so the slot is gone once it has returned.
+/// this returns `Ok`, so the slot is gone once it has returned. Whenever `wanted` names a WAL position
+/// past what has been applied, the server is asked where it stands (keepalives report it), so that
+/// [`Progress::applied`] reaches the position without waiting for the next commit.
 pub async fn follow<S, K>(
     stream: S,
     login: &Login,
     sink: &mut K,
     stop: impl std::future::Future<Output = ()>,
+    wanted: watch::Receiver<u64>,
 ) -> Result<(), ReplicationError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -214,14 +219,25 @@ where
     conn.login(login).await?;
     conn.ensure_publication(&login.publication).await?;
     let published = conn.published_tables(&login.publication).await?;
-    conn.simple(
-        &format!(
-            "CREATE_REPLICATION_SLOT {} TEMPORARY LOGICAL pgoutput NOEXPORT_SNAPSHOT",
-            escape_identifier(&login.slot)
-        ),
-        "creating a replication slot",
-    )
-    .await?;
+    let created = conn
+        .rows(
+            &format!(
+                "CREATE_REPLICATION_SLOT {} TEMPORARY LOGICAL pgoutput NOEXPORT_SNAPSHOT",
+                escape_identifier(&login.slot)
+            ),
+            "creating a replication slot",
+        )
+        .await?;
+    // Transactions that committed before the slot's consistent point are not streamed: whoever
+    // follows learns of them some other way (Veneer bumps every generation when streaming starts).
+    let consistent = created
+        .first()
+        .and_then(|row| column(row, 1))
+        .as_deref()
+        .and_then(parse_lsn)
+        .ok_or_else(|| {
+            ReplicationError::Protocol("CREATE_REPLICATION_SLOT gave no consistent point".into())
+        })?;
     // Protocol 2 (Postgres 14 and later) streams large transactions while they run, so the server
     // does not spill them to disk first, and passes on Veneer's DDL messages.
     let options = if conn.server_major >= 14 {
@@ -251,7 +267,11 @@ where
         }
     }
     sink.streaming(published);
-    conn.stream_changes(sink, stop).await?;
+    sink.progress(Progress {
+        server_end: consistent,
+        applied: consistent,
+    });
+    conn.stream_changes(sink, stop, consistent, wanted).await?;
     match tokio::time::timeout(CLOSE_TIMEOUT, conn.close(&login.slot)).await {
         Ok(closed) => closed,
         Err(_) => Err(ReplicationError::Protocol(format!(
@@ -394,6 +414,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         sql: &str,
         during: &'static str,
     ) -> Result<Vec<Option<String>>, ReplicationError> {
+        let rows = self.rows(sql, during).await?;
+        Ok(rows.iter().map(|row| column(row, 0)).collect())
+    }
+
+    /// Runs `sql`; returns its DataRow bodies.
+    async fn rows(
+        &mut self,
+        sql: &str,
+        during: &'static str,
+    ) -> Result<Vec<Bytes>, ReplicationError> {
         frontend::query(sql, &mut self.out)?;
         self.flush().await?;
         let mut rows = Vec::new();
@@ -401,7 +431,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         loop {
             let (tag, body) = self.read().await?;
             match tag {
-                b'D' => rows.push(first_column(&body)),
+                b'D' => rows.push(body),
                 b'E' => error = Some(server_error(&body, during)),
                 b'Z' => return error.map_or(Ok(rows), Err),
                 _ => {}
@@ -483,19 +513,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         &mut self,
         sink: &mut K,
         stop: impl std::future::Future<Output = ()>,
+        mut applied: u64,
+        mut wanted: watch::Receiver<u64>,
     ) -> Result<(), ReplicationError> {
         tokio::pin!(stop);
         let mut decoder = Decoder::default();
-        let mut applied = 0u64;
         let mut last_status = tokio::time::Instant::now();
+        let mut asking = true;
         loop {
             let wait = STATUS_INTERVAL.saturating_sub(last_status.elapsed());
             let next = tokio::select! {
                 next = tokio::time::timeout(wait, self.read()) => next,
                 () = &mut stop => return Ok(()),
+                changed = wanted.changed(), if asking => {
+                    // A dropped sender wants nothing more.
+                    asking = changed.is_ok();
+                    if asking && *wanted.borrow_and_update() > applied {
+                        self.status(applied, true).await?;
+                        last_status = tokio::time::Instant::now();
+                    }
+                    continue;
+                }
             };
             let Ok(message) = next else {
-                self.status(applied).await?;
+                self.status(applied, false).await?;
                 last_status = tokio::time::Instant::now();
                 continue;
             };
@@ -531,8 +572,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                         server_end: wal_end,
                         applied,
                     });
-                    if body[17] == 1 {
-                        self.status(applied).await?;
+                    // While a position is wanted, every keepalive is answered: an answer re-arms
+                    // the server's report of its position the next time it has caught up.
+                    if body[17] == 1 || *wanted.borrow() > applied {
+                        self.status(applied, false).await?;
                         last_status = tokio::time::Instant::now();
                     }
                 }
@@ -568,13 +611,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         self.flush().await
     }
 
-    /// A standby status update: everything up to `lsn` is written, flushed and applied.
-    async fn status(&mut self, lsn: u64) -> Result<(), ReplicationError> {
+    /// A standby status update: everything up to `lsn` is written, flushed and applied. With `reply`,
+    /// the server answers at once with a keepalive that says where it stands.
+    async fn status(&mut self, lsn: u64, reply: bool) -> Result<(), ReplicationError> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as i64)
             - PG_EPOCH_MICROS;
-        // CopyData around 'r', written, flushed and applied positions, the clock, no reply wanted.
+        // CopyData around 'r', written, flushed and applied positions, the clock, whether to reply.
         const UPDATE_LEN: u32 = 1 + 3 * 8 + 8 + 1;
         self.out.put_u8(b'd');
         self.out.put_u32(4 + UPDATE_LEN);
@@ -583,7 +627,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             self.out.put_u64(lsn);
         }
         self.out.put_i64(now);
-        self.out.put_u8(0);
+        self.out.put_u8(u8::from(reply));
         self.flush().await
     }
 }
@@ -834,10 +878,25 @@ impl Decoder {
     }
 }
 
-fn first_column(body: &[u8]) -> Option<String> {
-    let len = i32::from_be_bytes(body.get(2..6)?.try_into().ok()?);
-    let value = body.get(6..6 + usize::try_from(len).ok()?)?;
+/// Column `n` of a DataRow body, as text; `None` for NULL or a short row.
+fn column(body: &[u8], n: usize) -> Option<String> {
+    let mut at = 2;
+    for _ in 0..n {
+        let len = i32::from_be_bytes(body.get(at..at + 4)?.try_into().ok()?);
+        at += 4 + usize::try_from(len).unwrap_or(0);
+    }
+    let len = i32::from_be_bytes(body.get(at..at + 4)?.try_into().ok()?);
+    let value = body.get(at + 4..at + 4 + usize::try_from(len).ok()?)?;
     Some(String::from_utf8_lossy(value).into_owned())
+}
+
+/// A WAL position from its text form (`16/B374D848`).
+pub fn parse_lsn(text: &str) -> Option<u64> {
+    let (high, low) = text.split_once('/')?;
+    Some(
+        u64::from(u32::from_str_radix(high, 16).ok()?) << 32
+            | u64::from(u32::from_str_radix(low, 16).ok()?),
+    )
 }
 
 fn server_error(body: &[u8], during: &'static str) -> ReplicationError {

@@ -228,53 +228,83 @@ async fn trigger_and_cascade_effects_are_never_stale() {
              CREATE TABLE parent (id int PRIMARY KEY, v int);
              CREATE TABLE child (id int PRIMARY KEY, parent_id int REFERENCES parent ON DELETE CASCADE);
              CREATE TABLE audit (id int PRIMARY KEY, n int); INSERT INTO audit VALUES (1, 0);
+             CREATE TABLE other (id int PRIMARY KEY, v text); INSERT INTO other VALUES (1, 'x');
              CREATE FUNCTION count_update() RETURNS trigger LANGUAGE plpgsql AS
                'BEGIN UPDATE audit SET n = n + 1 WHERE id = 1; RETURN NEW; END';
              CREATE TRIGGER count_update AFTER UPDATE ON parent FOR EACH ROW EXECUTE FUNCTION count_update();
-             INSERT INTO parent SELECT g, 0 FROM generate_series(1, 4) g;
-             INSERT INTO child SELECT g, g FROM generate_series(1, 4) g;",
+             INSERT INTO parent SELECT g, 0 FROM generate_series(1, 40) g;
+             INSERT INTO child SELECT g, g FROM generate_series(1, 40) g;",
         )
         .await
         .unwrap();
     let proxy = ProxyHandle::start().await;
-    let client = connect(&on(proxy.addr(), "repl_effects")).await.unwrap();
-    wait_database_cached(&client, "repl_effects").await;
-    let (children, updates) = (
+    let writer = connect(&on(proxy.addr(), "repl_effects")).await.unwrap();
+    let other = connect(&on(proxy.addr(), "repl_effects")).await.unwrap();
+    wait_database_cached(&writer, "repl_effects").await;
+    let (children, updates, unrelated) = (
         "SELECT count(*) FROM child",
         "SELECT n FROM audit WHERE id = 1",
+        "SELECT v FROM other WHERE id = 1",
     );
-    let read = |sql| first(&client, sql);
-    for _ in 0..2 {
-        assert_eq!(read(children).await.as_deref(), Some("4"));
-        assert_eq!(read(updates).await.as_deref(), Some("0"));
+    first(&writer, unrelated).await;
+    for n in 0..30 {
+        // The other session has the current answers cached ...
+        for _ in 0..2 {
+            assert_eq!(first(&other, children).await, Some((40 - n).to_string()));
+            assert_eq!(first(&other, updates).await, Some(n.to_string()));
+        }
+        // ... the writer reads the cascade's and the trigger's effects at once ...
+        writer
+            .batch_execute(&format!("DELETE FROM parent WHERE id = {}", n + 1))
+            .await
+            .unwrap();
+        assert_eq!(
+            first(&writer, children).await,
+            Some((39 - n).to_string()),
+            "round {n}: the writer read a stale cascade"
+        );
+        writer
+            .batch_execute(&format!("UPDATE parent SET v = 1 WHERE id = {}", n + 2))
+            .await
+            .unwrap();
+        assert_eq!(
+            first(&writer, updates).await,
+            Some((n + 1).to_string()),
+            "round {n}: the writer read a stale trigger effect"
+        );
+        // ... and so does everyone else for the cascade, which the catalog names (the trigger's
+        // effect reaches them through the stream).
+        assert_eq!(
+            first(&other, children).await,
+            Some((39 - n).to_string()),
+            "round {n}: another session read a stale cascade"
+        );
+        until_seen(&other, updates, &(n + 1).to_string()).await;
     }
-    // Through the proxy, the writing session reads the cascade's and the trigger's effects at once.
-    client
-        .batch_execute("DELETE FROM parent WHERE id = 1")
-        .await
-        .unwrap();
-    assert_eq!(read(children).await.as_deref(), Some("3"));
-    client
-        .batch_execute("UPDATE parent SET v = 1 WHERE id = 2")
-        .await
-        .unwrap();
-    assert_eq!(read(updates).await.as_deref(), Some("1"));
+    // Writes whose reach the proxy knows leave unrelated results cached.
+    let hits = figure(&writer, "hits").await;
+    first(&writer, unrelated).await;
+    assert_eq!(
+        figure(&writer, "hits").await,
+        hits + 1,
+        "a write to parent evicted an unrelated table"
+    );
     // In an explicit transaction, seen from the commit on.
-    client
+    writer
         .batch_execute(
-            "BEGIN; DELETE FROM parent WHERE id = 2; UPDATE parent SET v = 2 WHERE id = 3; COMMIT",
+            "BEGIN; DELETE FROM parent WHERE id = 35; UPDATE parent SET v = 2 WHERE id = 36; COMMIT",
         )
         .await
         .unwrap();
-    assert_eq!(read(children).await.as_deref(), Some("2"));
-    assert_eq!(read(updates).await.as_deref(), Some("2"));
+    assert_eq!(first(&writer, children).await.as_deref(), Some("9"));
+    assert_eq!(first(&writer, updates).await.as_deref(), Some("31"));
     // Made directly, they arrive through the stream.
     direct
-        .batch_execute("DELETE FROM parent WHERE id = 3; UPDATE parent SET v = 3 WHERE id = 4")
+        .batch_execute("DELETE FROM parent WHERE id = 37; UPDATE parent SET v = 3 WHERE id = 38")
         .await
         .unwrap();
-    until_seen(&client, children, "1").await;
-    until_seen(&client, updates, "3").await;
+    until_seen(&writer, children, "8").await;
+    until_seen(&writer, updates, "32").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

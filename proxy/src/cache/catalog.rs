@@ -5,7 +5,7 @@
 //! Names are looked up without their schema and every relation or function of that name counts, in any
 //! schema: whatever the session's search_path resolves a name to, the verdict covers it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use veneer_config::Config;
 use veneer_invalidation::rows::KeyType;
@@ -43,9 +43,12 @@ pub enum Function {
 pub struct Catalog {
     relations: HashMap<String, Relation>,
     functions: HashMap<String, Function>,
-    /// Tables whose writes reach tables the statement does not name: triggers (foreign keys
-    /// included), rules, partitioning and inheritance.
-    spreading: HashSet<String>,
+    /// Tables whose writes may change what the proxy cannot name: they have triggers of their own
+    /// (not those of foreign keys) or rules.
+    opaque: HashSet<String>,
+    /// Foreign keys that change the referencing rows (ON DELETE or ON UPDATE CASCADE, SET NULL or
+    /// SET DEFAULT): each referenced table maps to its referencing ones.
+    cascades: HashMap<String, Vec<String>>,
     /// How point lookups of each table are keyed (`None` for a name held by several tables).
     keys: HashMap<String, Option<RowKeys>>,
     /// Partitioning and inheritance trees: each member's name maps to every member's. The stream
@@ -116,8 +119,8 @@ const SPECIAL_FORMS: &[(&str, Function)] = &[
 ];
 
 const RELATIONS: &str = "SELECT c.relname, n.nspname, c.relkind::text, c.relpersistence::text, \
-     c.relhastriggers OR c.relhasrules OR c.relispartition OR c.relkind = 'p' OR EXISTS \
-       (SELECT 1 FROM pg_catalog.pg_inherits i WHERE c.oid IN (i.inhrelid, i.inhparent)) \
+     c.relhasrules OR EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t \
+       WHERE t.tgrelid = c.oid AND NOT t.tgisinternal) \
      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
      WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')";
 
@@ -135,6 +138,11 @@ const COLUMNS: &str = "SELECT c.oid, c.relname, c.relreplident::text, a.attname,
      WHERE c.relkind = 'r' AND c.relpersistence = 'p' \
        AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%' \
      ORDER BY c.oid, a.attname";
+
+/// Referenced and referencing table of each foreign key whose actions change the referencing rows.
+const CASCADES: &str = "SELECT DISTINCT f.relname, r.relname FROM pg_catalog.pg_constraint k \
+     JOIN pg_catalog.pg_class f ON f.oid = k.confrelid JOIN pg_catalog.pg_class r ON r.oid = k.conrelid \
+     WHERE k.contype = 'f' AND (k.confdeltype IN ('c', 'n', 'd') OR k.confupdtype IN ('c', 'n', 'd'))";
 
 /// Parent and child of each inheritance or partitioning link.
 const INHERITANCE: &str = "SELECT p.relname, c.relname FROM pg_catalog.pg_inherits i \
@@ -157,19 +165,20 @@ impl Catalog {
             let functions = client.query(FUNCTIONS, &[]).await?;
             let columns = client.query(COLUMNS, &[]).await?;
             let links = client.query(INHERITANCE, &[]).await?;
-            Ok::<_, tokio_postgres::Error>((relations, functions, columns, links))
+            let cascades = client.query(CASCADES, &[]).await?;
+            Ok::<_, tokio_postgres::Error>((relations, functions, columns, links, cascades))
         };
         let result = read.await;
         drop(client);
         let _ = driver.await;
-        let (relations, functions, columns, links) = result
+        let (relations, functions, columns, links, cascades) = result
             .map_err(|e| Error::service("catalog read", &config.service_user, database, e))?;
         let mut catalog = Catalog::default();
         for row in relations {
             let (name, schema, kind, persistence): (String, String, String, String) =
                 (row.get(0), row.get(1), row.get(2), row.get(3));
             if row.get::<_, bool>(4) {
-                catalog.spreading.insert(name.clone());
+                catalog.add_opaque(name.clone());
             }
             catalog.add_relation(name, &schema, &kind, &persistence);
         }
@@ -199,6 +208,9 @@ impl Catalog {
         }
         for row in links {
             catalog.link(row.get(0), row.get(1));
+        }
+        for row in cascades {
+            catalog.cascade(row.get(0), row.get(1));
         }
         Ok(catalog)
     }
@@ -296,9 +308,42 @@ impl Catalog {
         self.relations.get(&name.name).copied()
     }
 
-    /// Whether a write to `name` may change tables the statement does not name.
-    pub fn spreads(&self, name: &Name) -> bool {
-        self.spreading.contains(&name.name)
+    /// Records that a foreign key of `referencing` changes its rows when `referenced` changes.
+    pub fn cascade(&mut self, referenced: String, referencing: String) {
+        self.cascades
+            .entry(referenced)
+            .or_default()
+            .push(referencing);
+    }
+
+    /// Records that writes to `name` may change what the proxy cannot name (triggers, rules).
+    pub fn add_opaque(&mut self, name: String) {
+        self.opaque.insert(name);
+    }
+
+    /// What a write to `relations` may change: the tables it names, the rest of their partitioning
+    /// or inheritance trees, and the tables their foreign keys cascade into (and so on).
+    pub fn reach(&self, relations: &BTreeSet<Name>) -> Reach {
+        let named: BTreeSet<&str> = relations
+            .iter()
+            .flat_map(|r| self.family(r).iter().map(String::as_str))
+            .collect();
+        let mut tables = named.clone();
+        let mut queue: Vec<&str> = named.iter().copied().collect();
+        while let Some(table) = queue.pop() {
+            let family = self.families.get(table).into_iter().flatten();
+            let cascaded = self.cascades.get(table).into_iter().flatten();
+            for next in family.chain(cascaded) {
+                if tables.insert(next) {
+                    queue.push(next);
+                }
+            }
+        }
+        Reach {
+            cascades: tables.len() > named.len(),
+            unseen: tables.iter().any(|t| self.opaque.contains(*t)),
+            tables: tables.into_iter().map(str::to_owned).collect(),
+        }
     }
 
     /// What calling `name` can do; a name the catalog does not know may be anything.
@@ -311,6 +356,17 @@ impl Catalog {
             .copied()
             .unwrap_or(Function::Unsafe { may_write: true })
     }
+}
+
+/// What a write may change, by [`Catalog::reach`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reach {
+    /// Every table it may change that the catalog can name, sorted.
+    pub tables: Vec<String>,
+    /// Some of them change through foreign keys, not because the write names them or their tree.
+    pub cascades: bool,
+    /// Some of them have triggers or rules, which may change anything.
+    pub unseen: bool,
 }
 
 /// One column as [`Catalog::add_keys`] needs it.

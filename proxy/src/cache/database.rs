@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{watch, Notify};
-use veneer_config::{CacheConfig, RuleTarget, Ttl};
+use veneer_config::{CacheConfig, Replication, RuleTarget, Ttl};
 use veneer_invalidation::{Dependencies, Generations, TableGeneration};
 
 use super::catalog::{Catalog, Function, Relation, RowKeys};
 use super::classify::{self, Analysis, Equality, Name, RowWrite};
 use super::demand::Demand;
 use super::digest::{self, Digest, Hint, Shape};
+use super::fence::Fence;
 use super::point::Point;
 use super::Digests;
 use crate::metrics::StreamMeters;
@@ -51,6 +52,10 @@ pub enum Action {
         reason: &'static str,
         /// What to invalidate when its transaction ends, if it may write.
         bump: Option<Bump>,
+        /// It may also change what `bump` does not name (triggers, rules, functions that write),
+        /// which only the replication stream reports: the session stays off the cache from its
+        /// commit until the stream has applied it (see [`super::fence`]).
+        fence: bool,
         /// Whether it may change the catalog (DDL): the snapshot is reread.
         ddl: bool,
         /// The database a DROP DATABASE drops: its replication stream must be off while it runs.
@@ -161,6 +166,8 @@ pub struct Database {
     pub demand: Demand,
     /// What its replication stream has applied.
     pub stream: StreamMeters,
+    /// Where its stream stands, for sessions waiting to read their writes' full effects.
+    pub fence: Fence,
     /// The tables the followed publication covers, when it does not cover all tables.
     published: std::sync::Mutex<Option<std::collections::HashSet<String>>>,
 }
@@ -180,6 +187,7 @@ impl Database {
             streaming: AtomicBool::new(false),
             listener: watch::channel(Listener::Idle).0,
             demand: Demand::default(),
+            fence: Fence::default(),
             published: std::sync::Mutex::new(None),
         }
     }
@@ -298,6 +306,7 @@ impl Database {
             _ => Action::Forward {
                 reason: "not UTF-8",
                 bump: Some(Bump::Global),
+                fence: false,
                 ddl: false,
                 drops_database: None,
             },
@@ -324,38 +333,56 @@ impl Database {
         let forward = |reason, bump, ddl| Action::Forward {
             reason,
             bump,
+            fence: false,
             ddl,
             drops_database: None,
         };
+        // Whether effects the proxy cannot name reach the cache through the stream (the writer
+        // fenced until then); if not, a write that may have such effects invalidates everything.
+        let followed = config.replication != Replication::Off;
         match classify::analyze(sql) {
             Analysis::Write {
                 relations,
                 functions,
                 rows,
             } => {
-                let bump = match catalog {
-                    Some(c)
-                        if relations
-                            .iter()
-                            .all(|r| c.relation(r) == Some(Relation::Table) && !c.spreads(r))
-                            && functions
-                                .iter()
-                                .all(|f| c.function(f) != Function::Unsafe { may_write: true }) =>
-                    {
-                        let rows = rows.as_ref().filter(|_| config.row_keys);
-                        match row_write(&relations, rows, c, literals) {
-                            Some(point) => {
-                                Bump::Row(self.generations.table(point.table()), Arc::new(point))
-                            }
-                            None => Bump::Tables(self.tables(&relations, c)),
-                        }
-                    }
-                    // Triggers, rules, partitions, inheritance, updatable views and functions that
-                    // write carry the write to tables it does not name; without a catalog the proxy
-                    // cannot tell.
-                    _ => Bump::Global,
+                // Updatable views carry the write to tables it does not name; without a catalog the
+                // proxy cannot tell.
+                let Some(c) = catalog.filter(|c| {
+                    relations
+                        .iter()
+                        .all(|r| c.relation(r) == Some(Relation::Table))
+                }) else {
+                    return forward("write", Some(Bump::Global), false);
                 };
-                forward("write", Some(bump), false)
+                let reach = c.reach(&relations);
+                let unseen = reach.unseen
+                    || functions
+                        .iter()
+                        .any(|f| c.function(f) == Function::Unsafe { may_write: true });
+                if unseen && !followed {
+                    return forward("write", Some(Bump::Global), false);
+                }
+                let rows = rows.as_ref().filter(|_| config.row_keys && !reach.cascades);
+                let bump = match row_write(&relations, rows, c, literals) {
+                    Some(point) => {
+                        Bump::Row(self.generations.table(point.table()), Arc::new(point))
+                    }
+                    None => Bump::Tables(
+                        reach
+                            .tables
+                            .iter()
+                            .map(|t| self.generations.table(t))
+                            .collect(),
+                    ),
+                };
+                Action::Forward {
+                    reason: "write",
+                    bump: Some(bump),
+                    fence: unseen,
+                    ddl: false,
+                    drops_database: None,
+                }
             }
             Analysis::Other {
                 reason,
@@ -364,6 +391,7 @@ impl Database {
             } => Action::Forward {
                 reason,
                 bump: may_write.then_some(Bump::Global),
+                fence: false,
                 ddl,
                 drops_database: ddl.then(|| classify::dropped_database(sql)).flatten(),
             },
@@ -376,8 +404,25 @@ impl Database {
                     return forward(reason::NO_CATALOG, None, false);
                 };
                 for f in &functions {
-                    if let Function::Unsafe { may_write } = catalog.function(f) {
-                        return forward(reason::FUNCTION, may_write.then_some(Bump::Global), false);
+                    match catalog.function(f) {
+                        Function::Safe => {}
+                        // What it writes shows in the stream.
+                        Function::Unsafe { may_write: true } if followed => {
+                            return Action::Forward {
+                                reason: reason::FUNCTION,
+                                bump: None,
+                                fence: true,
+                                ddl: false,
+                                drops_database: None,
+                            }
+                        }
+                        Function::Unsafe { may_write } => {
+                            return forward(
+                                reason::FUNCTION,
+                                may_write.then_some(Bump::Global),
+                                false,
+                            )
+                        }
                     }
                 }
                 match self.ttl(shape, &relations, catalog, config) {
@@ -534,10 +579,21 @@ mod tests {
             cache_row_keys: Some(row_keys),
             ..Settings::default()
         };
+        plan_with(&Database::new("db".to_owned()), sql, settings, |_| {})
+    }
+
+    /// The plan of `sql` with `settings`, over a table `t` keyed by `id` and whatever `more` adds to
+    /// the catalog.
+    fn plan_with(
+        db: &Database,
+        sql: &str,
+        settings: Settings,
+        more: impl FnOnce(&mut Catalog),
+    ) -> Arc<Plan> {
         let config = Config::resolve(settings).expect("valid").cache.expect("on");
-        let db = Database::new("db".to_owned());
         let mut catalog = Catalog::default();
         catalog.add_relation("t".to_owned(), "public", "r", "p");
+        more(&mut catalog);
         let id = KeyColumn {
             name: "id".to_owned(),
             type_oid: 23,
@@ -563,5 +619,72 @@ mod tests {
         assert!(plan(read, false).point().is_none());
         assert!(plan(write, false).point().is_none());
         assert!(plan("SELECT v FROM t WHERE id > 1", true).point().is_none());
+    }
+
+    /// The tables a plan's write bumps in `db`, and whether it fences the session; `None` for the
+    /// whole database.
+    fn bumped(db: &Database, plan: &Plan) -> Option<(Vec<String>, bool)> {
+        let tables = db.generations.tables();
+        let name = |t: &Arc<TableGeneration>| {
+            let (name, _) = tables
+                .iter()
+                .find(|(_, g)| Arc::ptr_eq(g, t))
+                .expect("known");
+            name.to_string()
+        };
+        let Action::Forward {
+            bump: Some(bump),
+            fence,
+            ..
+        } = &plan.action
+        else {
+            panic!("not a write: {plan:?}")
+        };
+        let tables = match bump {
+            Bump::Tables(tables) => tables.iter().map(name).collect(),
+            Bump::Row(table, _) | Bump::Key(table, _) => vec![name(table)],
+            Bump::Global => return None,
+        };
+        Some((tables, *fence))
+    }
+
+    #[test]
+    fn writes_reach_cascades_and_fence_what_triggers_may_do() {
+        let schema = |c: &mut Catalog| {
+            for t in ["child", "grandchild", "audited"] {
+                c.add_relation(t.to_owned(), "public", "r", "p");
+            }
+            c.cascade("t".to_owned(), "child".to_owned());
+            c.cascade("child".to_owned(), "grandchild".to_owned());
+            c.add_opaque("audited".to_owned());
+        };
+        let write = |sql, replication| {
+            let settings = Settings {
+                replication: Some(replication),
+                ..Settings::default()
+            };
+            let db = Database::new("db".to_owned());
+            bumped(&db, &plan_with(&db, sql, settings, schema))
+        };
+        let followed = Replication::Required;
+        assert_eq!(
+            write("DELETE FROM t WHERE id = 1", followed),
+            Some((vec!["child".into(), "grandchild".into(), "t".into()], false)),
+            "cascades are bumped at once, and the row key gives way to the tables"
+        );
+        assert_eq!(
+            write("UPDATE child SET v = 1", followed),
+            Some((vec!["child".into(), "grandchild".into()], false))
+        );
+        assert_eq!(
+            write("UPDATE audited SET v = 1", followed),
+            Some((vec!["audited".into()], true)),
+            "what a trigger does comes through the stream, the writer fenced until then"
+        );
+        assert_eq!(
+            write("UPDATE audited SET v = 1", Replication::Off),
+            None,
+            "with no stream, a trigger's reach is the whole database"
+        );
     }
 }

@@ -70,12 +70,14 @@ impl Sink for Apply<'_> {
         let mut tables = commit.changed.clone();
         tables.extend(commit.whole.iter().cloned());
         self.db.stream.applied(commit.rows, delay, &tables);
+        self.db.fence.applied(commit.end_lsn);
     }
 
     fn progress(&mut self, progress: Progress) {
         self.db
             .stream
             .behind(progress.server_end.saturating_sub(progress.applied));
+        self.db.fence.applied(progress.applied);
     }
 }
 
@@ -151,12 +153,16 @@ async fn run(cache: &Cache, db: &Database) -> Result<(), String> {
             NEXT_SLOT.fetch_add(1, Ordering::Relaxed)
         ),
     };
+    let wanted = db.fence.wanted();
     let connection = upstream::connect(&cache.service, cache.service_tls.as_ref())
         .await
         .map_err(|e| e.to_string())?;
     let mut sink = Apply { cache, db };
     let stop = db.demand.released(cache.config.replication_idle_timeout);
-    replication::follow(connection.stream, &login, &mut sink, stop)
-        .await
-        .map_err(|e| e.to_string())
+    let stream = replication::follow(connection.stream, &login, &mut sink, stop, wanted);
+    // Positions for read-your-writes are read while the stream runs, which is what makes them pass.
+    tokio::select! {
+        followed = stream => followed.map_err(|e| e.to_string()),
+        never = db.fence.settle(cache, db) => match never {},
+    }
 }

@@ -8,6 +8,7 @@ pub mod classify;
 pub mod database;
 mod demand;
 pub mod digest;
+pub mod fence;
 mod follow;
 pub mod point;
 

@@ -28,6 +28,7 @@ use super::{frames, Session};
 use crate::cache::admin::{self, Command};
 use crate::cache::database::{Action, Attached, Bump, Database, Plan};
 use crate::cache::digest::{Digest, Shape};
+use crate::cache::fence::Wait;
 use crate::cache::point::{Bind, Declared, Values};
 use crate::cache::{Cache, DatabaseHold, Flight, FlightGuard};
 use crate::error::Error;
@@ -83,6 +84,9 @@ pub(super) struct SessionCache {
     busy_since: Option<Instant>,
     /// The transaction block in progress was declared READ ONLY (see `cache_read_only_transactions`).
     read_only_block: bool,
+    /// Set when the session committed a write with effects only the replication stream reports:
+    /// its reads stay off the cache until the stream has applied that commit.
+    fence: Option<Wait>,
     /// Reused for the shape of each statement looked up, so plan lookups do not allocate (behind an
     /// uncontended lock only because plan lookups happen through shared references).
     shape: Mutex<Shape>,
@@ -115,7 +119,9 @@ impl Unsettled {
 struct Write {
     /// Number of the ReadyForQuery that ends the write's unit.
     ready: u64,
-    bump: Bump,
+    bump: Option<Bump>,
+    /// Its commit fences the session (see [`Action::Forward`]).
+    fence: bool,
     ddl: bool,
 }
 
@@ -225,6 +231,7 @@ impl SessionCache {
             unnamed_stale: false,
             busy_since: None,
             read_only_block: false,
+            fence: None,
             shape: Mutex::new(Shape::default()),
         }
     }
@@ -256,14 +263,29 @@ impl SessionCache {
         (plan, key)
     }
 
-    /// A write is being forwarded: bump `bump` when the transaction around the unit being sent ends
-    /// (its unit's ReadyForQuery is the next one this session sends for).
-    fn expect_write(&mut self, bump: Bump, ddl: bool) {
+    /// A write is being forwarded: bump `bump` (and fence the session, with `fence`) when the
+    /// transaction around the unit being sent ends (its unit's ReadyForQuery is the next one this
+    /// session sends for).
+    fn expect_write(&mut self, bump: Option<Bump>, fence: bool, ddl: bool) {
         self.writes.push_back(Write {
             ready: self.readies_sent + 1,
             bump,
+            fence,
             ddl,
         });
+    }
+
+    /// Whether the session may be served from the cache as far as its own writes go: not while the
+    /// replication stream has yet to apply a commit of its that fenced it.
+    fn fence_passed(&mut self) -> bool {
+        match &self.fence {
+            None => true,
+            Some(wait) if self.db.fence.passed(wait, &self.db.generations) => {
+                self.fence = None;
+                true
+            }
+            Some(_) => false,
+        }
     }
 
     /// Whether the session waits for another session's identical miss.
@@ -283,7 +305,7 @@ impl SessionCache {
             .committing
             .drain(..)
             .chain(self.writes.drain(..))
-            .map(|w| w.bump)
+            .filter_map(|w| w.bump)
             .collect();
         (!bumps.is_empty()).then(|| Unsettled {
             cache: Arc::clone(&self.cache),
@@ -383,6 +405,10 @@ impl Session {
         }
         if !cache.serves(&self.cache.as_ref().expect("checked").db) {
             self.bypass("replication_down");
+            return;
+        }
+        if !self.cache.as_mut().expect("checked").fence_passed() {
+            self.bypass("own_write_not_applied");
             return;
         }
         let key = self.key();
@@ -618,10 +644,13 @@ impl Session {
             c.read_only_block = false;
         }
         if idle && !c.committing.is_empty() {
-            let bumps: Vec<Bump> = c.committing.iter().map(|w| w.bump.clone()).collect();
+            let bumps: Vec<Bump> = c.committing.iter().filter_map(|w| w.bump.clone()).collect();
             SessionCache::apply(&c.cache, &c.db, &bumps);
             if c.committing.iter().any(|w| w.ddl) {
                 c.db.catalog_changed();
+            }
+            if c.committing.iter().any(|w| w.fence) {
+                c.fence = Some(c.db.fence.wait(&c.db.generations));
             }
             c.committing.clear();
         }
@@ -988,7 +1017,7 @@ fn track(
             match c.portals.get(portal).cloned() {
                 Some((plan, key)) => note_write(c, &plan, key),
                 // A portal the proxy did not see bound (or a cursor): it may do anything.
-                None => c.expect_write(Bump::Global, true),
+                None => c.expect_write(Some(Bump::Global), false, true),
             }
         }
         b'C' => {
@@ -1002,7 +1031,7 @@ fn track(
             }
         }
         b'F' => {
-            c.expect_write(Bump::Global, true);
+            c.expect_write(Some(Bump::Global), false, true);
             c.readies_sent += 1;
         }
         b'S' => c.readies_sent += 1,
@@ -1050,17 +1079,20 @@ fn begins_block(sql: &[u8], default_read_only: bool) -> Option<bool> {
 fn note_write(c: &mut SessionCache, plan: &Plan, key: Option<Key>) {
     if let Action::Forward {
         bump,
+        fence,
         ddl,
         drops_database,
         ..
     } = &plan.action
     {
-        if let Some(bump) = bump {
-            let bump = match (bump, key.and_then(Key::bucket)) {
-                (Bump::Row(table, _), Some(bucket)) => Bump::Key(Arc::clone(table), bucket),
-                (bump, _) => bump.clone(),
-            };
-            c.expect_write(bump, *ddl);
+        if bump.is_some() || *fence {
+            let bump = bump
+                .as_ref()
+                .map(|bump| match (bump, key.and_then(Key::bucket)) {
+                    (Bump::Row(table, _), Some(bucket)) => Bump::Key(Arc::clone(table), bucket),
+                    (bump, _) => bump.clone(),
+                });
+            c.expect_write(bump, *fence, *ddl);
         }
         if let Some(name) = drops_database {
             c.dropping = Some((name.clone(), c.readies_sent + 1));
