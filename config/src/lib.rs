@@ -153,6 +153,15 @@ pub struct Settings {
     #[arg(long, env = "VENEER_PUBLICATION", value_name = "NAME")]
     pub publication: Option<String>,
 
+    /// Keep a permanent replication slot per database, named <prefix>_<database>, instead of a
+    /// temporary one: after a lost connection the stream resumes where it stopped, so the cache is
+    /// not emptied; the stream then runs until the proxy stops (not only while clients use the
+    /// database), and the slot keeps WAL on the server while no proxy follows it. Lowercase letters,
+    /// digits and underscores; proxies sharing a server need different prefixes [default: none,
+    /// temporary slots].
+    #[arg(long, env = "VENEER_REPLICATION_SLOT", value_name = "PREFIX")]
+    pub replication_slot: Option<String>,
+
     /// Most replication streams followed at once, one per database in use; a further database is
     /// served as if its stream were down (see replication) until a stream frees up. Keep it under the
     /// server's max_replication_slots and max_wal_senders, which other replication also uses
@@ -260,6 +269,8 @@ pub struct CacheConfig {
     pub replication: Replication,
     /// The publication followed.
     pub publication: String,
+    /// Prefix of permanent slots' names; `None` for temporary slots.
+    pub replication_slot: Option<String>,
     /// Cap on replication streams running at once.
     pub replication_listeners: usize,
     /// How long a database's background work outlives its last client.
@@ -374,6 +385,7 @@ impl Config {
                 row_keys: s.cache_row_keys.unwrap_or(true),
                 replication: s.replication.unwrap_or(Replication::Required),
                 publication: s.publication.unwrap_or_else(|| "veneer".to_owned()),
+                replication_slot: s.replication_slot,
                 replication_listeners: s.replication_listeners.unwrap_or(4),
                 replication_idle_timeout: s
                     .replication_idle_timeout
@@ -428,6 +440,17 @@ impl Config {
             if cache.catalog_refresh < Duration::from_secs(1) {
                 return Err(invalid("catalog_refresh", "must be at least 1s"));
             }
+            if let Some(prefix) = &cache.replication_slot {
+                let valid = prefix
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+                if prefix.is_empty() || prefix.len() > 30 || !valid {
+                    return Err(invalid(
+                        "replication_slot",
+                        "must be 1 to 30 lowercase letters, digits and underscores",
+                    ));
+                }
+            }
             if cache.replication_listeners == 0 && cache.replication != Replication::Off {
                 return Err(invalid(
                     "replication_listeners",
@@ -477,6 +500,7 @@ impl Settings {
             catalog_refresh: self.catalog_refresh.or(lower.catalog_refresh),
             replication: self.replication.or(lower.replication),
             publication: self.publication.or(lower.publication),
+            replication_slot: self.replication_slot.or(lower.replication_slot),
             replication_listeners: self.replication_listeners.or(lower.replication_listeners),
             replication_idle_timeout: self
                 .replication_idle_timeout

@@ -1,6 +1,6 @@
 //! Following a database's logical replication stream: a `replication=database` session that logs in
 //! (trust, password, md5 or SCRAM-SHA-256), makes sure the publication exists, creates a temporary
-//! pgoutput slot (so a dead proxy never pins WAL), streams from it and reports each committed
+//! pgoutput slot (so a dead proxy never pins WAL) or resumes a permanent one, streams from it and reports each committed
 //! transaction's changed tables. It acknowledges what it applied with standby status updates, on every
 //! keepalive that asks and at least every [`STATUS_INTERVAL`], so the slot follows even an idle
 //! database. Asked for a WAL position (`wanted`), it has the server report where it stands until
@@ -32,6 +32,22 @@ const UNIDENTIFIED_TABLES: &str = "SELECT format('%I.%I', n.nspname, c.relname) 
          (SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid AND i.indisprimary))) \
      ORDER BY 1 LIMIT 20";
 
+/// The end of the last WAL record inserted, as a byte count: every transaction that committed before
+/// it ran ends at or before it, whether its commit was flushed yet or not. The insert position
+/// itself points past the header of a page when it stands at the page's start (24 bytes, 40 at the
+/// start of a segment), where no record ends, and a stream reports record ends: the header is taken
+/// off so that a stream that has applied everything reaches the figure.
+pub const INSERTED_END: &str = "SELECT (CASE WHEN p % s = 40 THEN p - 40 \
+     WHEN p % b = 24 THEN p - 24 ELSE p END)::int8 \
+     FROM (SELECT pg_catalog.pg_current_wal_insert_lsn() - '0/0'::pg_lsn AS p, \
+       pg_catalog.current_setting('wal_block_size')::numeric AS b, \
+       pg_catalog.pg_size_bytes(pg_catalog.current_setting('wal_segment_size')) AS s) w";
+
+/// Rows of one table a transaction may change before the table counts as changed as a whole: the
+/// row-key buckets are shared by every table of a database, so bumping the keys of a large batch
+/// would evict much of every other table's point lookups along with them.
+const ROW_KEYS_PER_TABLE: u32 = 1024;
+
 /// Microseconds from the Unix epoch to Postgres's (2000-01-01).
 const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
 
@@ -46,8 +62,23 @@ pub struct Login {
     pub database: String,
     /// The publication to stream (created FOR ALL TABLES when missing).
     pub publication: String,
-    /// The temporary slot's name, unique per stream.
+    /// The slot's name: unique per stream when temporary, the same on every start when permanent.
     pub slot: String,
+    /// Keep the slot when the stream ends (resuming from it on the next start) instead of creating a
+    /// temporary one each time.
+    pub permanent: bool,
+}
+
+/// A permanent slot the stream resumed from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resumed {
+    /// Everything before this WAL position was confirmed applied; the stream starts there.
+    pub confirmed: u64,
+    /// WAL the slot kept on the server while nobody streamed from it, in bytes.
+    pub retained: u64,
+    /// The server's WAL when the stream resumed ([`INSERTED_END`]): what committed before it (while
+    /// nobody followed) is replayed first.
+    pub server: u64,
 }
 
 /// What one committed transaction changed.
@@ -182,8 +213,10 @@ impl From<pgoutput::DecodeError> for ReplicationError {
 /// What the stream reports to its owner.
 pub trait Sink {
     /// Streaming has started: changes from here on will be reported. `published` lists the tables
-    /// the publication covers when it is not FOR ALL TABLES (writes to others are not streamed).
-    fn streaming(&mut self, published: Option<Vec<String>>);
+    /// the publication covers when it is not FOR ALL TABLES (writes to others are not streamed);
+    /// `resumed` says where a permanent slot left off (`None` for a new slot, whose stream starts
+    /// from now: what committed before is not reported).
+    fn streaming(&mut self, published: Option<Vec<String>>, resumed: Option<Resumed>);
     /// A transaction committed.
     fn commit(&mut self, commit: &Commit);
     /// The server reported its WAL end (on a keepalive) and what has been applied.
@@ -195,8 +228,8 @@ pub trait Sink {
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Logs in on `stream`, starts streaming and reports commits to `sink` until the stream fails, or
-/// until `stop` completes: then the stream is ended, the slot dropped and the session closed before
-/// this returns `Ok`, so the slot is gone once it has returned. Whenever `wanted` names a WAL position
+/// until `stop` completes: then the stream is ended, the slot dropped (a permanent one too) and the
+/// session closed before this returns `Ok`, so the slot is gone once it has returned. Whenever `wanted` names a WAL position
 /// past what has been applied, the server is asked where it stands (keepalives report it), so that
 /// [`Progress::applied`] reaches the position without waiting for the next commit.
 pub async fn follow<S, K>(
@@ -219,25 +252,15 @@ where
     conn.login(login).await?;
     conn.ensure_publication(&login.publication).await?;
     let published = conn.published_tables(&login.publication).await?;
-    let created = conn
-        .rows(
-            &format!(
-                "CREATE_REPLICATION_SLOT {} TEMPORARY LOGICAL pgoutput NOEXPORT_SNAPSHOT",
-                escape_identifier(&login.slot)
-            ),
-            "creating a replication slot",
-        )
-        .await?;
-    // Transactions that committed before the slot's consistent point are not streamed: whoever
-    // follows learns of them some other way (Veneer bumps every generation when streaming starts).
-    let consistent = created
-        .first()
-        .and_then(|row| column(row, 1))
-        .as_deref()
-        .and_then(parse_lsn)
-        .ok_or_else(|| {
-            ReplicationError::Protocol("CREATE_REPLICATION_SLOT gave no consistent point".into())
-        })?;
+    let resumed = if login.permanent {
+        conn.existing_slot(&login.slot).await?
+    } else {
+        None
+    };
+    let consistent = match resumed {
+        Some(resumed) => resumed.confirmed,
+        None => conn.create_slot(login).await?,
+    };
     // Protocol 2 (Postgres 14 and later) streams large transactions while they run, so the server
     // does not spill them to disk first, and passes on Veneer's DDL messages.
     let options = if conn.server_major >= 14 {
@@ -266,7 +289,7 @@ where
             }
         }
     }
-    sink.streaming(published);
+    sink.streaming(published, resumed);
     sink.progress(Progress {
         server_end: consistent,
         applied: consistent,
@@ -439,6 +462,72 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
+    /// Creates the stream's slot; returns its consistent point. Transactions that committed before
+    /// it are not streamed.
+    async fn create_slot(&mut self, login: &Login) -> Result<u64, ReplicationError> {
+        let created = self
+            .rows(
+                &format!(
+                    "CREATE_REPLICATION_SLOT {}{} LOGICAL pgoutput NOEXPORT_SNAPSHOT",
+                    escape_identifier(&login.slot),
+                    if login.permanent { "" } else { " TEMPORARY" }
+                ),
+                "creating a replication slot",
+            )
+            .await?;
+        created
+            .first()
+            .and_then(|row| column(row, 1))
+            .as_deref()
+            .and_then(parse_lsn)
+            .ok_or_else(|| {
+                ReplicationError::Protocol(
+                    "CREATE_REPLICATION_SLOT gave no consistent point".into(),
+                )
+            })
+    }
+
+    /// The permanent slot `name` as a previous stream left it, if it exists and can be resumed.
+    async fn existing_slot(&mut self, name: &str) -> Result<Option<Resumed>, ReplicationError> {
+        let rows = self
+            .rows(
+                &format!(
+                    "SELECT plugin, active::text, confirmed_flush_lsn::text, \
+                       (pg_catalog.pg_current_wal_lsn() - restart_lsn)::int8::text, \
+                       (database = pg_catalog.current_database())::text, ({INSERTED_END})::text \
+                     FROM pg_catalog.pg_replication_slots WHERE slot_name = {}",
+                    escape_literal(name)
+                ),
+                "looking up the replication slot",
+            )
+            .await?;
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        let field = |n| column(row, n).unwrap_or_default();
+        if field(0) != "pgoutput" || field(4) != "true" {
+            return Err(ReplicationError::Setup(format!(
+                "replication slot {name} exists but is not a pgoutput slot of this database \
+                 (plugin {}): choose another replication_slot prefix",
+                field(0)
+            )));
+        }
+        if field(1) == "true" {
+            return Err(ReplicationError::Setup(format!(
+                "replication slot {name} is in use by another connection (another proxy with the \
+                 same replication_slot prefix?)"
+            )));
+        }
+        let confirmed = parse_lsn(&field(2)).ok_or_else(|| {
+            ReplicationError::Protocol(format!("slot {name} has no confirmed position"))
+        })?;
+        Ok(Some(Resumed {
+            confirmed,
+            retained: field(3).parse().unwrap_or(0),
+            server: field(5).parse().unwrap_or(u64::MAX),
+        }))
+    }
+
     async fn ensure_publication(&mut self, name: &str) -> Result<(), ReplicationError> {
         let exists = self
             .simple(
@@ -479,22 +568,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         Ok(())
     }
 
-    /// The tables a publication covers, or `None` when it covers all tables.
+    /// The tables a publication covers, or `None` when it covers all tables. A publication that
+    /// leaves out some kind of change (`publish` without insert, update, delete or truncate) covers
+    /// none: the stream would miss those changes to any table.
     async fn published_tables(
         &mut self,
         name: &str,
     ) -> Result<Option<Vec<String>>, ReplicationError> {
-        let all = self
+        let coverage = self
             .simple(
                 &format!(
-                    "SELECT puballtables::text FROM pg_catalog.pg_publication WHERE pubname = {}",
+                    "SELECT CASE WHEN NOT (pubinsert AND pubupdate AND pubdelete AND pubtruncate) \
+                       THEN 'partial' WHEN puballtables THEN 'all' ELSE 'listed' END \
+                     FROM pg_catalog.pg_publication WHERE pubname = {}",
                     escape_literal(name)
                 ),
                 "reading the publication",
             )
             .await?;
-        if all.first().cloned().flatten().as_deref() == Some("true") {
-            return Ok(None);
+        match coverage.first().cloned().flatten().as_deref() {
+            Some("all") => return Ok(None),
+            Some("partial") => return Ok(Some(Vec::new())),
+            _ => {}
         }
         let tables = self
             .simple(
@@ -635,7 +730,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 /// What a transaction has done so far.
 #[derive(Default)]
 struct Pending {
-    changed: HashSet<u32>,
+    /// Tables whose rows changed, with how many rows.
+    changed: HashMap<u32, u32>,
     keys: RowSet,
     whole: HashSet<u32>,
     redefined: bool,
@@ -814,11 +910,14 @@ impl Decoder {
                     Some(xid) => self.streamed.entry(xid).or_default(),
                     None => &mut self.current,
                 };
-                pending.changed.insert(oid);
+                let rows = pending.changed.entry(oid).or_default();
+                *rows += 1;
                 pending.rows += 1;
-                let read = self.relations.get(&oid).is_some_and(|known| {
-                    known.keys.collect(&known.name, &tuples, &mut pending.keys)
-                });
+                let read = *rows <= ROW_KEYS_PER_TABLE
+                    && !pending.whole.contains(&oid)
+                    && self.relations.get(&oid).is_some_and(|known| {
+                        known.keys.collect(&known.name, &tuples, &mut pending.keys)
+                    });
                 if !read {
                     pending.whole.insert(oid);
                 }
@@ -857,15 +956,14 @@ impl Decoder {
     }
 
     fn commit(&self, pending: Pending, end_lsn: u64, commit_time: i64) -> Commit {
-        let names = |oids: &HashSet<u32>| -> Vec<String> {
-            oids.iter()
-                .filter_map(|o| self.relations.get(o).map(|known| known.name.clone()))
+        let names = |oids: &mut dyn Iterator<Item = &u32>| -> Vec<String> {
+            oids.filter_map(|o| self.relations.get(o).map(|known| known.name.clone()))
                 .collect()
         };
-        let mut whole = names(&pending.whole);
+        let mut whole = names(&mut pending.whole.iter());
         whole.extend(pending.named);
         Commit {
-            changed: names(&pending.changed),
+            changed: names(&mut pending.changed.keys()),
             keys: pending.keys,
             whole,
             redefined: pending.redefined,

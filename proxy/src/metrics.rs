@@ -118,6 +118,9 @@ pub struct StreamMeters {
     /// Bytes of WAL the server had beyond what was applied, at its last report.
     lag_bytes: Gauge,
     last_lag_bytes: AtomicU64,
+    /// Bytes of WAL the slot makes the server keep, at the last look.
+    retained_bytes: Gauge,
+    last_retained_bytes: AtomicU64,
     last_delay_micros: AtomicU64,
     database: String,
 }
@@ -136,6 +139,8 @@ impl StreamMeters {
             delay: histogram!("veneer_replication_delay_seconds", "database" => database.clone()),
             lag_bytes: gauge!("veneer_replication_lag_bytes", "database" => database.clone()),
             last_lag_bytes: AtomicU64::new(0),
+            retained_bytes: gauge!("veneer_replication_slot_retained_bytes", "database" => database.clone()),
+            last_retained_bytes: AtomicU64::new(u64::MAX),
             last_delay_micros: AtomicU64::new(0),
             database,
         }
@@ -158,6 +163,17 @@ impl StreamMeters {
     pub fn behind(&self, bytes: u64) {
         self.lag_bytes.set(bytes as f64);
         self.last_lag_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// The slot makes the server keep `bytes` of WAL.
+    pub fn retained(&self, bytes: u64) {
+        self.retained_bytes.set(bytes as f64);
+        self.last_retained_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// The WAL the slot retained at the last look, once looked at.
+    pub fn last_retained(&self) -> Option<u64> {
+        Some(self.last_retained_bytes.load(Ordering::Relaxed)).filter(|&b| b != u64::MAX)
     }
 
     /// The last lag figures: bytes of WAL behind, and the last transaction's commit-to-apply delay.

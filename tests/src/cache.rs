@@ -152,3 +152,23 @@ pub async fn write_applied(direct: &Client, client: &Client, database: &str, sql
         status(client).await
     );
 }
+
+/// Ends the proxy's replication stream of `database` from the server's side (`direct`, a superuser
+/// session straight to it) and returns once the proxy `client` is connected to has noticed.
+pub async fn lose_stream(direct: &Client, client: &Client, database: &str) {
+    let killed: i64 = crate::client::scalar(
+        direct,
+        &format!(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE backend_type = 'walsender' AND datname = '{database}'"
+        ),
+    )
+    .await;
+    assert!(killed >= 1, "no walsender of the proxy found");
+    let key = format!("database {database}");
+    let noticed = wait_for(Duration::from_secs(20), || async {
+        !status(client).await[&key].contains("replication streaming")
+    })
+    .await;
+    assert!(noticed, "the proxy did not notice the lost stream");
+}

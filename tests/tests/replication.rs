@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use veneer_tests::cache::{
-    applied, figure, first, on, own_database, run_direct as setup, status, until_seen,
+    applied, figure, first, lose_stream, on, own_database, run_direct as setup, status, until_seen,
     wait_cache_ready, wait_database_cached,
 };
 use veneer_tests::*;
@@ -89,20 +89,9 @@ async fn a_lost_stream_never_serves_a_stale_answer() {
     for round in 1..=3 {
         first(&client, sql).await;
         first(&client, sql).await;
-        let killed: i64 = scalar(
-            &direct,
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-             WHERE backend_type = 'walsender' AND datname = 'repl_loss'",
-        )
-        .await;
-        assert!(killed >= 1, "no walsender of the proxy found");
+        lose_stream(&direct, &client, "repl_loss").await;
         // Write while nobody listens; once the proxy has noticed, it must answer fresh: forwarded while
         // the stream is down, and after a reconnect every older entry is unreachable.
-        let noticed = wait_for(Duration::from_secs(20), || async {
-            !status(&client).await["database repl_loss"].contains("replication streaming")
-        })
-        .await;
-        assert!(noticed, "the proxy did not notice the lost stream");
         direct
             .batch_execute(&format!("UPDATE repl_loss SET v = {round} WHERE id = 1"))
             .await
@@ -124,6 +113,96 @@ async fn a_lost_stream_never_serves_a_stale_answer() {
     let hits = figure(&client, "hits").await;
     first(&client, sql).await;
     assert_eq!(figure(&client, "hits").await, hits + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_slot_resumes_without_emptying_the_cache() {
+    let direct = own_database("repl_perm").await;
+    direct
+        .batch_execute(
+            "CREATE TABLE kept (id int PRIMARY KEY, v int); INSERT INTO kept VALUES (1, 0);
+             CREATE TABLE written (id int PRIMARY KEY, v int); INSERT INTO written VALUES (1, 0);
+             CREATE TABLE bulk (id int PRIMARY KEY);",
+        )
+        .await
+        .unwrap();
+    let slot = "SELECT count(*) FROM pg_replication_slots \
+                WHERE slot_name = 'vtest_repl_perm' AND NOT temporary";
+    let start = || ProxyHandle::start_with(|s| s.replication_slot = Some("vtest".to_owned()));
+    let proxy = start().await;
+    let client = connect(&on(proxy.addr(), "repl_perm")).await.unwrap();
+    wait_database_cached(&client, "repl_perm").await;
+    assert_eq!(scalar::<i64>(&direct, slot).await, 1, "no permanent slot");
+    let (kept, written) = (
+        "SELECT v FROM kept WHERE id = 1",
+        "SELECT v FROM written WHERE id = 1",
+    );
+    for round in 1..=2 {
+        for sql in [kept, written, kept, written] {
+            first(&client, sql).await;
+        }
+        lose_stream(&direct, &client, "repl_perm").await;
+        // Written while nobody follows, behind a large transaction: all replayed from the slot
+        // before the cache serves again.
+        direct
+            .batch_execute(&format!(
+                "INSERT INTO bulk SELECT g FROM generate_series({}, {}) g;
+                 UPDATE written SET v = {round} WHERE id = 1",
+                round * 200_000,
+                round * 200_000 + 199_999
+            ))
+            .await
+            .unwrap();
+        wait_database_cached(&client, "repl_perm").await;
+        assert_eq!(
+            first(&client, written).await,
+            Some(round.to_string()),
+            "stale after resuming"
+        );
+        let hits = figure(&client, "hits").await;
+        first(&client, kept).await;
+        assert_eq!(
+            figure(&client, "hits").await,
+            hits + 1,
+            "resuming emptied the cache"
+        );
+    }
+    // The slot outlives the proxy, and the next one resumes from it.
+    drop(client);
+    proxy.shutdown().await.unwrap();
+    let inactive = wait_for(Duration::from_secs(20), || async {
+        scalar::<i64>(&direct, &format!("{slot} AND NOT active")).await == 1
+    })
+    .await;
+    assert!(inactive, "the permanent slot did not outlive the proxy");
+    direct
+        .batch_execute("UPDATE written SET v = 10 WHERE id = 1")
+        .await
+        .unwrap();
+    let proxy = start().await;
+    let client = connect(&on(proxy.addr(), "repl_perm")).await.unwrap();
+    wait_database_cached(&client, "repl_perm").await;
+    assert_eq!(first(&client, written).await.as_deref(), Some("10"));
+    // Its status shows the WAL it retains.
+    let retained = wait_for(Duration::from_secs(20), || async {
+        status(&client).await["replication repl_perm"].contains("slot retains")
+    })
+    .await;
+    assert!(retained, "{:?}", status(&client).await);
+    // DROP DATABASE through the proxy drops the slot, which would otherwise block it.
+    let admin = connect(&on(proxy.addr(), "postgres")).await.unwrap();
+    drop(client);
+    drop(direct);
+    admin
+        .batch_execute("DROP DATABASE repl_perm WITH (FORCE)")
+        .await
+        .unwrap();
+    let left: i64 = scalar(
+        &admin,
+        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'vtest_repl_perm'",
+    )
+    .await;
+    assert_eq!(left, 0, "the permanent slot outlived its database");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -217,6 +296,19 @@ async fn tables_outside_a_chosen_publication_are_reported_as_ttl_only() {
         .await
         .unwrap();
     until_seen(&client, inside, "1").await;
+    drop(client);
+    proxy.shutdown().await.unwrap();
+    // A publication that leaves out some kind of change misses it for every table.
+    direct
+        .batch_execute("ALTER PUBLICATION veneer SET (publish = 'insert, delete, truncate')")
+        .await
+        .unwrap();
+    let proxy = ProxyHandle::start().await;
+    let client = connect(&on(proxy.addr(), "repl_subset")).await.unwrap();
+    wait_database_cached(&client, "repl_subset").await;
+    first(&client, inside).await;
+    let state = status(&client).await["database repl_subset"].clone();
+    assert!(state.contains("cached with TTL only: t_in"), "{state}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -197,10 +197,14 @@ async fn status(cache: &Cache) -> Vec<Vec<String>> {
                 format!("replication {}", db.name),
                 format!(
                     "{} transactions, {} rows applied; {behind} bytes of WAL behind; last commit \
-                     applied {:.1} ms after it committed",
+                     applied {:.1} ms after it committed; {}",
                     db.stream.transactions.get(),
                     db.stream.rows.get(),
-                    delay.as_secs_f64() * 1000.0
+                    delay.as_secs_f64() * 1000.0,
+                    match db.stream.last_retained() {
+                        Some(bytes) => format!("slot retains {bytes} bytes of WAL"),
+                        None => "slot's retained WAL not read yet".to_owned(),
+                    }
                 ),
             ]);
         }

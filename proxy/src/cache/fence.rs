@@ -4,8 +4,8 @@
 //! write stays off the cache until the stream has applied the WAL up to its commit: it takes a
 //! [`Ticket`] at the commit, and its reads go upstream (no waiting) until the ticket has passed.
 //!
-//! A ticket's position is the server's WAL insert position read after the commit, so it is at or
-//! past the commit's end. A bump of the global epoch after the commit passes it too (every result
+//! A ticket's position is where the server's WAL ends, read after the commit, so it is at or past
+//! the commit's end. A bump of the global epoch after the commit passes it too (every result
 //! filled before then becomes unreachable): the stream's restart does one, which also frees the
 //! tickets a stopped stream left unread. One task per followed database reads it for every ticket taken since its
 //! last read (one query shared by all the sessions waiting), then has the stream ask the server where
@@ -17,24 +17,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
+use veneer_invalidation::replication::INSERTED_END;
 use veneer_invalidation::Generations;
 
 use super::database::Database;
+use super::service::Service;
 use super::Cache;
-use crate::upstream;
+use crate::error::Error;
 
 /// Wait before reading a position again after a failed read.
 const RETRY: Duration = Duration::from_millis(250);
-
-/// Size of the header at the start of a WAL page, and of the longer one at the start of a segment.
-const PAGE_HEADER: u64 = 24;
-const SEGMENT_HEADER: u64 = 40;
-
-/// The WAL sizes a position is read with, and the position itself (as a byte count, so it reads as
-/// an int8).
-const SIZES: &str = "SELECT current_setting('wal_block_size')::int8, \
-     (SELECT setting::int8 FROM pg_catalog.pg_settings WHERE name = 'wal_segment_size')";
-const POSITION: &str = "SELECT (pg_catalog.pg_current_wal_insert_lsn() - '0/0')::int8";
 
 /// One database's fence: how far its stream has applied, and the tickets waiting for a position.
 pub struct Fence {
@@ -102,6 +94,20 @@ impl Fence {
         self.applied.fetch_max(lsn, Ordering::AcqRel);
     }
 
+    /// Every transaction that committed before this WAL position has been applied.
+    pub fn applied_lsn(&self) -> u64 {
+        self.applied.load(Ordering::Acquire)
+    }
+
+    /// Has the stream ask the server where it stands until it has applied up to `lsn`.
+    pub fn want(&self, lsn: u64) {
+        self.wanted.send_if_modified(|w| {
+            let further = lsn > *w;
+            *w = (*w).max(lsn);
+            further
+        });
+    }
+
     /// Follows the furthest position a ticket waits for.
     pub fn wanted(&self) -> watch::Receiver<u64> {
         self.wanted.subscribe()
@@ -110,7 +116,7 @@ impl Fence {
     /// Reads positions for the tickets taken, over a login of `service_user` to `db`; runs until
     /// dropped (with the stream it serves). Failed reads are retried: their tickets wait meanwhile.
     pub async fn settle(&self, cache: &Cache, db: &Database) -> Infallible {
-        let mut reader: Option<Reader> = None;
+        let mut service = Service::new(cache, db, "veneer fence");
         let mut waiting: Vec<Arc<Ticket>> = Vec::new();
         loop {
             if waiting.is_empty() {
@@ -120,29 +126,12 @@ impl Fence {
             if waiting.is_empty() {
                 continue;
             }
-            let read = match reader.take() {
-                Some(r) => Ok(r),
-                None => Reader::open(cache, db).await,
-            };
-            let read = match read {
-                // A reader that failed is opened again next time.
-                Ok(r) => {
-                    let position = r.position().await;
-                    reader = position.is_ok().then_some(r);
-                    position
-                }
-                Err(e) => Err(e),
-            };
-            match read {
+            match position(&mut service).await {
                 Ok(lsn) => {
                     for ticket in waiting.drain(..) {
                         ticket.lsn.store(lsn, Ordering::Release);
                     }
-                    self.wanted.send_if_modified(|w| {
-                        let further = lsn > *w;
-                        *w = (*w).max(lsn);
-                        further
-                    });
+                    self.want(lsn);
                 }
                 Err(e) => {
                     tracing::warn!(database = %db.name, error = %e, retry_in = ?RETRY,
@@ -155,77 +144,15 @@ impl Fence {
     }
 }
 
-/// A service connection that reads WAL positions.
-struct Reader {
-    client: tokio_postgres::Client,
-    /// WAL page and segment sizes.
-    block: u64,
-    segment: u64,
-}
-
-impl Reader {
-    async fn open(cache: &Cache, db: &Database) -> Result<Reader, String> {
-        let (client, _driver) = upstream::service_login(
-            &cache.service,
-            cache.service_tls.as_ref(),
-            &db.name,
-            "veneer fence",
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        let row = client
-            .query_one(SIZES, &[])
-            .await
-            .map_err(|e| e.to_string())?;
-        let size = |i| row.get::<_, i64>(i).max(1) as u64;
-        Ok(Reader {
-            block: size(0),
-            segment: size(1),
-            client,
-        })
-    }
-
-    /// Where the next WAL record will go, as the end of the last record written.
-    async fn position(&self) -> Result<u64, String> {
-        let row = self
-            .client
-            .query_one(POSITION, &[])
-            .await
-            .map_err(|e| e.to_string())?;
-        let insert = row.get::<_, i64>(0) as u64;
-        Ok(record_end(insert, self.block, self.segment))
-    }
-}
-
-/// The end of the last record written before insert position `lsn`. An insert position at the start
-/// of a page points past the page's header, where no record ends; the stream reports the last
-/// record's end, the page boundary before it, so a ticket must not wait for more.
-fn record_end(lsn: u64, block: u64, segment: u64) -> u64 {
-    if lsn % segment == SEGMENT_HEADER {
-        lsn - SEGMENT_HEADER
-    } else if lsn % block == PAGE_HEADER {
-        lsn - PAGE_HEADER
-    } else {
-        lsn
-    }
+/// Where the last WAL record written ends (see [`INSERTED_END`]).
+async fn position(service: &mut Service<'_>) -> Result<u64, Error> {
+    let rows = service.query(INSERTED_END, &[]).await?;
+    Ok(rows.first().map_or(0, |r| r.get::<_, i64>(0) as u64))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn insert_positions_past_a_page_header_end_at_the_page_boundary() {
-        let (block, segment) = (8192, 16 << 20);
-        assert_eq!(record_end(8192 + 24, block, segment), 8192);
-        assert_eq!(record_end(segment + 40, block, segment), segment);
-        assert_eq!(
-            record_end(3 * segment + 8192 + 24, block, segment),
-            3 * segment + 8192
-        );
-        assert_eq!(record_end(8192 + 48, block, segment), 8192 + 48);
-        assert_eq!(record_end(40, block, segment), 0);
-    }
 
     #[test]
     fn a_wait_passes_once_its_position_is_read_and_applied() {

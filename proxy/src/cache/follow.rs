@@ -14,10 +14,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
-use veneer_invalidation::replication::{self, Commit, Ddl, Login, Progress, Sink};
+use veneer_invalidation::replication::{self, Commit, Ddl, Login, Progress, Resumed, Sink};
 use veneer_invalidation::Source;
 
 use super::database::{Database, Listener};
+use super::slot;
 use super::Cache;
 use crate::upstream;
 
@@ -28,17 +29,57 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Makes slot names unique within the process (several proxies may run in one, as in the tests).
 static NEXT_SLOT: AtomicU64 = AtomicU64::new(0);
 
+/// WAL kept by a permanent slot while nobody followed it, past which its resumption is logged as a
+/// warning.
+const RETAINED_WARNING: u64 = 64 << 20;
+
 /// Applies a stream's reports to a database's generations.
 struct Apply<'a> {
     cache: &'a Cache,
     db: &'a Database,
+    /// A resumed stream replays what committed while nobody followed: the database counts as
+    /// streaming only once it has applied up to this position.
+    catch_up: Option<u64>,
+}
+
+impl Apply<'_> {
+    /// Marks the database streaming once a resumed stream has caught up.
+    fn caught_up(&mut self) {
+        if self
+            .catch_up
+            .is_some_and(|target| self.db.fence.applied_lsn() >= target)
+        {
+            self.catch_up = None;
+            self.db.set_listener(Listener::Streaming);
+            tracing::info!(database = %self.db.name, "replication stream caught up with its backlog");
+        }
+    }
 }
 
 impl Sink for Apply<'_> {
-    fn streaming(&mut self, published: Option<Vec<String>>) {
+    fn streaming(&mut self, published: Option<Vec<String>>, resumed: Option<Resumed>) {
         self.db.set_published(published);
-        self.db.reset();
-        self.db.set_listener(Listener::Streaming);
+        if let Some(r) = resumed.filter(|r| r.retained >= RETAINED_WARNING) {
+            tracing::warn!(database = %self.db.name, retained_bytes = r.retained,
+                "the permanent replication slot kept this much WAL on the server while no stream \
+                 followed it; drop it (pg_drop_replication_slot) when no proxy will resume it");
+        }
+        // Resuming where this process left off, the stream replays whatever committed meanwhile:
+        // cached results stay. Otherwise what happened before the stream's start is unknown.
+        match resumed {
+            Some(r) if r.confirmed > 0 && r.confirmed <= self.db.fence.applied_lsn() => {
+                self.db.catalog_changed();
+                self.catch_up = Some(r.server);
+                self.db.fence.want(r.server);
+                tracing::info!(database = %self.db.name,
+                    "replication stream resumed from its permanent slot: cached results kept, \
+                     served again once what committed meanwhile is applied");
+            }
+            _ => {
+                self.db.reset();
+                self.db.set_listener(Listener::Streaming);
+            }
+        }
         tracing::info!(database = %self.db.name, "replication stream following writes");
     }
 
@@ -71,6 +112,7 @@ impl Sink for Apply<'_> {
         tables.extend(commit.whole.iter().cloned());
         self.db.stream.applied(commit.rows, delay, &tables);
         self.db.fence.applied(commit.end_lsn);
+        self.caught_up();
     }
 
     fn progress(&mut self, progress: Progress) {
@@ -78,6 +120,7 @@ impl Sink for Apply<'_> {
             .stream
             .behind(progress.server_end.saturating_sub(progress.applied));
         self.db.fence.applied(progress.applied);
+        self.caught_up();
     }
 }
 
@@ -142,27 +185,86 @@ pub async fn follow(cache: Weak<Cache>, db: Arc<Database>) {
 /// One replication session: returns `Ok` when it was stopped because the database is no longer
 /// wanted (its slot is dropped by then), or why it failed.
 async fn run(cache: &Cache, db: &Database) -> Result<(), String> {
+    let permanent = cache.config.replication_slot.as_deref();
     let login = Login {
         user: cache.service.service_user.clone(),
         password: cache.service.service_password.clone(),
         database: db.name.clone(),
         publication: cache.config.publication.clone(),
-        slot: format!(
-            "veneer_{}_{}",
-            std::process::id(),
-            NEXT_SLOT.fetch_add(1, Ordering::Relaxed)
-        ),
+        slot: match permanent {
+            Some(prefix) => permanent_slot(prefix, &db.name),
+            None => format!(
+                "veneer_{}_{}",
+                std::process::id(),
+                NEXT_SLOT.fetch_add(1, Ordering::Relaxed)
+            ),
+        },
+        permanent: permanent.is_some(),
     };
     let wanted = db.fence.wanted();
     let connection = upstream::connect(&cache.service, cache.service_tls.as_ref())
         .await
         .map_err(|e| e.to_string())?;
-    let mut sink = Apply { cache, db };
-    let stop = db.demand.released(cache.config.replication_idle_timeout);
+    let mut sink = Apply {
+        cache,
+        db,
+        catch_up: None,
+    };
+    // A permanent slot's stream runs until a DROP DATABASE needs the slot gone: stopping it while
+    // idle would leave the slot holding WAL.
+    let idle = match permanent {
+        Some(_) => Duration::MAX,
+        None => cache.config.replication_idle_timeout,
+    };
+    let stop = db.demand.released(idle);
     let stream = replication::follow(connection.stream, &login, &mut sink, stop, wanted);
     // Positions for read-your-writes are read while the stream runs, which is what makes them pass.
     tokio::select! {
         followed = stream => followed.map_err(|e| e.to_string()),
         never = db.fence.settle(cache, db) => match never {},
+        never = slot::watch(cache, db, &login.slot) => match never {},
+    }
+}
+
+/// The name of the permanent slot of `database`: `<prefix>_<database>`, with characters a slot name
+/// cannot hold replaced and, when any were (or the name was cut short), a hash of the full name
+/// appended so that distinct databases keep distinct slots.
+fn permanent_slot(prefix: &str, database: &str) -> String {
+    const MAX_DATABASE: usize = 24;
+    let cleaned: String = database
+        .chars()
+        .map(|c| match c.to_ascii_lowercase() {
+            lower @ ('a'..='z' | '0'..='9' | '_') => lower,
+            _ => '_',
+        })
+        .take(MAX_DATABASE)
+        .collect();
+    if cleaned == database {
+        return format!("{prefix}_{database}");
+    }
+    // FNV-1a: stable across builds and versions, unlike the hashers of the standard library.
+    let hash = database.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    format!("{prefix}_{cleaned}_{hash:08x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::permanent_slot;
+
+    #[test]
+    fn permanent_slot_names_are_valid_and_distinct() {
+        assert_eq!(permanent_slot("veneer", "shop"), "veneer_shop");
+        let odd = permanent_slot("veneer", "Shop-EU");
+        assert!(odd.starts_with("veneer_shop_eu_"), "{odd}");
+        assert_ne!(odd, permanent_slot("veneer", "shop_eu"));
+        let long = permanent_slot("p", &"x".repeat(100));
+        assert!(long.len() <= 63, "{long}");
+        for name in [odd, long] {
+            assert!(name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'));
+        }
     }
 }

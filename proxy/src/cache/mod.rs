@@ -11,6 +11,8 @@ pub mod digest;
 pub mod fence;
 mod follow;
 pub mod point;
+mod service;
+mod slot;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

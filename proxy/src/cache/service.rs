@@ -1,0 +1,63 @@
+//! A connection of Veneer's own to one database, for the small queries that accompany its replication
+//! stream (WAL positions for read-your-writes, the slot's retained WAL): opened on first use, and
+//! again after a failure.
+
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Row};
+
+use super::database::Database;
+use super::Cache;
+use crate::error::Error;
+use crate::upstream;
+
+/// A lazily opened service login to one database.
+pub struct Service<'a> {
+    cache: &'a Cache,
+    db: &'a Database,
+    /// Its application_name, which tells the server's views what it is for.
+    application: &'static str,
+    client: Option<Client>,
+}
+
+impl<'a> Service<'a> {
+    /// A connection to `db` named `application`, not opened yet.
+    pub fn new(cache: &'a Cache, db: &'a Database, application: &'static str) -> Service<'a> {
+        Service {
+            cache,
+            db,
+            application,
+            client: None,
+        }
+    }
+
+    /// The rows of `sql`, on the connection (opened first if it is not).
+    pub async fn query(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, Error> {
+        let client = match self.client.take() {
+            Some(client) => client,
+            None => {
+                let (client, _driver) = upstream::service_login(
+                    &self.cache.service,
+                    self.cache.service_tls.as_ref(),
+                    &self.db.name,
+                    self.application,
+                )
+                .await?;
+                client
+            }
+        };
+        let rows = client.query(sql, params).await.map_err(|e| {
+            Error::service(
+                self.application,
+                &self.cache.service.service_user,
+                &self.db.name,
+                e,
+            )
+        })?;
+        self.client = Some(client);
+        Ok(rows)
+    }
+}
