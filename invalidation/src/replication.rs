@@ -1,9 +1,9 @@
 //! Following a database's logical replication stream: a `replication=database` session that logs in
 //! (trust, password, md5 or SCRAM-SHA-256), makes sure the publication exists, creates a temporary
-//! pgoutput slot (so a dead proxy never pins WAL) or resumes a permanent one, streams from it and reports each committed
-//! transaction's changed tables. It acknowledges what it applied with standby status updates, on every
-//! keepalive that asks and at least every [`STATUS_INTERVAL`], so the slot follows even an idle
-//! database. Asked for a WAL position (`wanted`), it has the server report where it stands until
+//! pgoutput slot (so a dead proxy never pins WAL) or resumes a permanent one, streams from it and
+//! reports each committed transaction's changed tables. It acknowledges what it applied with standby
+//! status updates, on every keepalive that asks and at least every [`STATUS_INTERVAL`], so the slot
+//! follows even an idle database. Asked for a WAL position (`wanted`), it has the server report where it stands until
 //! it has applied up to there.
 
 use std::collections::{HashMap, HashSet};
@@ -229,9 +229,10 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Logs in on `stream`, starts streaming and reports commits to `sink` until the stream fails, or
 /// until `stop` completes: then the stream is ended, the slot dropped (a permanent one too) and the
-/// session closed before this returns `Ok`, so the slot is gone once it has returned. Whenever `wanted` names a WAL position
-/// past what has been applied, the server is asked where it stands (keepalives report it), so that
-/// [`Progress::applied`] reaches the position without waiting for the next commit.
+/// session closed before this returns `Ok`, so the slot is gone once it has returned. Whenever
+/// `wanted` names a WAL position past what has been applied, the server is asked where it stands
+/// (keepalives report it), so that [`Progress::applied`] reaches the position without waiting for
+/// the next commit.
 pub async fn follow<S, K>(
     stream: S,
     login: &Login,

@@ -7,9 +7,10 @@
 //! A ticket's position is where the server's WAL ends, read after the commit, so it is at or past
 //! the commit's end. A bump of the global epoch after the commit passes it too (every result
 //! filled before then becomes unreachable): the stream's restart does one, which also frees the
-//! tickets a stopped stream left unread. One task per followed database reads it for every ticket taken since its
-//! last read (one query shared by all the sessions waiting), then has the stream ask the server where
-//! it stands, so a ticket passes as soon as the stream has caught up rather than at the next commit.
+//! tickets a stopped stream left unread. One task per followed database reads it for every ticket
+//! taken since its last read (one query shared by all the sessions waiting), then has the stream ask
+//! the server where it stands, so a ticket passes as soon as the stream has caught up rather than at
+//! the next commit.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
