@@ -1,0 +1,228 @@
+# shellcheck shell=bash
+# bench/lib/targets.sh — starting the things bench/run measures, and naming them.
+# Sourced by bench/run; uses its settings and helpers (log, die, as_pg, free_port, wait_for_port).
+#
+# Every start_* function records the PID of what it started so that cleanup stops it, and waits
+# until it accepts connections (or dies with its log's tail).
+
+find_pg_bin() {
+  local d
+  d=$(find /usr/lib/postgresql -maxdepth 2 -name bin -type d 2>/dev/null | sort -V | tail -n1)
+  [[ -n $d && -x $d/initdb ]] || die "PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin"
+  PGBIN=$d
+}
+
+start_postgres() {
+  find_pg_bin
+  PGDATA="$TMP/pgdata"
+  free_port PG_PORT
+  log "initdb ($PGBIN) into $PGDATA"
+  as_pg "$PGBIN/initdb" -D "$PGDATA" -U postgres --auth=trust -E UTF8 --locale=C \
+    >"$TMP/initdb.log" 2>&1 || { cat "$TMP/initdb.log" >&2; die "initdb failed"; }
+  {
+    printf '%s\n' "${PG_SETTINGS[@]}"
+    echo "port = $PG_PORT"
+    echo "unix_socket_directories = '$TMP'"
+  } >>"$PGDATA/postgresql.conf"
+  log "starting PostgreSQL on 127.0.0.1:$PG_PORT"
+  PG_STARTED=1
+  as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -l "$TMP/postgres.log" -w -t 60 start >/dev/null ||
+    { tail -n 20 "$TMP/postgres.log" >&2; die "PostgreSQL did not start"; }
+}
+
+build_veneer() {
+  if [[ -n $VENEER_BIN ]]; then
+    [[ -x $VENEER_BIN ]] || die "BENCH_VENEER_BIN=$VENEER_BIN is not executable"
+    return
+  fi
+  log "cargo build --release -p veneer-proxy"
+  (cd "$ROOT" && cargo build --release -p veneer-proxy) || die "veneer did not build"
+  VENEER_BIN="$ROOT/target/release/veneer"
+}
+
+# start_veneer TARGET FLAGS...: one Veneer process. Nothing but the bench writes to the database, and
+# what it writes directly reaches Veneer through the replication stream, so the caching ones keep
+# results for the whole run (--cache-default-ttl 1h).
+start_veneer() {
+  local target=$1 port pid
+  shift
+  free_port port
+  log "starting Veneer ($target) on 127.0.0.1:$port"
+  local extra=()
+  read -r -a extra <<<"$VENEER_ARGS"
+  "$VENEER_BIN" --listen "127.0.0.1:$port" --upstream "127.0.0.1:$PG_PORT" \
+    --upstream-tls disable --log-level warn --metrics-listen off "$@" "${extra[@]}" \
+    >"$TMP/$target.log" 2>&1 &
+  pid=$!
+  TARGET_PORT[$target]=$port
+  TARGET_PID[$target]=$pid
+  wait_for_port "$port" "$pid" || { tail -n 20 "$TMP/$target.log" >&2; die "Veneer ($target) did not start"; }
+}
+
+start_pgbouncer() {
+  local port
+  free_port port
+  echo '"postgres" ""' >"$TMP/pgbouncer-users.txt"
+  cat >"$TMP/pgbouncer.ini" <<EOF
+[databases]
+* = host=127.0.0.1 port=$PG_PORT
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $port
+unix_socket_dir =
+auth_type = trust
+auth_file = $TMP/pgbouncer-users.txt
+pool_mode = session
+max_client_conn = 100
+default_pool_size = 20
+logfile = $TMP/pgbouncer.log
+pidfile = $TMP/pgbouncer.pid
+EOF
+  log "starting PgBouncer (session mode) on 127.0.0.1:$port"
+  as_pg pgbouncer -d -q "$TMP/pgbouncer.ini" ||
+    { tail -n 20 "$TMP/pgbouncer.log" >&2 2>/dev/null; die "PgBouncer did not start"; }
+  wait_for_pidfile "$TMP/pgbouncer.pid" || die "PgBouncer wrote no pid file"
+  TARGET_PORT[pgbouncer]=$port
+  TARGET_PID[pgbouncer]=$(<"$TMP/pgbouncer.pid")
+  wait_for_port "$port" "${TARGET_PID[pgbouncer]}" ||
+    { tail -n 20 "$TMP/pgbouncer.log" >&2; die "PgBouncer did not start"; }
+}
+
+# Pgpool-II in raw mode over the one server, with its in-memory query cache in shared memory. The
+# cache must hold a whole point-read run (the 64 MB default fills within one), so it is
+# $PGPOOL_CACHE; it invalidates a table's results when a write to it passes through Pgpool-II, and
+# never expires them otherwise. One preforked child per client plus room for the checks, each keeping
+# its backend connection (connection_cache), health and replication checks off.
+start_pgpool() {
+  local port pcp_port
+  free_port port
+  free_port pcp_port
+  mkdir -p "$TMP/pgpool-oiddir"
+  : >"$TMP/pcp.conf"
+  cat >"$TMP/pgpool.conf" <<EOF
+backend_clustering_mode = 'raw'
+listen_addresses = '127.0.0.1'
+port = $port
+unix_socket_directories = '$TMP'
+pcp_listen_addresses = ''
+pcp_port = $pcp_port
+pcp_socket_dir = '$TMP'
+wd_ipc_socket_dir = '$TMP'
+backend_hostname0 = '127.0.0.1'
+backend_port0 = $PG_PORT
+backend_flag0 = 'DISALLOW_TO_FAILOVER'
+enable_pool_hba = off
+pool_passwd = ''
+num_init_children = $((CLIENTS * 2))
+max_pool = 1
+child_life_time = 0
+connection_cache = on
+load_balance_mode = off
+health_check_period = 0
+sr_check_period = 0
+failover_on_backend_error = off
+use_watchdog = off
+pid_file_name = '$TMP/pgpool.pid'
+logdir = '$TMP'
+log_min_messages = warning
+memory_cache_enabled = on
+memqcache_method = 'shmem'
+memqcache_total_size = $PGPOOL_CACHE
+memqcache_max_num_cache = 1000000
+memqcache_expire = 0
+memqcache_auto_cache_invalidation = on
+memqcache_oiddir = '$TMP/pgpool-oiddir'
+EOF
+  [[ $EUID == 0 ]] && chown postgres: "$TMP/pgpool.conf" "$TMP/pcp.conf" "$TMP/pgpool-oiddir"
+  log "starting Pgpool-II (raw mode, memqcache in shmem, $PGPOOL_CACHE) on 127.0.0.1:$port"
+  as_pg pgpool -n -f "$TMP/pgpool.conf" -F "$TMP/pcp.conf" >"$TMP/pgpool.log" 2>&1 &
+  TARGET_PORT[pgpool]=$port
+  TARGET_PID[pgpool]=$! # runuser's PID when root: resolved to pgpool's own from the pid file below
+  wait_for_pidfile "$TMP/pgpool.pid" || { tail -n 20 "$TMP/pgpool.log" >&2; die "Pgpool-II did not start"; }
+  TARGET_PID[pgpool]=$(tr -d '\0' <"$TMP/pgpool.pid" | awk 'NR == 1 { print $1 }')
+  wait_for_port "$port" "${TARGET_PID[pgpool]}" ||
+    { tail -n 20 "$TMP/pgpool.log" >&2; die "Pgpool-II did not start"; }
+}
+
+# A private redis-server holding one 200-byte value at the key redis-benchmark's GET reads.
+start_redis() {
+  local port
+  free_port port
+  log "starting redis-server on 127.0.0.1:$port"
+  redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no \
+    --logfile "$TMP/redis.log" --dir "$TMP" &
+  TARGET_PORT[redis]=$port
+  TARGET_PID[redis]=$!
+  wait_for_port "$port" "${TARGET_PID[redis]}" || { tail -n 20 "$TMP/redis.log" >&2; die "redis-server did not start"; }
+  redis-cli -h 127.0.0.1 -p "$port" SET 'key:__rand_int__' "$(printf 'x%.0s' {1..200})" >/dev/null ||
+    die "could not store the value redis-benchmark reads"
+}
+
+# wait_for_pidfile FILE: until FILE holds a PID (daemons that fork write it once they run).
+wait_for_pidfile() {
+  local i
+  for ((i = 0; i < 300; i++)); do
+    [[ -s $1 ]] && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+start_target() {
+  case $1 in
+    direct) ;;
+    veneer) start_veneer veneer --cache-default-ttl 1h ;;
+    veneer-table) start_veneer veneer-table --cache-default-ttl 1h --cache-row-keys false ;;
+    passthrough) start_veneer passthrough --cache false ;;
+    pgbouncer) start_pgbouncer ;;
+    pgpool) start_pgpool ;;
+    redis) start_redis ;;
+  esac
+}
+
+stop_targets() {
+  local t
+  for t in "${!TARGET_PID[@]}"; do
+    stop_pid "${TARGET_PID[$t]}" "$t"
+    wait "${TARGET_PID[$t]}" 2>/dev/null
+  done
+}
+
+target_label() {
+  case $1 in
+    direct) echo "direct" ;;
+    veneer) echo "Veneer (cache)" ;;
+    veneer-table) echo "Veneer (cache, table-level)" ;;
+    passthrough) echo "Veneer (cache off)" ;;
+    pgbouncer) echo "PgBouncer (session)" ;;
+    pgpool) echo "Pgpool-II (query cache)" ;;
+    redis) echo "Redis GET (200 B)" ;;
+  esac
+}
+
+# What each target needs installed: "command|Debian package".
+target_needs() {
+  case $1 in
+    pgbouncer) echo "pgbouncer|pgbouncer" ;;
+    pgpool) echo "pgpool|pgpool2" ;;
+    redis) echo "redis-server|redis-server" "redis-benchmark|redis-tools" "redis-cli|redis-tools" ;;
+  esac
+}
+
+# caching TARGET: whether the target answers reads from a cache of its own.
+caching() { [[ $1 == veneer || $1 == veneer-table || $1 == pgpool ]]; }
+
+# serves WORKLOAD TARGET: whether the target runs the workload (Redis only stands beside point reads).
+serves() { [[ $2 != redis || $1 == point-* ]]; }
+
+# Whether a target's port speaks the Postgres protocol.
+speaks_postgres() { [[ $1 != redis ]]; }
+
+check_target() { # a query through the target sees the pgbench data
+  speaks_postgres "$1" || return 0
+  local n
+  n=$(psql_at "${TARGET_PORT[$1]}" -c 'SELECT count(*) FROM pgbench_branches') ||
+    die "query through $1 failed"
+  [[ $n == "$SCALE" ]] || die "through $1: pgbench_branches has '$n' rows, expected $SCALE"
+}
