@@ -60,6 +60,13 @@ pub struct Settings {
     #[arg(long, env = "VENEER_CONNECT_TIMEOUT", value_name = "DURATION")]
     pub connect_timeout: Option<Millis>,
 
+    /// How long the upstream connection of a client that logged out cleanly, after a login the server
+    /// accepted without a password (trust), is kept open for the next client with the same startup
+    /// parameters; it is reset with DISCARD ALL first. 0 closes every upstream connection with its
+    /// client [default: 60s].
+    #[arg(long, env = "VENEER_POOL_IDLE_TIMEOUT", value_name = "DURATION")]
+    pub pool_idle_timeout: Option<Millis>,
+
     /// PEM certificate chain offered to clients that ask for TLS; with tls_key, enables client TLS.
     #[arg(long, env = "VENEER_TLS_CERT", value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
@@ -222,6 +229,9 @@ pub struct Config {
     pub upstream_tls_root_cert: Option<PathBuf>,
     /// Bound on opening the upstream connection.
     pub connect_timeout: Duration,
+    /// How long an upstream connection waits for the next client of the same trust login; zero: not
+    /// at all.
+    pub pool_idle_timeout: Duration,
     /// Certificate and key for client TLS; `None` answers SSLRequest with 'N'.
     pub client_tls: Option<ClientTls>,
     /// Cap on concurrent client sessions.
@@ -364,6 +374,9 @@ impl Config {
             upstream_tls: s.upstream_tls.unwrap_or(UpstreamTls::Prefer),
             upstream_tls_root_cert: s.upstream_tls_root_cert,
             connect_timeout: s.connect_timeout.map_or(Duration::from_secs(5), Into::into),
+            pool_idle_timeout: s
+                .pool_idle_timeout
+                .map_or(Duration::from_secs(60), Into::into),
             client_tls,
             max_client_connections: s.max_client_connections.unwrap_or(1000),
             max_message_bytes: s.max_message_bytes.unwrap_or(64 << 20),
@@ -484,6 +497,7 @@ impl Settings {
             upstream_tls: self.upstream_tls.or(lower.upstream_tls),
             upstream_tls_root_cert: self.upstream_tls_root_cert.or(lower.upstream_tls_root_cert),
             connect_timeout: self.connect_timeout.or(lower.connect_timeout),
+            pool_idle_timeout: self.pool_idle_timeout.or(lower.pool_idle_timeout),
             tls_cert: self.tls_cert.or(lower.tls_cert),
             tls_key: self.tls_key.or(lower.tls_key),
             max_client_connections: self.max_client_connections.or(lower.max_client_connections),

@@ -11,6 +11,7 @@ pub mod error;
 pub mod handshake;
 pub mod logging;
 pub mod metrics;
+pub mod pool;
 pub mod server;
 pub mod session;
 pub mod setup;

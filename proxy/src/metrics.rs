@@ -74,6 +74,12 @@ pub struct Meters {
     pub client_connections: Gauge,
     /// Upstream connections open for client sessions.
     pub upstream_connections: Gauge,
+    /// Upstream connections kept open between clients (see [`crate::pool`]).
+    pub idle_upstreams: Gauge,
+    /// Upstream connections kept after their client logged out.
+    pub kept_upstreams: Tally,
+    /// Client sessions that got a kept upstream connection instead of a new login.
+    pub reused_upstreams: Tally,
     /// Entries in the cache.
     pub entries: Gauge,
     /// Bytes held by the cache.
@@ -98,6 +104,9 @@ impl Default for Meters {
             upstream_messages: Tally::new(counter!("veneer_upstream_messages_total")),
             client_connections: gauge!("veneer_client_connections"),
             upstream_connections: gauge!("veneer_upstream_connections"),
+            idle_upstreams: gauge!("veneer_upstream_idle_connections"),
+            kept_upstreams: Tally::new(counter!("veneer_upstream_kept_total")),
+            reused_upstreams: Tally::new(counter!("veneer_upstream_reused_total")),
             entries: gauge!("veneer_cache_entries"),
             bytes: gauge!("veneer_cache_bytes"),
             evictions: counter!("veneer_cache_evictions_total"),

@@ -17,6 +17,7 @@ use crate::cancel::CancelRegistry;
 use crate::error::Error;
 use crate::handshake::{self, Hello};
 use crate::metrics::Meters;
+use crate::pool::Pool;
 use crate::session::{End, Session};
 use crate::stream::Stream;
 use crate::upstream;
@@ -48,6 +49,8 @@ pub struct Shared {
     slots: Arc<Semaphore>,
     /// The query-result cache; `None` when caching is off.
     pub cache: Option<Arc<Cache>>,
+    /// Upstream connections kept between clients of the same trust login.
+    pub pool: Arc<Pool>,
     /// Metric handles.
     pub meters: Arc<Meters>,
 }
@@ -85,6 +88,7 @@ impl Proxy {
         let shared = Arc::new(Shared {
             slots: Arc::new(Semaphore::new(config.max_client_connections)),
             cache,
+            pool: Pool::new(config.pool_idle_timeout, Arc::clone(&meters)),
             meters,
             config,
             tls,
@@ -147,6 +151,7 @@ impl Proxy {
         if let Some(cache) = &self.shared.cache {
             cache.stop();
         }
+        self.shared.pool.expire(true);
         tracing::info!("shutdown complete");
         Ok(())
     }
@@ -204,28 +209,24 @@ async fn open_session(
         let _ = client.write_all(&message).await;
         return;
     }
-    let mut upstream = match upstream::connect(&shared.config, shared.upstream_tls.as_ref()).await {
-        Ok(upstream) => upstream,
-        Err(e) => {
-            tracing::warn!(client = %peer, %user, %database, error = %e, "connection refused: upstream unreachable");
-            let code = e.sqlstate().unwrap_or(sqlstate::CONNECTION_REJECTED);
-            let _ = client.write_all(&refuse(code, e.to_string())).await;
-            return;
-        }
+    let (upstream, greeting) = match shared.pool.take(&startup.raw) {
+        Some(kept) => (kept.upstream, Some(kept.greeting)),
+        None => match login(&shared, &startup).await {
+            Ok(upstream) => (upstream, None),
+            Err(e) => {
+                tracing::warn!(client = %peer, %user, %database, error = %e, "connection refused: upstream unreachable");
+                let code = e.sqlstate().unwrap_or(sqlstate::CONNECTION_REJECTED);
+                let _ = client.write_all(&refuse(code, e.to_string())).await;
+                return;
+            }
+        },
     };
-    if let Err(e) = upstream.stream.write_all(&startup.raw).await {
-        let e = Error::upstream_io(e);
-        let _ = client
-            .write_all(&refuse(sqlstate::CONNECTION_FAILURE, e.to_string()))
-            .await;
-        return;
-    }
     tracing::info!(client = %peer, %user, %database, tls = client.is_tls(), upstream = %upstream.addr,
-        "connection opened");
+        reused = greeting.is_some(), "connection opened");
     let meters = Arc::clone(&shared.meters);
     meters.client_connections.increment(1.0);
     meters.upstream_connections.increment(1.0);
-    let (end, traffic) = Session::new(client, upstream, shared, &startup)
+    let (end, traffic) = Session::new(client, upstream, shared, &startup, greeting)
         .run(phase)
         .await;
     meters.client_connections.decrement(1.0);
@@ -240,4 +241,16 @@ async fn open_session(
     tracing::info!(client = %peer, %user, %database, duration_ms,
         bytes_from_client = traffic.from_client, bytes_to_client = traffic.to_client, %reason,
         "connection closed");
+}
+
+/// Opens a new upstream connection and sends the client's startup message on it; the session relays
+/// the rest of the login.
+async fn login(shared: &Shared, startup: &StartupMessage) -> Result<upstream::Upstream, Error> {
+    let mut upstream = upstream::connect(&shared.config, shared.upstream_tls.as_ref()).await?;
+    upstream
+        .stream
+        .write_all(&startup.raw)
+        .await
+        .map_err(Error::upstream_io)?;
+    Ok(upstream)
 }

@@ -55,6 +55,19 @@ impl Stream {
             }
         }
     }
+
+    /// The stream `into_split` made `read` and `write` from; `None` for halves of different streams.
+    pub fn unsplit(read: ReadHalf, write: WriteHalf) -> Option<Stream> {
+        match (read, write) {
+            (ReadHalf::Tcp(read), WriteHalf::Tcp(write)) => {
+                read.reunite(write).ok().map(Stream::Plain)
+            }
+            (ReadHalf::Tls(read), WriteHalf::Tls(write)) if read.is_pair_of(&write) => {
+                Some(read.unsplit(write))
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Calls the same poll method on whichever variant `$self` is (boxed streams poll through their box).

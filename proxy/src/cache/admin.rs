@@ -152,6 +152,8 @@ async fn status(cache: &Cache) -> Vec<Vec<String>> {
             "upstream_messages",
             meters.upstream_messages.get().to_string(),
         ),
+        ("upstream_kept", meters.kept_upstreams.get().to_string()),
+        ("upstream_reused", meters.reused_upstreams.get().to_string()),
     ]
     .into_iter()
     .map(|(k, v)| vec![k.to_owned(), v])

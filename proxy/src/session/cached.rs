@@ -298,6 +298,19 @@ impl SessionCache {
         self.waiting = None;
     }
 
+    /// Whether nothing of the session's is in flight, waiting or unsettled, so that its upstream
+    /// connection can serve another client.
+    pub(super) fn is_quiet(&self) -> bool {
+        self.current.is_none()
+            && self.waiting.is_none()
+            && self.fill.is_none()
+            && self.writes.is_empty()
+            && self.committing.is_empty()
+            && self.dropping.is_none()
+            && self.holds.is_empty()
+            && self.readies_sent == self.readies_seen
+    }
+
     /// Writes forwarded whose transaction end has not been seen: if the session ends now, they must
     /// still be bumped once the upstream has finished with them.
     pub(super) fn unsettled(&mut self) -> Option<Unsettled> {
@@ -598,10 +611,14 @@ impl Session {
             }
             track(c, tag, &body, default_read_only, same_encoding);
             self.state.on_frontend(tag, &body);
-            self.client_terminated |= tag == b'X';
+            if tag == b'X' {
+                // Not forwarded: see `Session::client_terminated`.
+                self.client_terminated = true;
+                break;
+            }
             offset += HEADER_LEN + body.len();
         }
-        self.to_upstream.push(bytes.slice(sent_from..));
+        self.to_upstream.push(bytes.slice(sent_from..offset));
         c.cache.meters.upstream_messages.add(messages);
     }
 

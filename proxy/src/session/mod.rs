@@ -95,8 +95,16 @@ pub struct Session {
     upstream_addr: std::net::SocketAddr,
     /// Keeps the backend's cancel key routable while the session lives.
     cancel: Option<Registration>,
-    /// The client sent Terminate, so the upstream needs no other goodbye.
+    /// The client sent Terminate. It is not forwarded: the session ends there, and the upstream
+    /// connection is either kept for another client (see [`crate::pool`]) or told goodbye by the proxy.
     client_terminated: bool,
+    /// The raw startup message: the login a kept upstream connection can serve again.
+    startup: Bytes,
+    /// A replication connection (never kept: it streams WAL, not sessions).
+    replication: bool,
+    /// The server asked the client for something during the login (a password, SASL): only logins
+    /// it accepted unasked may be handed to another client.
+    challenged: bool,
     /// Tag of the last message forwarded to the client, to tell a clean upstream close from a crash.
     last_to_client: u8,
     traffic: Traffic,
@@ -113,6 +121,7 @@ impl Session {
         upstream: Upstream,
         shared: std::sync::Arc<Shared>,
         startup: &StartupMessage,
+        greeting: Option<Bytes>,
     ) -> Session {
         // Replication connections (pg_basebackup, logical subscribers) speak walsender commands and
         // stream WAL: nothing there is cacheable, and those commands are no writes to invalidate.
@@ -126,6 +135,11 @@ impl Session {
             )
         });
         let client_tls = client.is_tls();
+        let mut upstream_buf = BytesMut::with_capacity(READ_CHUNK);
+        // A kept connection's login replay is relayed as if the upstream had just sent it.
+        if let Some(greeting) = greeting {
+            upstream_buf.extend_from_slice(&greeting);
+        }
         let (client_rd, client_wr) = client.into_split();
         let (upstream_rd, upstream_wr) = upstream.stream.into_split();
         Session {
@@ -135,7 +149,7 @@ impl Session {
             upstream_wr,
             client_tls,
             client_buf: BytesMut::with_capacity(READ_CHUNK),
-            upstream_buf: BytesMut::with_capacity(READ_CHUNK),
+            upstream_buf,
             to_client: Outbox::default(),
             to_upstream: Outbox::default(),
             state: SessionState::default(),
@@ -143,6 +157,9 @@ impl Session {
             upstream_addr: upstream.addr,
             cancel: None,
             client_terminated: false,
+            startup: startup.raw.clone(),
+            replication,
+            challenged: false,
             last_to_client: 0,
             traffic: Traffic::default(),
             user: startup.user().to_owned(),
@@ -153,17 +170,25 @@ impl Session {
     /// Relays until either side closes, an error, or shutdown; then closes both sides properly.
     pub async fn run(mut self, mut phase: watch::Receiver<Phase>) -> (End, Traffic) {
         let end = self.relay(&mut phase).await;
+        let keep = self.may_keep_upstream(&end, *phase.borrow());
         let farewell = async {
             if matches!(end, End::Shutdown) {
                 self.cancel_in_flight().await;
             }
-            self.finish(&end).await;
+            self.finish(&end, keep).await;
         };
         if tokio::time::timeout(FAREWELL_TIMEOUT, farewell)
             .await
             .is_err()
         {
             tracing::debug!("peer did not take the session's last bytes in time");
+        }
+        if keep {
+            let (traffic, pool) = (self.traffic, std::sync::Arc::clone(&self.shared.pool));
+            if let Some(leaving) = self.leaving() {
+                tokio::spawn(async move { pool.keep(leaving).await });
+            }
+            return (end, traffic);
         }
         if let Some(unsettled) = self.cache.as_mut().and_then(SessionCache::unsettled) {
             // Writes whose end was never seen may still commit upstream: bump now, and again once the
@@ -185,6 +210,11 @@ impl Session {
     /// Relays until the session ends. The shutdown watch is awaited beside the I/O loop rather than in
     /// it, so its future lives across many I/O events instead of being made anew for each.
     async fn relay(&mut self, phase: &mut watch::Receiver<Phase>) -> End {
+        if !self.upstream_buf.is_empty() {
+            if let Err(e) = self.relay_upstream() {
+                return End::Failed(e);
+            }
+        }
         loop {
             let now = *phase.borrow_and_update();
             if self.must_close(now) {
@@ -212,6 +242,9 @@ impl Session {
     /// may be dropped at any await when the phase changes.
     async fn relay_io(&mut self, draining: bool) -> Option<End> {
         loop {
+            if self.client_terminated {
+                return Some(End::ClientClosed);
+            }
             if draining && self.must_close(Phase::Draining) {
                 return None;
             }
@@ -303,12 +336,19 @@ impl Session {
             return Ok(());
         }
         let chunk = self.client_buf.split_to(len).freeze();
+        let mut end = len;
+        let mut offset = 0;
         for (tag, body) in frames(&chunk) {
             self.state.on_frontend(tag, &body);
-            self.client_terminated |= tag == b'X';
+            if tag == b'X' {
+                self.client_terminated = true;
+                end = offset;
+                break;
+            }
+            offset += HEADER_LEN + body.len();
         }
         self.traffic.from_client += len as u64;
-        self.to_upstream.push(chunk);
+        self.to_upstream.push(chunk.slice(..end));
         Ok(())
     }
 
@@ -340,6 +380,10 @@ impl Session {
             let dropped = tag == b'1' && self.state.next_reply_is_silent();
             self.state.on_backend(tag, &body);
             let end = offset + HEADER_LEN + body.len();
+            if tag == b'R' {
+                // Anything but AuthenticationOk asks the client for something.
+                self.challenged |= body[..] != [0, 0, 0, 0];
+            }
             match tag {
                 b'K' => {
                     self.cancel = Some(
@@ -421,8 +465,8 @@ impl Session {
     }
 
     /// Delivers what was already relayed, tells the client why the session ends (when it can still
-    /// hear it) and says goodbye upstream.
-    async fn finish(&mut self, end: &End) {
+    /// hear it) and says goodbye upstream, unless the upstream connection is to be kept.
+    async fn finish(&mut self, end: &End, keep: bool) {
         let notice = match end {
             End::Shutdown => Some(error_response(
                 Severity::Fatal,
@@ -456,11 +500,40 @@ impl Session {
             let _ = self.to_client.write_all(&mut self.client_wr).await;
             let _ = self.client_wr.shutdown().await;
         }
-        if !self.client_terminated {
-            self.to_upstream.push(Bytes::from_static(TERMINATE));
+        if keep {
+            return;
         }
+        self.to_upstream.push(Bytes::from_static(TERMINATE));
         let _ = self.to_upstream.write_all(&mut self.upstream_wr).await;
         let _ = self.upstream_wr.shutdown().await;
+    }
+
+    /// Whether the upstream connection can serve another client of the same login once reset: the
+    /// client said Terminate with nothing in flight or unsettled, after a login the server accepted
+    /// unasked, while the proxy keeps serving.
+    fn may_keep_upstream(&self, end: &End, phase: Phase) -> bool {
+        self.shared.pool.enabled()
+            && matches!(end, End::ClientClosed)
+            && self.client_terminated
+            && phase == Phase::Running
+            && !self.replication
+            && !self.challenged
+            && self.state.backend_key.is_some()
+            && self.state.is_idle()
+            && self.to_upstream.is_empty()
+            && self.upstream_buf.is_empty()
+            && self.cache.as_ref().is_none_or(SessionCache::is_quiet)
+    }
+
+    /// The upstream connection and what the pool needs to greet its next client.
+    fn leaving(self) -> Option<crate::pool::Leaving> {
+        Some(crate::pool::Leaving {
+            startup: self.startup,
+            stream: Stream::unsplit(self.upstream_rd, self.upstream_wr)?,
+            addr: self.upstream_addr,
+            params: self.state.params,
+            key: self.state.backend_key?,
+        })
     }
 }
 

@@ -37,15 +37,20 @@ pub fn error_response(severity: Severity, code: &str, message: &str) -> Bytes {
         Severity::Error => "ERROR",
         Severity::Fatal => "FATAL",
     };
-    let msg = ErrorResponse::new(vec![
+    encode(&ErrorResponse::new(vec![
         (b'S', severity.to_owned()),
         (b'V', severity.to_owned()),
         (b'C', code.to_owned()),
         (b'M', message.to_owned()),
-    ]);
-    let mut buf = BytesMut::with_capacity(msg.message_length() + 1);
-    msg.encode(&mut buf)
-        .expect("an ErrorResponse the proxy writes is far below pgwire's size limit");
+    ]))
+}
+
+/// Encodes one message the proxy writes itself (all far below pgwire's size limit).
+pub fn encode(message: &impl Message) -> Bytes {
+    let mut buf = BytesMut::with_capacity(message.message_length() + 1);
+    message
+        .encode(&mut buf)
+        .expect("a message the proxy writes is far below pgwire's size limit");
     buf.freeze()
 }
 
