@@ -92,6 +92,31 @@ failures_of() {
   ((n == 0)) || echo
 }
 
+# One row per workload, one column per target: tps and its ratio to direct (the README shows this).
+summary_table() {
+  local wid label t tps dtps
+  printf '| workload |'
+  for t in $TARGETS; do printf ' %s |' "$(target_label "$t")"; done
+  printf '\n|---|'
+  for t in $TARGETS; do printf -- '---:|'; done
+  echo
+  while IFS='|' read -r wid label _; do
+    dtps=$(tps_of "$wid" direct)
+    printf '| %s |' "$label"
+    for t in $TARGETS; do
+      tps=$(tps_of "$wid" "$t")
+      if [[ -n $tps ]]; then
+        printf ' %.0f (%s) |' "$tps" "$(ratio "$tps" "$dtps")"
+      elif grep -q "^$wid	$t	" "$TMP/failures.tsv"; then
+        printf ' failed |'
+      else
+        printf ' – |'
+      fi
+    done
+    echo
+  done < <(workloads)
+}
+
 # verdict LABEL A B MIN: "- ✓ LABEL: A/B× (target ≥ MIN×)" or ✗; nothing when a figure is missing.
 verdict() {
   [[ -n $2 && -n $3 ]] || return 0
@@ -200,6 +225,10 @@ write_report() {
     echo "- spread: (max − min) / mean tps over rounds."
     echo "- Caches (Veneer's, Pgpool-II's) are warmed with each read workload for ${CACHE_WARMUP} s first;"
     echo "  Veneer runs with \`--cache-default-ttl 1h\` (its replication stream sees every write)."
+    echo
+    echo "### Summary: tps (× direct)"
+    echo
+    summary_table
     echo
     while IFS='|' read -r wid label _; do
       echo "### $label"
