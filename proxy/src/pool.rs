@@ -27,11 +27,14 @@ use crate::metrics::Meters;
 use crate::stream::Stream;
 use crate::upstream::Upstream;
 use crate::wire::authored::{encode, TERMINATE};
-use crate::wire::frame::{cstr, Header, HEADER_LEN};
+use crate::wire::frame::{complete_prefix, frames, parameter_status};
 
 /// Kept connections per startup message, at most: as many as PgBouncer's default pool size. Past it a
 /// leaving connection is closed, so a burst of clients does not leave a crowd of idle backends.
 const MAX_IDLE_PER_LOGIN: usize = 20;
+
+/// Largest message expected in the reply to DISCARD ALL (notices included).
+const MAX_RESET_REPLY: usize = 1 << 20;
 
 /// How long the reset (DISCARD ALL) may take before the connection is closed instead.
 const RESET_TIMEOUT: Duration = Duration::from_secs(5);
@@ -208,31 +211,29 @@ async fn reset(
         if stream.read_buf(&mut buf).await.map_err(|_| "read failed")? == 0 {
             return Err("closed");
         }
-        while let Some(header) = Header::peek(&buf, 1 << 20).map_err(|_| "bad message")? {
-            if buf.len() < header.total_len {
-                break;
-            }
-            let message = buf.split_to(header.total_len);
-            let body = &message[HEADER_LEN..];
-            match header.tag {
+        let len = complete_prefix(&mut buf, MAX_RESET_REPLY).map_err(|_| "bad message")?;
+        let chunk = buf.split_to(len).freeze();
+        let mut ready = false;
+        for (tag, body) in frames(&chunk) {
+            match tag {
+                _ if ready => return Err("bytes after ReadyForQuery"),
                 b'C' | b'N' | b'A' => {}
                 b'S' => {
-                    if let Some((name, rest)) = cstr(body) {
-                        if let Some((value, _)) = cstr(rest) {
-                            params.insert(name.to_owned(), value.to_owned());
-                        }
+                    if let Some((name, value)) = parameter_status(&body) {
+                        params.insert(name.to_owned(), value.to_owned());
                     }
                 }
-                b'Z' if body == b"I" => {
-                    return if buf.is_empty() {
-                        Ok(())
-                    } else {
-                        Err("extra bytes")
-                    }
-                }
+                b'Z' if &body[..] == b"I" => ready = true,
                 b'E' => return Err("DISCARD ALL failed"),
                 _ => return Err("unexpected message"),
             }
+        }
+        if ready {
+            return if buf.is_empty() {
+                Ok(())
+            } else {
+                Err("bytes after ReadyForQuery")
+            };
         }
     }
 }

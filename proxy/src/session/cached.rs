@@ -24,7 +24,7 @@ use veneer_cache_node::{CacheKey, CacheStore};
 use veneer_invalidation::Source;
 
 use super::state::{PreparedStatement, TxStatus};
-use super::{frames, Session};
+use super::Session;
 use crate::cache::admin::{self, Command};
 use crate::cache::database::{Action, Attached, Bump, Database, Plan};
 use crate::cache::digest::{Digest, Shape};
@@ -32,7 +32,7 @@ use crate::cache::fence::Wait;
 use crate::cache::point::{Bind, Declared, Values};
 use crate::cache::{Cache, DatabaseHold, Flight, FlightGuard};
 use crate::error::Error;
-use crate::wire::frame::{cstr, Header, HEADER_LEN};
+use crate::wire::frame::{cstr, frames, Header, HEADER_LEN};
 
 /// Distinct statements one cacheable unit may run (a longer pipeline is forwarded).
 const MAX_UNIT_STATEMENTS: usize = 4;

@@ -28,7 +28,7 @@ use crate::server::{Phase, Shared};
 use crate::stream::{ReadHalf, Stream, WriteHalf};
 use crate::upstream::Upstream;
 use crate::wire::authored::{error_response, sqlstate, Severity, TERMINATE};
-use crate::wire::frame::{error_field, Header, HEADER_LEN};
+use crate::wire::frame::{complete_prefix, error_field, frames, Header, HEADER_LEN};
 use crate::wire::startup::StartupMessage;
 
 /// Read buffers start at this size and are topped up to it; results larger than this stream through
@@ -545,26 +545,6 @@ fn top_up(buf: &mut BytesMut) {
     }
 }
 
-/// Length of the run of complete messages at the front of `buf`; reserves room for a partial message
-/// that follows them, after checking its length against `max`.
-fn complete_prefix(
-    buf: &mut BytesMut,
-    max: usize,
-) -> Result<usize, crate::wire::frame::FrameError> {
-    let mut offset = 0;
-    while let Some(header) = Header::peek(&buf[offset..], max)? {
-        let available = buf.len() - offset;
-        if available < header.total_len {
-            if offset == 0 {
-                buf.reserve(header.total_len - available);
-            }
-            break;
-        }
-        offset += header.total_len;
-    }
-    Ok(offset)
-}
-
 /// Whether complete client messages worth [`MAX_HELD_CLIENT_BYTES`] wait undispatched: a cacheable
 /// unit waits (for earlier answers, or an identical miss) and the client keeps pipelining. Reading
 /// then pauses, as it does when the upstream is slow; a single large message still being read is
@@ -575,17 +555,6 @@ fn held_back(buf: &[u8]) -> bool {
             .ok()
             .flatten()
             .is_some_and(|h| buf.len() >= h.total_len)
-}
-
-/// Walks the messages of a chunk made only of complete messages: (tag, body) with zero-copy bodies.
-fn frames(chunk: &Bytes) -> impl Iterator<Item = (u8, Bytes)> + '_ {
-    let mut offset = 0;
-    std::iter::from_fn(move || {
-        let header = Header::peek(&chunk[offset..], usize::MAX).ok()??;
-        let body = chunk.slice(offset + HEADER_LEN..offset + header.total_len);
-        offset += header.total_len;
-        Some((header.tag, body))
-    })
 }
 
 /// AuthenticationSASL without SCRAM-SHA-256-PLUS, or `None` when it is not offered.
@@ -622,22 +591,5 @@ mod tests {
         assert_eq!(&message[..], b"R\0\0\0\x17\0\0\0\x0aSCRAM-SHA-256\0\0");
         let plain = [&AUTH_SASL[..], b"SCRAM-SHA-256\0\0"].concat();
         assert_eq!(without_scram_plus(&plain), None);
-    }
-
-    #[test]
-    fn complete_prefix_stops_at_a_partial_message_and_reserves_for_it() {
-        let mut buf = BytesMut::from(&b"Z\0\0\0\x05I"[..]);
-        buf.extend_from_slice(b"D\0\0\x10\x00");
-        assert_eq!(complete_prefix(&mut buf, usize::MAX).unwrap(), 6);
-        let mut partial = BytesMut::from(&b"D\0\0\x10\x00"[..]);
-        assert_eq!(complete_prefix(&mut partial, usize::MAX).unwrap(), 0);
-        assert!(partial.capacity() >= 0x1001);
-    }
-
-    #[test]
-    fn frames_walks_every_message() {
-        let chunk = Bytes::from_static(b"1\0\0\0\x042\0\0\0\x04Z\0\0\0\x05I");
-        let tags: Vec<u8> = frames(&chunk).map(|(t, _)| t).collect();
-        assert_eq!(tags, b"12Z");
     }
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::sql_scan::{self, Effect, TxControl};
-use crate::wire::frame::cstr;
+use crate::wire::frame::{cstr, parameter_status};
 
 /// Transaction status as the last ReadyForQuery reported it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -309,10 +309,8 @@ impl SessionState {
             }
             b'S' => {
                 self.scope_version += 1;
-                if let Some((name, rest)) = cstr(body) {
-                    if let Some((value, _)) = cstr(rest) {
-                        self.params.insert(name.to_owned(), value.to_owned());
-                    }
+                if let Some((name, value)) = parameter_status(body) {
+                    self.params.insert(name.to_owned(), value.to_owned());
                 }
             }
             b'K' => self.backend_key = Some(Bytes::copy_from_slice(body)),

@@ -6,6 +6,8 @@
 
 use std::fmt;
 
+use bytes::{Bytes, BytesMut};
+
 /// Tag byte plus the length field.
 pub const HEADER_LEN: usize = 5;
 
@@ -122,6 +124,40 @@ pub fn error_field(body: &[u8], code: u8) -> Option<&[u8]> {
     None
 }
 
+/// Length of the run of complete messages at the front of `buf`; reserves room for a partial message
+/// that follows them, after checking its length against `max`.
+pub fn complete_prefix(buf: &mut BytesMut, max: usize) -> Result<usize, FrameError> {
+    let mut offset = 0;
+    while let Some(header) = Header::peek(&buf[offset..], max)? {
+        let available = buf.len() - offset;
+        if available < header.total_len {
+            if offset == 0 {
+                buf.reserve(header.total_len - available);
+            }
+            break;
+        }
+        offset += header.total_len;
+    }
+    Ok(offset)
+}
+
+/// Walks the messages of a chunk made only of complete messages: (tag, body) with zero-copy bodies.
+pub fn frames(chunk: &Bytes) -> impl Iterator<Item = (u8, Bytes)> + '_ {
+    let mut offset = 0;
+    std::iter::from_fn(move || {
+        let header = Header::peek(&chunk[offset..], usize::MAX).ok()??;
+        let body = chunk.slice(offset + HEADER_LEN..offset + header.total_len);
+        offset += header.total_len;
+        Some((header.tag, body))
+    })
+}
+
+/// The name and value of a ParameterStatus body.
+pub fn parameter_status(body: &[u8]) -> Option<(&str, &str)> {
+    let (name, rest) = cstr(body)?;
+    Some((name, cstr(rest)?.0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,5 +228,22 @@ mod tests {
     fn cstr_splits_at_nul() {
         assert_eq!(cstr(b"ab\0cd"), Some(("ab", &b"cd"[..])));
         assert_eq!(cstr(b"ab"), None);
+    }
+
+    #[test]
+    fn complete_prefix_stops_at_a_partial_message_and_reserves_for_it() {
+        let mut buf = BytesMut::from(&b"Z\0\0\0\x05I"[..]);
+        buf.extend_from_slice(b"D\0\0\x10\x00");
+        assert_eq!(complete_prefix(&mut buf, usize::MAX).unwrap(), 6);
+        let mut partial = BytesMut::from(&b"D\0\0\x10\x00"[..]);
+        assert_eq!(complete_prefix(&mut partial, usize::MAX).unwrap(), 0);
+        assert!(partial.capacity() >= 0x1001);
+    }
+
+    #[test]
+    fn frames_walks_every_message() {
+        let chunk = Bytes::from_static(b"1\0\0\0\x042\0\0\0\x04Z\0\0\0\x05I");
+        let tags: Vec<u8> = frames(&chunk).map(|(t, _)| t).collect();
+        assert_eq!(tags, b"12Z");
     }
 }
