@@ -14,7 +14,7 @@
 //! when a ReadyForQuery shows the transaction over, the generations of what it wrote are bumped before
 //! that ReadyForQuery reaches the client (write-through).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use veneer_cache_node::{CacheKey, CacheStore};
 use veneer_invalidation::Source;
 
-use super::state::{PreparedStatement, TxStatus};
+use super::state::{NameMap, PreparedStatement, TxStatus};
 use super::Session;
 use crate::cache::admin::{self, Command};
 use crate::cache::database::{Action, Attached, Bump, Database, Plan};
@@ -63,8 +63,8 @@ pub(super) struct SessionCache {
     fill: Option<Fill>,
     /// Statement and portal plans as forwarded (before the upstream confirms), for write tracking,
     /// with the row key each writes when known.
-    statements: HashMap<String, Forwarded>,
-    portals: HashMap<String, (Arc<Plan>, Option<Key>)>,
+    statements: NameMap<Forwarded>,
+    portals: NameMap<(Arc<Plan>, Option<Key>)>,
     /// ReadyForQuery messages the forwarded requests will produce (the startup's counts as the first),
     /// and how many arrived.
     readies_sent: u64,
@@ -220,8 +220,8 @@ impl SessionCache {
             current: None,
             waiting: None,
             fill: None,
-            statements: HashMap::new(),
-            portals: HashMap::new(),
+            statements: NameMap::default(),
+            portals: NameMap::default(),
             readies_sent: 1,
             readies_seen: 0,
             writes: VecDeque::new(),

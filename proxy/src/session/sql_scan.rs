@@ -2,9 +2,10 @@
 //! tell which of them change the session's own state (SET, RESET, DISCARD, DEALLOCATE, temp tables,
 //! set_config, procedures). It respects quotes, dollar quotes and comments, and never parses.
 //!
-//! The scan runs on every simple query the session forwards, so it is one pass over the bytes with no
-//! allocation beyond the statement list. Anything it cannot follow is flagged `opaque`, which makes the
-//! session's settings unshareable rather than wrongly shared.
+//! The scan runs on every simple query the session forwards, so it is one pass over the bytes that
+//! allocates nothing: words are compared where they lie, and statements are yielded one at a time.
+//! Anything it cannot follow is flagged `opaque`, which makes the session's settings unshareable
+//! rather than wrongly shared.
 
 use std::ops::Range;
 
@@ -17,8 +18,6 @@ const LEADING_WORDS: usize = 4;
 pub struct Statement {
     /// Byte range of the statement in the query string, without the terminating semicolon.
     pub span: Range<usize>,
-    /// The first words, upper-cased; quoted identifiers are kept as written.
-    pub words: Vec<String>,
     /// What running it does to session state.
     pub effect: Effect,
 }
@@ -62,13 +61,42 @@ pub enum TxControl {
 
 /// Splits `sql` into statements and classifies each; empty statements are skipped, as Postgres does.
 /// Works on bytes: the client's encoding need not be UTF-8, and every keyword that matters is ASCII.
-pub fn scan(sql: &[u8]) -> Vec<Statement> {
-    let mut scanner = Scanner::new(sql);
-    let mut out = Vec::new();
-    while let Some(stmt) = scanner.next_statement() {
-        out.push(stmt);
+pub fn scan(sql: &[u8]) -> impl Iterator<Item = Statement> + '_ {
+    let mut scanner = Scanner { sql, pos: 0 };
+    let plain = scanner.plain_statement();
+    plain
+        .into_iter()
+        .chain(std::iter::from_fn(move || scanner.next_statement()))
+}
+
+/// Whether `sql` is one statement that mentions neither temp objects nor set_config and ends in no
+/// comment: no `;` but a last one, no `--` or `/*`, and no `temp` or `set_config` anywhere, in any case. Checked
+/// in one quick pass, it lets the scan stop after the leading words of most queries (see
+/// [`Scanner::plain_statement`]).
+fn is_plain(sql: &[u8]) -> bool {
+    let starts = |at: usize, word: &[u8]| {
+        sql.get(at..at + word.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(word))
+    };
+    let mut from = 0;
+    while let Some(skipped) = sql[from..]
+        .iter()
+        .position(|&b| BYTE_CLASS[b as usize] & PLAIN_CHECK != 0)
+    {
+        let at = from + skipped;
+        let plain = match sql[at] {
+            b';' => sql[at + 1..].iter().all(u8::is_ascii_whitespace),
+            b'-' => !starts(at, b"--"),
+            b'/' => !starts(at, b"/*"),
+            b't' | b'T' => !starts(at, b"temp"),
+            _ => !starts(at, b"set_config"),
+        };
+        if !plain {
+            return false;
+        }
+        from = at + 1;
     }
-    out
+    true
 }
 
 struct Scanner<'a> {
@@ -76,25 +104,103 @@ struct Scanner<'a> {
     pos: usize,
 }
 
+/// A word of a statement, where it lies in the query string.
+#[derive(Debug, Default, Clone, Copy)]
+struct Word<'a> {
+    /// The word as written (a quoted identifier without its quotes).
+    text: &'a [u8],
+    /// A quoted identifier: compared exactly, never as a keyword.
+    quoted: bool,
+}
+
+impl Word<'_> {
+    /// Whether the word is the keyword `keyword`: unquoted, in any case.
+    fn is(&self, keyword: &str) -> bool {
+        !self.quoted && self.text.eq_ignore_ascii_case(keyword.as_bytes())
+    }
+
+    /// Whether the word names the identifier `ident` (given in lower case): unquoted in any case, or
+    /// quoted exactly.
+    fn names(&self, ident: &str) -> bool {
+        if self.quoted {
+            self.text == ident.as_bytes()
+        } else {
+            self.text.eq_ignore_ascii_case(ident.as_bytes())
+        }
+    }
+
+    /// The word as a statement name: upper-cased unless quoted.
+    fn name(&self) -> String {
+        let name = String::from_utf8_lossy(self.text);
+        if self.quoted {
+            name.into_owned()
+        } else {
+            name.to_ascii_uppercase()
+        }
+    }
+}
+
 /// What one statement's scan gathered before classification.
 #[derive(Default)]
-struct Gathered {
+struct Gathered<'a> {
     start: Option<usize>,
     end: usize,
-    words: Vec<String>,
+    words: [Word<'a>; LEADING_WORDS],
+    word_count: usize,
     mentions_temp: bool,
     mentions_set_config: bool,
 }
 
 impl<'a> Scanner<'a> {
-    fn new(sql: &'a [u8]) -> Self {
-        Scanner { sql, pos: 0 }
+    /// The whole text as one statement without effect, when that is clear from its leading words alone:
+    /// the text is [plain](is_plain), so only its leading words can give it an effect. Then the rest of
+    /// the statement is not walked, and its span ends before the text's trailing blanks and `;`.
+    /// `None` otherwise, with the scanner back at the start.
+    fn plain_statement(&mut self) -> Option<Statement> {
+        if !is_plain(self.sql) {
+            return None;
+        }
+        let g = self.gather(true);
+        match (g.start, classify(&g)) {
+            (Some(start), Effect::None) => {
+                let text = self.sql.trim_ascii_end();
+                let end = text
+                    .strip_suffix(b";")
+                    .unwrap_or(text)
+                    .trim_ascii_end()
+                    .len();
+                self.pos = self.sql.len();
+                Some(Statement {
+                    span: start..end.max(start),
+                    effect: Effect::None,
+                })
+            }
+            _ => {
+                self.pos = 0;
+                None
+            }
+        }
     }
 
     fn next_statement(&mut self) -> Option<Statement> {
+        let g = self.gather(false);
+        let start = g.start?;
+        let effect = classify(&g);
+        Some(Statement {
+            span: start..g.end,
+            effect,
+        })
+    }
+
+    /// Walks one statement from the current position, to its end or, with `leading_only`, until its
+    /// leading words are known.
+    fn gather(&mut self, leading_only: bool) -> Gathered<'a> {
         let bytes = self.sql;
         let mut g = Gathered::default();
         while self.pos < bytes.len() {
+            if leading_only && g.word_count == LEADING_WORDS {
+                break;
+            }
             let start = self.pos;
             let b = bytes[self.pos];
             match b {
@@ -123,7 +229,10 @@ impl<'a> Scanner<'a> {
                     let inner = bytes
                         .get(start + 1..self.pos.saturating_sub(1))
                         .unwrap_or(b"");
-                    g.note_word(String::from_utf8_lossy(inner).into_owned());
+                    g.note_word(Word {
+                        text: inner,
+                        quoted: true,
+                    });
                 }
                 b'$' if self.dollar_tag_len().is_some() => self.skip_dollar_quoted(),
                 c if is_ident_start(c) => {
@@ -133,7 +242,10 @@ impl<'a> Scanner<'a> {
                     if escape {
                         self.skip_string(true);
                     } else {
-                        g.note_word(String::from_utf8_lossy(word).to_ascii_uppercase());
+                        g.note_word(Word {
+                            text: word,
+                            quoted: false,
+                        });
                     }
                 }
                 _ => self.pos += 1,
@@ -141,21 +253,17 @@ impl<'a> Scanner<'a> {
             g.start.get_or_insert(start);
             g.end = self.pos;
         }
-        let start = g.start?;
-        let effect = classify(&g);
-        Some(Statement {
-            span: start..g.end,
-            words: g.words,
-            effect,
-        })
+        g
     }
 
     fn take_word(&mut self) -> &'a [u8] {
-        let start = self.pos;
-        while self.pos < self.sql.len() && is_ident_char(self.sql[self.pos]) {
-            self.pos += 1;
-        }
-        &self.sql[start..self.pos]
+        let rest = &self.sql[self.pos..];
+        let len = rest
+            .iter()
+            .position(|&c| !is_ident_char(c))
+            .unwrap_or(rest.len());
+        self.pos += len;
+        &rest[..len]
     }
 
     fn skip_line_comment(&mut self) {
@@ -240,67 +348,200 @@ impl<'a> Scanner<'a> {
     }
 }
 
-impl Gathered {
-    fn note_word(&mut self, word: String) {
-        match word.as_str() {
-            "TEMP" | "TEMPORARY" | "PG_TEMP" => self.mentions_temp = true,
-            "SET_CONFIG" => self.mentions_set_config = true,
-            _ => {}
+impl<'a> Gathered<'a> {
+    fn note_word(&mut self, word: Word<'a>) {
+        if word.is("TEMP") || word.is("TEMPORARY") || word.names("pg_temp") {
+            self.mentions_temp = true;
+        } else if word.names("set_config") {
+            self.mentions_set_config = true;
         }
-        if self.words.len() < LEADING_WORDS {
-            self.words.push(word);
+        if let Some(slot) = self.words.get_mut(self.word_count) {
+            *slot = word;
+            self.word_count += 1;
         }
+    }
+
+    /// The `i`th leading word; an empty word past the statement's end.
+    fn word(&self, i: usize) -> Word<'a> {
+        self.words[..self.word_count]
+            .get(i)
+            .copied()
+            .unwrap_or_default()
     }
 }
 
 fn classify(g: &Gathered) -> Effect {
-    let w = |i: usize| g.words.get(i).map(String::as_str).unwrap_or("");
     if g.mentions_set_config {
         return Effect::Opaque;
     }
-    match (w(0), w(1)) {
-        ("SET", "LOCAL") => Effect::Setting { local: true },
-        ("SET", "CONSTRAINTS") => Effect::None,
-        ("SET", _) => Effect::Setting { local: false },
-        ("RESET", "ALL") => Effect::ResetAll,
-        ("RESET", _) => Effect::Setting { local: false },
-        ("DISCARD", "ALL") => Effect::DiscardAll,
-        ("DISCARD", "TEMP" | "TEMPORARY") => Effect::DiscardTemp,
-        ("DISCARD", _) => Effect::None,
-        ("DEALLOCATE", next) => {
-            let name = if next == "PREPARE" { w(2) } else { next };
-            Effect::Deallocate((name != "ALL").then(|| name.to_owned()))
+    let (first, second) = (g.word(0), g.word(1));
+    let any = |keywords: &[&str]| keywords.iter().any(|k| first.is(k));
+    if first.is("SET") {
+        if second.is("LOCAL") {
+            Effect::Setting { local: true }
+        } else if second.is("CONSTRAINTS") {
+            Effect::None
+        } else {
+            Effect::Setting { local: false }
         }
-        ("DO" | "CALL", _) => Effect::Opaque,
-        ("ROLLBACK" | "ABORT", _) if g.words.iter().any(|x| x == "TO") => {
-            Effect::Transaction(TxControl::RollbackToSavepoint)
+    } else if first.is("RESET") {
+        if second.is("ALL") {
+            Effect::ResetAll
+        } else {
+            Effect::Setting { local: false }
         }
-        ("PREPARE", "TRANSACTION") => Effect::Transaction(TxControl::PrepareTransaction),
-        ("CREATE" | "SELECT" | "WITH", _) if g.mentions_temp => Effect::CreatesTemp,
-        _ => Effect::None,
+    } else if first.is("DISCARD") {
+        if second.is("ALL") {
+            Effect::DiscardAll
+        } else if second.is("TEMP") || second.is("TEMPORARY") {
+            Effect::DiscardTemp
+        } else {
+            Effect::None
+        }
+    } else if first.is("DEALLOCATE") {
+        let name = if second.is("PREPARE") {
+            g.word(2)
+        } else {
+            second
+        };
+        Effect::Deallocate((!name.is("ALL")).then(|| name.name()))
+    } else if any(&["DO", "CALL"]) {
+        Effect::Opaque
+    } else if any(&["ROLLBACK", "ABORT"]) && g.words[..g.word_count].iter().any(|w| w.is("TO")) {
+        Effect::Transaction(TxControl::RollbackToSavepoint)
+    } else if first.is("PREPARE") && second.is("TRANSACTION") {
+        Effect::Transaction(TxControl::PrepareTransaction)
+    } else if any(&["CREATE", "SELECT", "WITH"]) && g.mentions_temp {
+        Effect::CreatesTemp
+    } else {
+        Effect::None
     }
 }
 
+/// Bytes that may start an identifier or keyword.
+const IDENT_START: u8 = 1;
+/// Bytes that may continue one.
+const IDENT_CHAR: u8 = 2;
+/// Bytes at which [`is_plain`] looks closer.
+const PLAIN_CHECK: u8 = 4;
+
+/// The class of every byte, looked up rather than computed: the scan runs over every query's bytes.
+const BYTE_CLASS: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        let start = b.is_ascii_alphabetic() || b == b'_' || b >= 0x80;
+        if start {
+            table[c] = IDENT_START | IDENT_CHAR;
+        } else if b.is_ascii_digit() || b == b'$' {
+            table[c] = IDENT_CHAR;
+        }
+        if matches!(b, b';' | b'-' | b'/' | b't' | b'T' | b's' | b'S') {
+            table[c] |= PLAIN_CHECK;
+        }
+        c += 1;
+    }
+    table
+};
+
 fn is_ident_start(c: u8) -> bool {
-    c.is_ascii_alphabetic() || c == b'_' || c >= 0x80
+    BYTE_CLASS[c as usize] & IDENT_START != 0
 }
 
 fn is_ident_char(c: u8) -> bool {
-    is_ident_start(c) || c.is_ascii_digit() || c == b'$'
+    BYTE_CLASS[c as usize] & IDENT_CHAR != 0
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The scan without its quick path.
+    fn walked(sql: &[u8]) -> Vec<Statement> {
+        let mut scanner = Scanner { sql, pos: 0 };
+        std::iter::from_fn(|| scanner.next_statement()).collect()
+    }
+
+    #[test]
+    fn the_quick_path_agrees_with_the_full_walk() {
+        for sql in [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 42",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 42 ; ",
+            "set x = 1;",
+            "select 1; ;",
+            "  select 1  ",
+            "UPDATE t SET a = 1 WHERE b = 'x'",
+            "set search_path = x",
+            "SET LOCAL x = 1 ",
+            "discard all",
+            "deallocate prepare \"S1\"",
+            "rollback to savepoint s",
+            "select * into temp t from u",
+            "select set_config('a', 'b', false)",
+            "create table \"pg_temp\".x()",
+            "select 1 -- set x = 1",
+            "select $tag$ ; $tag$",
+            "select E'\\'' , 'a''b' from x where y = $1",
+            "",
+            "   ",
+            "/* only a comment */",
+        ] {
+            let quick: Vec<Statement> = scan(sql.as_bytes()).collect();
+            assert_eq!(quick, walked(sql.as_bytes()), "{sql}");
+        }
+    }
+
+    #[test]
+    fn the_quick_path_agrees_with_the_full_walk_on_token_noise() {
+        const TOKENS: [&str; 22] = [
+            "select",
+            "SET",
+            "local",
+            "all",
+            "to",
+            "rollback",
+            "discard",
+            "deallocate",
+            "x",
+            "1",
+            " ",
+            "\n",
+            "'",
+            "\"",
+            "$",
+            "$q$",
+            "E'",
+            "\\",
+            "temp",
+            ";",
+            "--",
+            "/*",
+        ];
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        for _ in 0..20_000 {
+            let mut sql = String::new();
+            for _ in 0..8 {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                sql.push_str(TOKENS[(state % TOKENS.len() as u64) as usize]);
+                sql.push(' ');
+            }
+            let effects = |v: Vec<Statement>| v.into_iter().map(|s| s.effect).collect::<Vec<_>>();
+            let quick = effects(scan(sql.as_bytes()).collect());
+            assert_eq!(quick, effects(walked(sql.as_bytes())), "{sql:?}");
+        }
+    }
+
     fn effects(sql: &str) -> Vec<Effect> {
-        scan(sql.as_bytes()).into_iter().map(|s| s.effect).collect()
+        scan(sql.as_bytes()).map(|s| s.effect).collect()
     }
 
     #[test]
     fn splits_on_semicolons_outside_quotes_and_comments() {
         let sql = "select ';' ; set x = 'a;b' /* ; */ -- ;\n; ;select $$;$$, $f$ ; $f$";
-        let stmts = scan(sql.as_bytes());
+        let stmts: Vec<Statement> = scan(sql.as_bytes()).collect();
         assert_eq!(stmts.len(), 3);
         assert_eq!(&sql[stmts[0].span.clone()], "select ';'");
         assert_eq!(stmts[1].effect, Effect::Setting { local: false });
@@ -309,13 +550,15 @@ mod tests {
 
     #[test]
     fn escape_strings_and_nested_comments() {
-        let stmts = scan(br"select E'\';' ; /* a /* b; */ c; */ select 1");
-        assert_eq!(stmts.len(), 2);
+        assert_eq!(
+            scan(br"select E'\';' ; /* a /* b; */ c; */ select 1").count(),
+            2
+        );
     }
 
     #[test]
     fn dollar_parameters_are_not_quotes() {
-        assert_eq!(scan(b"select $1; select $2").len(), 2);
+        assert_eq!(scan(b"select $1; select $2").count(), 2);
     }
 
     #[test]
@@ -342,7 +585,7 @@ mod tests {
     #[test]
     fn discard_and_deallocate() {
         assert_eq!(
-            effects("discard all; discard temp; discard plans; deallocate all; deallocate prepare S1; deallocate \"Q\""),
+            effects("discard all; discard temp; discard plans; deallocate all; deallocate prepare S1; deallocate \"Q\"; deallocate \"all\""),
             vec![
                 Effect::DiscardAll,
                 Effect::DiscardTemp,
@@ -350,6 +593,7 @@ mod tests {
                 Effect::Deallocate(None),
                 Effect::Deallocate(Some("S1".into())),
                 Effect::Deallocate(Some("Q".into())),
+                Effect::Deallocate(Some("all".into())),
             ]
         );
     }
@@ -357,8 +601,9 @@ mod tests {
     #[test]
     fn temp_objects() {
         assert_eq!(
-            effects("create temp table t(a int); create temporary view v as select 1; select * into temp t2 from t; create table pg_temp.x(a int); create table tempo(a int)"),
+            effects("create temp table t(a int); create temporary view v as select 1; select * into temp t2 from t; create table pg_temp.x(a int); create table \"pg_temp\".y(a int); create table tempo(a int)"),
             vec![
+                Effect::CreatesTemp,
                 Effect::CreatesTemp,
                 Effect::CreatesTemp,
                 Effect::CreatesTemp,
@@ -392,8 +637,8 @@ mod tests {
             "$a",
             "\"é",
         ] {
-            let _ = scan(sql.as_bytes());
+            let _ = scan(sql.as_bytes()).count();
         }
-        let _ = scan(&[b'"', 0xc3, b'\'', 0xff, b'E', b'\'', b'\\', 0xc3]);
+        let _ = scan(&[b'"', 0xc3, b'\'', 0xff, b'E', b'\'', b'\\', 0xc3]).count();
     }
 }

@@ -16,6 +16,10 @@ use bytes::Bytes;
 use super::sql_scan::{self, Effect, TxControl};
 use crate::wire::frame::{cstr, parameter_status};
 
+/// Statements or portals by name. Names are hashed with foldhash, not SipHash: they are looked up for
+/// every Bind and Execute, and a client choosing colliding names slows only its own session.
+pub type NameMap<V> = HashMap<String, V, foldhash::fast::RandomState>;
+
 /// Transaction status as the last ReadyForQuery reported it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TxStatus {
@@ -90,11 +94,27 @@ impl Settings {
     }
 }
 
+/// A statement or portal name as a request sent it: a slice of the message rather than a copy, since
+/// every Bind and Execute carries names. Checked as UTF-8 when taken.
+#[derive(Debug)]
+struct Name(Bytes);
+
+impl Name {
+    /// `name`, which lies in `body`.
+    fn of(body: &Bytes, name: &str) -> Name {
+        Name(body.slice_ref(name.as_bytes()))
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
 /// A frontend request still waiting for its reply.
 #[derive(Debug)]
 enum Pending {
-    /// A simple query: its statements not yet completed; ends at ReadyForQuery.
-    Query(VecDeque<(Bytes, Effect)>),
+    /// A simple query; ends at ReadyForQuery.
+    Query(QueryProgress),
     Parse {
         name: String,
         statement: Arc<PreparedStatement>,
@@ -105,12 +125,12 @@ enum Pending {
     /// Names are resolved when the reply arrives: by then every earlier Parse has been answered, which
     /// is what makes pipelined Parse/Bind/Execute batches resolve correctly.
     Bind {
-        portal: String,
-        statement: String,
+        portal: Name,
+        statement: Name,
     },
     Describe,
     Execute {
-        portal: String,
+        portal: Name,
     },
     Close {
         kind: u8,
@@ -118,6 +138,29 @@ enum Pending {
     },
     /// Sync or FunctionCall: ends at ReadyForQuery.
     Sync,
+}
+
+/// How far a simple query's statements have completed, and those among the rest with an effect to
+/// apply when they complete. Most queries have none, so following them allocates nothing.
+#[derive(Debug, Default)]
+struct QueryProgress {
+    completed: usize,
+    /// (statement number, text, effect), in order.
+    effects: VecDeque<(usize, Bytes, Effect)>,
+}
+
+impl QueryProgress {
+    /// The next statement completed: its text and effect, if it has one to apply.
+    fn complete_next(&mut self) -> Option<(Bytes, Effect)> {
+        let number = self.completed;
+        self.completed += 1;
+        if self.effects.front()?.0 != number {
+            return None;
+        }
+        self.effects
+            .pop_front()
+            .map(|(_, sql, effect)| (sql, effect))
+    }
 }
 
 impl Pending {
@@ -137,9 +180,9 @@ pub struct SessionState {
     /// SET / RESET / DISCARD history.
     pub settings: Settings,
     /// Protocol-level prepared statements by name ("" is the unnamed one).
-    pub statements: HashMap<String, Arc<PreparedStatement>>,
+    pub statements: NameMap<Arc<PreparedStatement>>,
     /// Open portals by name, with the statement they were bound from.
-    pub portals: HashMap<String, Option<Arc<PreparedStatement>>>,
+    pub portals: NameMap<Option<Arc<PreparedStatement>>>,
     /// Whether the session may have temporary tables.
     pub temp_tables: bool,
     /// The upstream's key for CancelRequests (BackendKeyData body).
@@ -157,8 +200,8 @@ impl Default for SessionState {
             tx: TxStatus::Idle,
             params: HashMap::new(),
             settings: Settings::default(),
-            statements: HashMap::new(),
-            portals: HashMap::new(),
+            statements: NameMap::default(),
+            portals: NameMap::default(),
             temp_tables: false,
             backend_key: None,
             pending: VecDeque::new(),
@@ -217,14 +260,15 @@ impl SessionState {
         match tag {
             b'Q' => {
                 let sql = body.slice(..body.len().saturating_sub(1));
-                let statements = sql_scan::scan(&sql)
-                    .into_iter()
-                    .map(|s| {
-                        self.note_sent(&s.effect);
-                        (sql.slice(s.span), s.effect)
-                    })
-                    .collect();
-                self.pending.push_back(Pending::Query(statements));
+                let mut progress = QueryProgress::default();
+                for (number, statement) in sql_scan::scan(&sql).enumerate() {
+                    self.note_sent(&statement.effect);
+                    if applies_at_completion(&statement.effect) {
+                        let text = sql.slice(statement.span);
+                        progress.effects.push_back((number, text, statement.effect));
+                    }
+                }
+                self.pending.push_back(Pending::Query(progress));
             }
             b'P' => match parse_message(body) {
                 Some((name, statement)) => {
@@ -239,15 +283,15 @@ impl SessionState {
             },
             b'B' => match cstr(body).and_then(|(portal, rest)| Some((portal, cstr(rest)?.0))) {
                 Some((portal, statement)) => self.pending.push_back(Pending::Bind {
-                    portal: portal.to_owned(),
-                    statement: statement.to_owned(),
+                    portal: Name::of(body, portal),
+                    statement: Name::of(body, statement),
                 }),
                 None => self.lose_track(),
             },
             b'D' => self.pending.push_back(Pending::Describe),
             b'E' => match cstr(body) {
                 Some((portal, _)) => self.pending.push_back(Pending::Execute {
-                    portal: portal.to_owned(),
+                    portal: Name::of(body, portal),
                 }),
                 None => self.lose_track(),
             },
@@ -281,8 +325,8 @@ impl SessionState {
             },
             b'2' => match self.pending.pop_front() {
                 Some(Pending::Bind { portal, statement }) => {
-                    let statement = self.statements.get(&statement).cloned();
-                    self.portals.insert(portal, statement);
+                    let statement = self.statements.get(statement.as_str()).cloned();
+                    self.portals.insert(portal.as_str().to_owned(), statement);
                 }
                 other => self.out_of_step(other),
             },
@@ -320,7 +364,7 @@ impl SessionState {
 
     fn on_command_complete(&mut self, tag: &[u8]) {
         let completed = match self.pending.front_mut() {
-            Some(Pending::Query(statements)) => statements.pop_front(),
+            Some(Pending::Query(progress)) => progress.complete_next(),
             Some(Pending::Execute { portal }) => {
                 let statement = self.portals.get(portal.as_str()).cloned().flatten();
                 self.pending.pop_front();
@@ -330,13 +374,17 @@ impl SessionState {
             _ => None,
         };
         if let Some((sql, effect)) = completed {
-            self.apply(sql, effect, tag);
+            self.apply(sql, effect);
+        }
+        match tag.strip_suffix(b"\0").unwrap_or(tag) {
+            b"COMMIT" => self.settings.commit(),
+            b"ROLLBACK" => self.settings.in_tx.clear(),
+            _ => {}
         }
     }
 
     /// Applies a statement's effect once its CommandComplete arrives.
-    fn apply(&mut self, sql: Bytes, effect: Effect, tag: &[u8]) {
-        let tag = tag.strip_suffix(b"\0").unwrap_or(tag);
+    fn apply(&mut self, sql: Bytes, effect: Effect) {
         match effect {
             Effect::Setting { .. } | Effect::ResetAll => {
                 self.settings.in_tx.push(SettingChange { sql, effect });
@@ -358,11 +406,6 @@ impl SessionState {
             Effect::Opaque => self.settings.opaque = true,
             Effect::CreatesTemp | Effect::None => {}
         }
-        match tag {
-            b"COMMIT" => self.settings.commit(),
-            b"ROLLBACK" => self.settings.in_tx.clear(),
-            _ => {}
-        }
     }
 
     /// Effects that must hold from the moment a statement is sent, whatever its outcome.
@@ -375,7 +418,7 @@ impl SessionState {
     fn on_error(&mut self) {
         self.error_since_ready = true;
         match self.pending.front_mut() {
-            Some(Pending::Query(statements)) => statements.clear(),
+            Some(Pending::Query(progress)) => progress.effects.clear(),
             Some(Pending::Sync) | None => {}
             Some(_) => {
                 // The server skips everything up to the next Sync: so do the replies.
@@ -422,6 +465,12 @@ impl SessionState {
     }
 }
 
+/// Whether a statement's effect is applied when its CommandComplete arrives (the others have none, or
+/// take effect when sent).
+fn applies_at_completion(effect: &Effect) -> bool {
+    !matches!(effect, Effect::None | Effect::CreatesTemp)
+}
+
 fn parse_message(body: &Bytes) -> Option<(String, PreparedStatement)> {
     let (name, rest) = cstr(body)?;
     let sql_len = rest.iter().position(|&b| b == 0)?;
@@ -435,7 +484,6 @@ fn parse_message(body: &Bytes) -> Option<(String, PreparedStatement)> {
         .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
         .collect();
     let effect = sql_scan::scan(&sql)
-        .into_iter()
         .next()
         .map_or(Effect::None, |s| s.effect);
     Some((
