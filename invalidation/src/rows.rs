@@ -172,37 +172,105 @@ impl RowKey {
     }
 }
 
-/// The buckets one transaction changed, as a bitmap: bounded however many rows it changes.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RowSet(Vec<u64>);
+/// The buckets one transaction changed: a short list while they are few (most transactions change a
+/// handful of rows, and the list costs them no 8 KiB bitmap to fill and walk), then a bitmap of every
+/// bucket, so a transaction of millions of rows still takes bounded memory.
+#[derive(Debug, Clone, Default)]
+pub struct RowSet {
+    /// Distinct buckets in the order added, while no more than [`SPARSE_MAX`].
+    sparse: Vec<u16>,
+    /// One bit per bucket once the list is full; empty until then.
+    dense: Vec<u64>,
+}
+
+/// Buckets listed before the set turns into a bitmap (the list then takes 512 bytes).
+const SPARSE_MAX: usize = 256;
+
+// Buckets are listed as u16.
+const _: () = assert!(ROW_BUCKETS <= 1 << 16);
 
 impl RowSet {
-    /// Adds a bucket.
+    /// Adds a bucket (below [`ROW_BUCKETS`]).
     pub fn insert(&mut self, bucket: usize) {
-        if self.0.is_empty() {
-            self.0 = vec![0; ROW_BUCKETS / 64];
+        let bucket = bucket & (ROW_BUCKETS - 1);
+        if !self.dense.is_empty() {
+            self.dense[bucket / 64] |= 1 << (bucket % 64);
+        } else if !self.sparse.contains(&(bucket as u16)) {
+            if self.sparse.len() < SPARSE_MAX {
+                self.sparse.push(bucket as u16);
+            } else {
+                self.dense = vec![0; ROW_BUCKETS / 64];
+                for listed in std::mem::take(&mut self.sparse) {
+                    self.insert(listed.into());
+                }
+                self.insert(bucket);
+            }
         }
-        self.0[bucket / 64] |= 1 << (bucket % 64);
     }
 
     /// Whether no bucket was added.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.sparse.is_empty() && self.dense.is_empty()
     }
 
-    /// The buckets added.
+    /// The buckets added, each once.
     pub fn iter(&self) -> impl Iterator<Item = usize> + '_ {
-        self.0.iter().enumerate().flat_map(|(i, &word)| {
-            (0..64)
-                .filter(move |b| word & (1 << b) != 0)
-                .map(move |b| i * 64 + b)
-        })
+        let listed = self.sparse.iter().map(|&b| usize::from(b));
+        let mapped = self.dense.iter().enumerate().flat_map(|(i, &word)| {
+            let mut rest = word;
+            std::iter::from_fn(move || {
+                let bit = (rest != 0).then(|| rest.trailing_zeros() as usize)?;
+                rest &= rest - 1;
+                Some(i * 64 + bit)
+            })
+        });
+        listed.chain(mapped)
     }
 }
+
+impl PartialEq for RowSet {
+    /// The same buckets, however they were added.
+    fn eq(&self, other: &Self) -> bool {
+        let sorted = |set: &RowSet| {
+            let mut buckets: Vec<usize> = set.iter().collect();
+            buckets.sort_unstable();
+            buckets
+        };
+        sorted(self) == sorted(other)
+    }
+}
+
+impl Eq for RowSet {}
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn row_sets_list_each_bucket_once_below_and_above_the_bitmap_threshold() {
+        for count in [0, 1, 5, SPARSE_MAX, SPARSE_MAX + 1, 5000] {
+            let mut set = RowSet::default();
+            // Each bucket is added twice.
+            let buckets: Vec<usize> = (0..count).map(|i| (i * 7919) % ROW_BUCKETS).collect();
+            for &b in buckets.iter().chain(&buckets) {
+                set.insert(b);
+            }
+            let mut got: Vec<usize> = set.iter().collect();
+            got.sort_unstable();
+            let mut want = buckets.clone();
+            want.sort_unstable();
+            assert_eq!(got, want, "{count} buckets");
+            assert_eq!(set.is_empty(), count == 0);
+            let mut reversed = RowSet::default();
+            for &b in buckets.iter().rev() {
+                reversed.insert(b);
+            }
+            assert_eq!(set, reversed);
+        }
+        let mut edge = RowSet::default();
+        edge.insert(ROW_BUCKETS - 1);
+        assert_eq!(edge.iter().collect::<Vec<_>>(), vec![ROW_BUCKETS - 1]);
+    }
 
     fn bucket(table: &str, columns: &[(&str, KeyValue)]) -> usize {
         let mut key = RowKey::new(table);

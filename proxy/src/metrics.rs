@@ -131,6 +131,9 @@ pub struct StreamMeters {
     retained_bytes: Gauge,
     last_retained_bytes: AtomicU64,
     last_delay_micros: AtomicU64,
+    /// `veneer_table_invalidations_total` of each table seen, registered once per table rather than
+    /// looked up (labels built, registry hashed) at every commit. Only the stream's task counts here.
+    table_invalidations: std::sync::Mutex<std::collections::HashMap<String, Counter>>,
     database: String,
 }
 
@@ -151,20 +154,35 @@ impl StreamMeters {
             retained_bytes: gauge!("veneer_replication_slot_retained_bytes", "database" => database.clone()),
             last_retained_bytes: AtomicU64::new(u64::MAX),
             last_delay_micros: AtomicU64::new(0),
+            table_invalidations: Default::default(),
             database,
         }
     }
 
     /// A transaction was applied `delay` after its commit, invalidating `tables`.
-    pub fn applied(&self, rows: u64, delay: std::time::Duration, tables: &[String]) {
+    pub fn applied<'a>(
+        &self,
+        rows: u64,
+        delay: std::time::Duration,
+        tables: impl IntoIterator<Item = &'a String>,
+    ) {
         self.transactions.add(1);
         self.rows.add(rows);
         self.delay.record(delay);
         self.last_delay_micros
             .store(delay.as_micros() as u64, Ordering::Relaxed);
+        let mut counters = self
+            .table_invalidations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         for table in tables {
-            counter!("veneer_table_invalidations_total", "database" => self.database.clone(), "table" => table.clone())
-                .increment(1);
+            if let Some(counter) = counters.get(table) {
+                counter.increment(1);
+                continue;
+            }
+            let counter = counter!("veneer_table_invalidations_total", "database" => self.database.clone(), "table" => table.clone());
+            counter.increment(1);
+            counters.insert(table.clone(), counter);
         }
     }
 

@@ -24,6 +24,7 @@ use pgwire::messages::startup::{Authentication, ParameterStatus};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
 use crate::metrics::Meters;
+use crate::session::state::NameMap;
 use crate::stream::Stream;
 use crate::upstream::Upstream;
 use crate::wire::authored::{encode, TERMINATE};
@@ -71,7 +72,7 @@ pub struct Leaving {
     /// Where it is connected (for cancel requests).
     pub addr: SocketAddr,
     /// The ParameterStatus values the server reported.
-    pub params: HashMap<String, String>,
+    pub params: NameMap<String>,
     /// The BackendKeyData body.
     pub key: Bytes,
 }
@@ -200,10 +201,7 @@ fn close(mut stream: Stream) {
 
 /// Runs DISCARD ALL; ParameterStatus messages on the way update `params`. Anything but a clean
 /// completion at ReadyForQuery(idle) is a failure.
-async fn reset(
-    stream: &mut Stream,
-    params: &mut HashMap<String, String>,
-) -> Result<(), &'static str> {
+async fn reset(stream: &mut Stream, params: &mut NameMap<String>) -> Result<(), &'static str> {
     let query = encode(&Query::new("DISCARD ALL".to_owned()));
     stream.write_all(&query).await.map_err(|_| "write failed")?;
     let mut buf = BytesMut::with_capacity(256);
@@ -239,7 +237,7 @@ async fn reset(
 }
 
 /// The login replay: what a server sends after accepting a trust login.
-fn greeting(params: &HashMap<String, String>, key: &[u8]) -> Bytes {
+fn greeting(params: &NameMap<String>, key: &[u8]) -> Bytes {
     let mut out = BytesMut::new();
     out.extend_from_slice(&encode(&Authentication::Ok));
     for (name, value) in params {
@@ -258,7 +256,7 @@ mod tests {
 
     #[test]
     fn the_greeting_is_a_trust_login_reply() {
-        let params = HashMap::from([("TimeZone".to_owned(), "UTC".to_owned())]);
+        let params = NameMap::from_iter([("TimeZone".to_owned(), "UTC".to_owned())]);
         let key = [0, 0, 0, 7, 1, 2, 3, 4];
         let expected = [
             &b"R\0\0\0\x08\0\0\0\0"[..],

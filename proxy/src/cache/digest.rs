@@ -55,82 +55,114 @@ fn shape_into(sql: &[u8], out: &mut Vec<u8>, literals: &mut Vec<std::ops::Range<
         }
         *space = false;
     };
+    out.reserve(sql.len());
     while i < sql.len() {
         let c = sql[i];
         let rest = &sql[i..];
-        if c.is_ascii_whitespace() {
-            space = true;
-            i += 1;
-        } else if rest.starts_with(b"--") {
-            let end = memchr(b'\n', rest).map_or(sql.len(), |n| i + n);
-            keep_hint(&sql[i + 2..end], out, &mut space);
-            i = end;
-        } else if rest.starts_with(b"/*") {
-            let end = find(rest, b"*/").map_or(sql.len(), |n| i + n + 2);
-            keep_hint(
-                &sql[i + 2..end.saturating_sub(2).max(i + 2)],
-                out,
-                &mut space,
-            );
-            i = end;
-        } else if c == b'\'' {
-            let end = quoted_end(sql, i, b'\'');
-            push_space(out, &mut space);
-            let value = &sql[i + 1..end.saturating_sub(1).max(i + 1)];
-            let trimmed = value.trim_ascii();
-            if TIME_WORDS.iter().any(|w| trimmed.eq_ignore_ascii_case(w)) {
+        let next = rest.get(1).copied();
+        match c {
+            _ if c.is_ascii_whitespace() => {
+                space = true;
+                i += 1;
+            }
+            b'-' if next == Some(b'-') => {
+                let end = memchr(b'\n', rest).map_or(sql.len(), |n| i + n);
+                keep_hint(&sql[i + 2..end], out, &mut space);
+                i = end;
+            }
+            b'/' if next == Some(b'*') => {
+                let end = find(rest, b"*/").map_or(sql.len(), |n| i + n + 2);
+                keep_hint(
+                    &sql[i + 2..end.saturating_sub(2).max(i + 2)],
+                    out,
+                    &mut space,
+                );
+                i = end;
+            }
+            b'\'' => {
+                let end = quoted_end(sql, i, b'\'');
+                push_space(out, &mut space);
+                let value = &sql[i + 1..end.saturating_sub(1).max(i + 1)];
+                let trimmed = value.trim_ascii();
+                if TIME_WORDS.iter().any(|w| trimmed.eq_ignore_ascii_case(w)) {
+                    out.extend_from_slice(&sql[i..end]);
+                } else {
+                    out.push(b'?');
+                    literals.push(i..end);
+                }
+                i = end;
+            }
+            b'"' => {
+                let end = quoted_end(sql, i, b'"');
+                push_space(out, &mut space);
                 out.extend_from_slice(&sql[i..end]);
-            } else {
+                i = end;
+            }
+            b'$' if next.is_some_and(|d| d.is_ascii_digit()) => {
+                // A parameter ($1): part of the statement, not a literal.
+                let digits = rest[1..].iter().take_while(|b| b.is_ascii_digit()).count();
+                push_space(out, &mut space);
+                out.extend_from_slice(&rest[..1 + digits]);
+                i += 1 + digits;
+            }
+            b'$' if dollar_tag(rest).is_some() => {
+                let tag = dollar_tag(rest).expect("checked");
+                let body = &rest[tag..];
+                let end = find(body, &rest[..tag]).map_or(sql.len(), |n| i + tag + n + tag);
+                push_space(out, &mut space);
                 out.push(b'?');
                 literals.push(i..end);
+                i = end;
             }
-            i = end;
-        } else if c == b'"' {
-            let end = quoted_end(sql, i, b'"');
-            push_space(out, &mut space);
-            out.extend_from_slice(&sql[i..end]);
-            i = end;
-        } else if c == b'$' && rest.get(1).is_some_and(u8::is_ascii_digit) {
-            // A parameter ($1): part of the statement, not a literal.
-            let digits = rest[1..].iter().take_while(|b| b.is_ascii_digit()).count();
-            push_space(out, &mut space);
-            out.extend_from_slice(&rest[..1 + digits]);
-            i += 1 + digits;
-        } else if c == b'$' && dollar_tag(rest).is_some() {
-            let tag = dollar_tag(rest).expect("checked");
-            let body = &rest[tag..];
-            let end = find(body, &rest[..tag]).map_or(sql.len(), |n| i + tag + n + tag);
-            push_space(out, &mut space);
-            out.push(b'?');
-            literals.push(i..end);
-            i = end;
-        } else if c.is_ascii_digit() || (c == b'.' && rest.get(1).is_some_and(u8::is_ascii_digit)) {
-            let mut end = i + 1;
-            while end < sql.len()
-                && (sql[end].is_ascii_alphanumeric() || sql[end] == b'.' || sql[end] == b'_')
-            {
-                end += 1;
+            b'0'..=b'9' | b'.' if c != b'.' || next.is_some_and(|d| d.is_ascii_digit()) => {
+                let len = run(&rest[1..], NUMBER_REST);
+                push_space(out, &mut space);
+                out.push(b'?');
+                literals.push(i..i + 1 + len);
+                i += 1 + len;
             }
-            push_space(out, &mut space);
-            out.push(b'?');
-            literals.push(i..end);
-            i = end;
-        } else if is_word_byte(c) {
-            let mut end = i + 1;
-            while end < sql.len()
-                && (is_word_byte(sql[end]) || sql[end].is_ascii_digit() || sql[end] == b'$')
-            {
-                end += 1;
+            _ if is_word_byte(c) => {
+                let len = 1 + run(&rest[1..], WORD_REST);
+                push_space(out, &mut space);
+                out.extend_from_slice(&rest[..len]);
+                i += len;
             }
-            push_space(out, &mut space);
-            out.extend_from_slice(&sql[i..end]);
-            i = end;
-        } else {
-            push_space(out, &mut space);
-            out.push(c);
-            i += 1;
+            _ => {
+                push_space(out, &mut space);
+                out.push(c);
+                i += 1;
+            }
         }
     }
+}
+
+/// Byte classes for [`run`]: what continues a word, and what continues a number.
+const WORD_REST: u8 = 1;
+const NUMBER_REST: u8 = 2;
+
+/// The class bits of every byte, looked up rather than computed: every forwarded statement is shaped.
+const BYTE_CLASS: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        if b.is_ascii_alphabetic() || b == b'_' || b >= 0x80 || b.is_ascii_digit() || b == b'$' {
+            table[c] |= WORD_REST;
+        }
+        if b.is_ascii_alphanumeric() || b == b'.' || b == b'_' {
+            table[c] |= NUMBER_REST;
+        }
+        c += 1;
+    }
+    table
+};
+
+/// Length of the run of bytes of class `class` at the front of `bytes`.
+fn run(bytes: &[u8], class: u8) -> usize {
+    bytes
+        .iter()
+        .position(|&b| BYTE_CLASS[b as usize] & class == 0)
+        .unwrap_or(bytes.len())
 }
 
 /// The shape of `sql` as text, for statistics and rules.

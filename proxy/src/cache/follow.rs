@@ -108,9 +108,8 @@ impl Sink for Apply<'_> {
         let delay = SystemTime::now()
             .duration_since(commit.commit_time)
             .unwrap_or_default();
-        let mut tables = commit.changed.clone();
-        tables.extend(commit.whole.iter().cloned());
-        self.db.stream.applied(commit.rows, delay, &tables);
+        let tables = commit.changed.iter().chain(&commit.whole);
+        self.db.stream.applied(commit.rows, delay, tables);
         self.db.fence.applied(commit.end_lsn);
         self.caught_up();
     }

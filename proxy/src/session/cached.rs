@@ -125,6 +125,9 @@ struct Write {
     ddl: bool,
 }
 
+/// A statement's plan and the row key its text gives.
+type Planned = (Arc<Plan>, Option<Key>);
+
 /// A unit taken from the client buffer.
 struct Unit {
     bytes: Bytes,
@@ -133,8 +136,9 @@ struct Unit {
 
 /// What a unit is.
 enum What {
-    /// Forward as it is.
-    Forward,
+    /// Forward as it is; for a simple Query, with the plan and row key already looked up for it, so
+    /// that following its write does not shape and plan the text a second time.
+    Forward(Option<Planned>),
     /// May be answered from the cache.
     Cacheable(Candidate),
     /// An administrative command.
@@ -363,14 +367,14 @@ impl Session {
                     let Some((len, what)) = self.next_unit()? else {
                         return Ok(());
                     };
-                    if !matches!(what, What::Forward) && self.state.awaits_reply() {
+                    if !matches!(what, What::Forward(_)) && self.state.awaits_reply() {
                         // Decided once everything before it has been answered.
                         return Ok(());
                     }
                     let bytes = self.client_buf.split_to(len).freeze();
                     self.traffic.from_client += len as u64;
-                    if let What::Forward = what {
-                        self.forward(bytes);
+                    if let What::Forward(planned) = what {
+                        self.forward_planned(bytes, planned);
                         self.hold_dropped_database().await;
                         continue;
                     }
@@ -576,6 +580,11 @@ impl Session {
     /// Sends a unit upstream, following what it does: session state, plans of the statements and
     /// portals it creates, writes it makes, and the unnamed statement it may need recreated first.
     pub(super) fn forward(&mut self, bytes: Bytes) {
+        self.forward_planned(bytes, None);
+    }
+
+    /// [`Session::forward`], with the plan of the unit's simple Query when already known.
+    fn forward_planned(&mut self, bytes: Bytes, mut planned: Option<Planned>) {
         let same_encoding = self.same_encoding();
         let Some(c) = self.cache.as_mut() else {
             self.to_upstream.push(bytes);
@@ -609,7 +618,14 @@ impl Session {
                 }
                 c.unnamed_stale = false;
             }
-            track(c, tag, &body, default_read_only, same_encoding);
+            track(
+                c,
+                tag,
+                &body,
+                default_read_only,
+                same_encoding,
+                planned.take(),
+            );
             self.state.on_frontend(tag, &body);
             if tag == b'X' {
                 // Not forwarded: see `Session::client_terminated`.
@@ -740,12 +756,12 @@ impl Session {
                         candidate.keys[0] = key.unwrap_or_default();
                         What::Cacheable(candidate)
                     }
-                    Action::Forward { .. } => What::Forward,
+                    Action::Forward { .. } => What::Forward(Some((plan, key))),
                 };
                 Ok(Some((first.total_len, what)))
             }
             b'P' | b'B' | b'D' | b'E' => self.extended_unit(buf, max),
-            _ => Ok(Some((first.total_len, What::Forward))),
+            _ => Ok(Some((first.total_len, What::Forward(None)))),
         }
     }
 
@@ -761,7 +777,7 @@ impl Session {
                 if candidate.is_some() && offset < MAX_HELD_RUN {
                     return Ok(None);
                 }
-                return Ok(Some((offset, What::Forward)));
+                return Ok(Some((offset, What::Forward(None))));
             };
             let body = &buf[offset + HEADER_LEN..offset + header.total_len];
             offset += header.total_len;
@@ -769,7 +785,7 @@ impl Session {
                 b'S' => {
                     let what = match candidate.filter(|c| c.bound || c.parse.is_some()) {
                         Some(c) => What::Cacheable(c),
-                        None => What::Forward,
+                        None => What::Forward(None),
                     };
                     return Ok(Some((offset, what)));
                 }
@@ -779,10 +795,10 @@ impl Session {
                         candidate = self.extend(c, header.tag, body, body_at, buf);
                     }
                 }
-                _ => return Ok(Some((offset - header.total_len, What::Forward))),
+                _ => return Ok(Some((offset - header.total_len, What::Forward(None)))),
             }
             if candidate.is_none() && offset >= MAX_HELD_RUN {
-                return Ok(Some((offset, What::Forward)));
+                return Ok(Some((offset, What::Forward(None))));
             }
         }
     }
@@ -977,20 +993,22 @@ fn put_settings<'a>(
 
 /// Follows one forwarded message for write tracking (and READ ONLY blocks, begun by a simple Query;
 /// `default_read_only` is the session's default_transaction_read_only, `same_encoding` whether its
-/// client_encoding is the server's).
+/// client_encoding is the server's, `planned` the plan of a simple Query when already looked up).
 fn track(
     c: &mut SessionCache,
     tag: u8,
     body: &Bytes,
     default_read_only: bool,
     same_encoding: bool,
+    planned: Option<Planned>,
 ) {
     let same_encoding = move || same_encoding;
     match tag {
         b'Q' => {
             let sql = &body[..body.len().saturating_sub(1)];
             if admin::command(sql).is_none() {
-                let (plan, key) = c.plan_keyed(sql, None, &same_encoding);
+                let (plan, key) =
+                    planned.unwrap_or_else(|| c.plan_keyed(sql, None, &same_encoding));
                 note_write(c, &plan, key);
             }
             if let Some(read_only) = begins_block(sql, default_read_only) {

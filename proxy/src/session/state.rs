@@ -16,8 +16,9 @@ use bytes::Bytes;
 use super::sql_scan::{self, Effect, TxControl};
 use crate::wire::frame::{cstr, parameter_status};
 
-/// Statements or portals by name. Names are hashed with foldhash, not SipHash: they are looked up for
-/// every Bind and Execute, and a client choosing colliding names slows only its own session.
+/// Statements, portals or server parameters by name. Names are hashed with foldhash, not SipHash: they
+/// are looked up for every Bind, Execute and forwarded query, and a client choosing colliding names
+/// slows only its own session.
 pub type NameMap<V> = HashMap<String, V, foldhash::fast::RandomState>;
 
 /// Transaction status as the last ReadyForQuery reported it.
@@ -176,7 +177,7 @@ pub struct SessionState {
     /// From the last ReadyForQuery.
     pub tx: TxStatus,
     /// ParameterStatus values reported by the upstream.
-    pub params: HashMap<String, String>,
+    pub params: NameMap<String>,
     /// SET / RESET / DISCARD history.
     pub settings: Settings,
     /// Protocol-level prepared statements by name ("" is the unnamed one).
@@ -198,7 +199,7 @@ impl Default for SessionState {
     fn default() -> Self {
         SessionState {
             tx: TxStatus::Idle,
-            params: HashMap::new(),
+            params: NameMap::default(),
             settings: Settings::default(),
             statements: NameMap::default(),
             portals: NameMap::default(),
