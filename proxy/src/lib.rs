@@ -15,6 +15,7 @@ pub mod pool;
 pub mod server;
 pub mod session;
 pub mod setup;
+pub mod sql_bytes;
 pub mod stream;
 pub mod tls;
 pub mod upstream;

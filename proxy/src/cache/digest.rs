@@ -12,6 +12,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::sql_bytes::{self, run, IDENT_CHAR, NUMBER_CHAR};
+
 /// A hint written in the statement's comments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hint {
@@ -115,14 +117,14 @@ fn shape_into(sql: &[u8], out: &mut Vec<u8>, literals: &mut Vec<std::ops::Range<
                 i = end;
             }
             b'0'..=b'9' | b'.' if c != b'.' || next.is_some_and(|d| d.is_ascii_digit()) => {
-                let len = run(&rest[1..], NUMBER_REST);
+                let len = run(&rest[1..], NUMBER_CHAR);
                 push_space(out, &mut space);
                 out.push(b'?');
                 literals.push(i..i + 1 + len);
                 i += 1 + len;
             }
             _ if is_word_byte(c) => {
-                let len = 1 + run(&rest[1..], WORD_REST);
+                let len = 1 + run(&rest[1..], IDENT_CHAR);
                 push_space(out, &mut space);
                 out.extend_from_slice(&rest[..len]);
                 i += len;
@@ -134,35 +136,6 @@ fn shape_into(sql: &[u8], out: &mut Vec<u8>, literals: &mut Vec<std::ops::Range<
             }
         }
     }
-}
-
-/// Byte classes for [`run`]: what continues a word, and what continues a number.
-const WORD_REST: u8 = 1;
-const NUMBER_REST: u8 = 2;
-
-/// The class bits of every byte, looked up rather than computed: every forwarded statement is shaped.
-const BYTE_CLASS: [u8; 256] = {
-    let mut table = [0u8; 256];
-    let mut c = 0;
-    while c < 256 {
-        let b = c as u8;
-        if b.is_ascii_alphabetic() || b == b'_' || b >= 0x80 || b.is_ascii_digit() || b == b'$' {
-            table[c] |= WORD_REST;
-        }
-        if b.is_ascii_alphanumeric() || b == b'.' || b == b'_' {
-            table[c] |= NUMBER_REST;
-        }
-        c += 1;
-    }
-    table
-};
-
-/// Length of the run of bytes of class `class` at the front of `bytes`.
-fn run(bytes: &[u8], class: u8) -> usize {
-    bytes
-        .iter()
-        .position(|&b| BYTE_CLASS[b as usize] & class == 0)
-        .unwrap_or(bytes.len())
 }
 
 /// The shape of `sql` as text, for statistics and rules.
@@ -200,7 +173,7 @@ fn keep_hint(comment: &[u8], out: &mut Vec<u8>, space: &mut bool) {
 }
 
 fn is_word_byte(c: u8) -> bool {
-    c.is_ascii_alphabetic() || c == b'_' || c >= 0x80
+    sql_bytes::is(c, sql_bytes::IDENT_START)
 }
 
 /// End (exclusive) of a quoted run starting at `start`, where a doubled quote is an escaped one.

@@ -9,6 +9,8 @@
 
 use std::ops::Range;
 
+use crate::sql_bytes;
+
 /// How many leading words of a statement are kept: enough for `SET SESSION AUTHORIZATION`,
 /// `CREATE GLOBAL TEMPORARY TABLE` and `DEALLOCATE PREPARE name`.
 const LEADING_WORDS: usize = 4;
@@ -81,7 +83,7 @@ fn is_plain(sql: &[u8]) -> bool {
     let mut from = 0;
     while let Some(skipped) = sql[from..]
         .iter()
-        .position(|&b| BYTE_CLASS[b as usize] & PLAIN_CHECK != 0)
+        .position(|&b| sql_bytes::is(b, sql_bytes::PLAIN_CHECK))
     {
         let at = from + skipped;
         let plain = match sql[at] {
@@ -258,10 +260,7 @@ impl<'a> Scanner<'a> {
 
     fn take_word(&mut self) -> &'a [u8] {
         let rest = &self.sql[self.pos..];
-        let len = rest
-            .iter()
-            .position(|&c| !is_ident_char(c))
-            .unwrap_or(rest.len());
+        let len = sql_bytes::run(rest, sql_bytes::IDENT_CHAR);
         self.pos += len;
         &rest[..len]
     }
@@ -418,39 +417,12 @@ fn classify(g: &Gathered) -> Effect {
     }
 }
 
-/// Bytes that may start an identifier or keyword.
-const IDENT_START: u8 = 1;
-/// Bytes that may continue one.
-const IDENT_CHAR: u8 = 2;
-/// Bytes at which [`is_plain`] looks closer.
-const PLAIN_CHECK: u8 = 4;
-
-/// The class of every byte, looked up rather than computed: the scan runs over every query's bytes.
-const BYTE_CLASS: [u8; 256] = {
-    let mut table = [0u8; 256];
-    let mut c = 0;
-    while c < 256 {
-        let b = c as u8;
-        let start = b.is_ascii_alphabetic() || b == b'_' || b >= 0x80;
-        if start {
-            table[c] = IDENT_START | IDENT_CHAR;
-        } else if b.is_ascii_digit() || b == b'$' {
-            table[c] = IDENT_CHAR;
-        }
-        if matches!(b, b';' | b'-' | b'/' | b't' | b'T' | b's' | b'S') {
-            table[c] |= PLAIN_CHECK;
-        }
-        c += 1;
-    }
-    table
-};
-
 fn is_ident_start(c: u8) -> bool {
-    BYTE_CLASS[c as usize] & IDENT_START != 0
+    sql_bytes::is(c, sql_bytes::IDENT_START)
 }
 
 fn is_ident_char(c: u8) -> bool {
-    BYTE_CLASS[c as usize] & IDENT_CHAR != 0
+    sql_bytes::is(c, sql_bytes::IDENT_CHAR)
 }
 
 #[cfg(test)]
