@@ -39,6 +39,16 @@ pub fn is(byte: u8, class: u8) -> bool {
     TABLE[byte as usize] & class != 0
 }
 
+/// Whether `byte` may start an identifier or keyword.
+pub fn is_ident_start(byte: u8) -> bool {
+    is(byte, IDENT_START)
+}
+
+/// Whether `byte` may continue an identifier or keyword.
+pub fn is_ident_char(byte: u8) -> bool {
+    is(byte, IDENT_CHAR)
+}
+
 /// Length of the run of bytes of class `class` at the front of `bytes`.
 pub fn run(bytes: &[u8], class: u8) -> usize {
     bytes

@@ -12,7 +12,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::sql_bytes::{self, run, IDENT_CHAR, NUMBER_CHAR};
+use crate::sql_bytes::{is_ident_start, run, IDENT_CHAR, NUMBER_CHAR};
 
 /// A hint written in the statement's comments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,7 +123,7 @@ fn shape_into(sql: &[u8], out: &mut Vec<u8>, literals: &mut Vec<std::ops::Range<
                 literals.push(i..i + 1 + len);
                 i += 1 + len;
             }
-            _ if is_word_byte(c) => {
+            _ if is_ident_start(c) => {
                 let len = 1 + run(&rest[1..], IDENT_CHAR);
                 push_space(out, &mut space);
                 out.extend_from_slice(&rest[..len]);
@@ -172,10 +172,6 @@ fn keep_hint(comment: &[u8], out: &mut Vec<u8>, space: &mut bool) {
     }
 }
 
-fn is_word_byte(c: u8) -> bool {
-    sql_bytes::is(c, sql_bytes::IDENT_START)
-}
-
 /// End (exclusive) of a quoted run starting at `start`, where a doubled quote is an escaped one.
 fn quoted_end(sql: &[u8], start: usize, quote: u8) -> usize {
     let mut i = start + 1;
@@ -202,7 +198,7 @@ fn dollar_tag(rest: &[u8]) -> Option<usize> {
     let close = memchr(b'$', &rest[1..])? + 1;
     let tag = &rest[1..close];
     let valid = tag.first().is_none_or(|c| !c.is_ascii_digit())
-        && tag.iter().all(|&c| is_word_byte(c) || c.is_ascii_digit());
+        && tag.iter().all(|&c| is_ident_start(c) || c.is_ascii_digit());
     valid.then_some(close + 1)
 }
 

@@ -9,7 +9,7 @@
 
 use std::ops::Range;
 
-use crate::sql_bytes;
+use crate::sql_bytes::{self, is_ident_char, is_ident_start};
 
 /// How many leading words of a statement are kept: enough for `SET SESSION AUTHORIZATION`,
 /// `CREATE GLOBAL TEMPORARY TABLE` and `DEALLOCATE PREPARE name`.
@@ -72,9 +72,9 @@ pub fn scan(sql: &[u8]) -> impl Iterator<Item = Statement> + '_ {
 }
 
 /// Whether `sql` is one statement that mentions neither temp objects nor set_config and ends in no
-/// comment: no `;` but a last one, no `--` or `/*`, and no `temp` or `set_config` anywhere, in any case. Checked
-/// in one quick pass, it lets the scan stop after the leading words of most queries (see
-/// [`Scanner::plain_statement`]).
+/// comment: no `;` but a last one, no `--` or `/*`, and no `temp` or `set_config` anywhere, in any
+/// case. Checked in one quick pass, it lets the scan stop after the leading words of most queries
+/// (see [`Scanner::plain_statement`]).
 fn is_plain(sql: &[u8]) -> bool {
     let starts = |at: usize, word: &[u8]| {
         sql.get(at..at + word.len())
@@ -415,14 +415,6 @@ fn classify(g: &Gathered) -> Effect {
     } else {
         Effect::None
     }
-}
-
-fn is_ident_start(c: u8) -> bool {
-    sql_bytes::is(c, sql_bytes::IDENT_START)
-}
-
-fn is_ident_char(c: u8) -> bool {
-    sql_bytes::is(c, sql_bytes::IDENT_CHAR)
 }
 
 #[cfg(test)]
