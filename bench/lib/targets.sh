@@ -184,6 +184,7 @@ start_target() {
 stop_targets() {
   local t
   for t in "${!TARGET_PID[@]}"; do
+    kill -CONT "${TARGET_PID[$t]}" 2>/dev/null # one paused by pause_streams would not see SIGTERM
     stop_pid "${TARGET_PID[$t]}" "$t"
     wait "${TARGET_PID[$t]}" 2>/dev/null
   done
@@ -212,6 +213,46 @@ target_needs() {
 
 # caching TARGET: whether the target answers reads from a cache of its own.
 caching() { [[ $1 == veneer || $1 == veneer-table || $1 == pgpool ]]; }
+
+# streaming TARGET: whether the target follows the database's replication stream (a walsender on the
+# server decodes every commit for it, and the target applies it).
+streaming() { [[ $1 == veneer || $1 == veneer-table ]]; }
+
+# pause_streams TARGET: stops (SIGSTOP) every streaming target but TARGET, so that a run carries only
+# the stream its target would carry in production. A paused Veneer's walsender blocks once the
+# socket fills; the server keeps the WAL for its slot (wal_sender_timeout is off for the bench).
+PAUSED=""
+pause_streams() {
+  local t
+  for t in $TARGETS; do
+    if ! streaming "$t" || [[ $t == "$1" ]]; then continue; fi
+    sync_marker "$t" >/dev/null # the marker's result is cached before the writes it will wait behind
+    kill -STOP "${TARGET_PID[$t]}"
+    PAUSED+="$t "
+  done
+}
+
+# resume_streams: resumes the paused targets and waits until each has applied everything written
+# meanwhile, so that no run pays for another's catch-up. A direct commit bumps a marker row; the
+# marker's cached result through a Veneer changes only once its stream has applied that commit,
+# which comes after every write of the run.
+resume_streams() {
+  local t v i
+  [[ -n $PAUSED ]] || return 0
+  for t in $PAUSED; do kill -CONT "${TARGET_PID[$t]}"; done
+  v=$(psql_at "$PG_PORT" -c 'UPDATE bench_sync SET n = n + 1 WHERE id = 1 RETURNING n')
+  for t in $PAUSED; do
+    for ((i = 0; i < 1200; i++)); do
+      [[ $(sync_marker "$t") == "$v" ]] && continue 2
+      sleep 0.05
+    done
+    die "$t did not catch up with the replication stream within 60 s (see its log)"
+  done
+  PAUSED=""
+}
+
+# sync_marker TARGET: the marker row as TARGET serves it.
+sync_marker() { psql_at "${TARGET_PORT[$1]}" -c 'SELECT n FROM bench_sync WHERE id = 1'; }
 
 # serves WORKLOAD TARGET: whether the target runs the workload (Redis only stands beside point reads).
 serves() { [[ $2 != redis || $1 == point-* ]]; }
