@@ -1,6 +1,14 @@
 //! The embedded tier: an in-process moka cache bounded in bytes, with TinyLFU admission and eviction
 //! and a TTL per entry.
+//!
+//! Moka keys a request's [`Slot`] (its key without the generation stamp), and the entry carries the
+//! stamp of the answer it holds: one version per request. A refill after an invalidation replaces
+//! the entry in place, keeping the request's access history, rather than adding a key TinyLFU has
+//! never seen beside an unreachable old version. Keyed with the stamp, a cache at its bound turned
+//! away the refills of its most-read rows whenever they were written (a new key starts at frequency
+//! zero), while the old versions held their room until evicted.
 
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,17 +26,77 @@ use crate::{CacheKey, CacheStore, Usage};
 /// keeps a cache of many small results within its bound too.
 const ENTRY_OVERHEAD: usize = 576;
 
-/// A stored response and how long it may live.
+/// Where a request's answer is kept: everything in its [`CacheKey`] but the stamp.
+#[derive(Clone)]
+struct Slot {
+    scope: u64,
+    request: Bytes,
+    definition: Bytes,
+}
+
+impl Slot {
+    /// The slot of `key`, sharing its bytes (for lookups).
+    fn of(key: &CacheKey) -> Slot {
+        Slot {
+            scope: key.scope,
+            request: key.request.clone(),
+            definition: key.definition.clone(),
+        }
+    }
+
+    /// The slot of `key` with bytes of its own. The proxy's keys are slices of a session's read
+    /// buffer, and a stored slice would keep that whole buffer (16 KiB) alive for as long as the
+    /// entry, far beyond the bytes the entry is weighed at.
+    fn owned(key: &CacheKey) -> Slot {
+        Slot {
+            scope: key.scope,
+            request: Bytes::copy_from_slice(&key.request),
+            definition: Bytes::copy_from_slice(&key.definition),
+        }
+    }
+}
+
+impl PartialEq for Slot {
+    fn eq(&self, other: &Slot) -> bool {
+        self.scope == other.scope
+            && self.request == other.request
+            && self.definition == other.definition
+    }
+}
+
+impl Eq for Slot {}
+
+impl Hash for Slot {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.scope.hash(state);
+        self.request.hash(state);
+        self.definition.hash(state);
+    }
+}
+
+/// A stored response, the stamp it answers for, and how long it may live.
 #[derive(Clone)]
 struct Entry {
+    stamp: u64,
     response: Bytes,
     ttl: Duration,
 }
 
 struct PerEntryTtl;
 
-impl Expiry<CacheKey, Entry> for PerEntryTtl {
-    fn expire_after_create(&self, _: &CacheKey, entry: &Entry, _: Instant) -> Option<Duration> {
+impl Expiry<Slot, Entry> for PerEntryTtl {
+    fn expire_after_create(&self, _: &Slot, entry: &Entry, _: Instant) -> Option<Duration> {
+        Some(entry.ttl)
+    }
+
+    /// A replaced entry is a new answer: it lives for its own TTL from now.
+    fn expire_after_update(
+        &self,
+        _: &Slot,
+        entry: &Entry,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
         Some(entry.ttl)
     }
 }
@@ -43,7 +111,7 @@ struct Removals {
 /// every hit hashes its whole request, and the keys are not chosen by an adversary who could aim at
 /// collisions any more cheaply than by sending the requests themselves.
 pub struct EmbeddedStore {
-    cache: Cache<CacheKey, Entry, foldhash::fast::RandomState>,
+    cache: Cache<Slot, Entry, foldhash::fast::RandomState>,
     max_bytes: u64,
     removals: Arc<Removals>,
 }
@@ -55,8 +123,11 @@ impl EmbeddedStore {
         let counted = Arc::clone(&removals);
         let cache = Cache::builder()
             .max_capacity(max_bytes)
-            .weigher(|key: &CacheKey, entry: &Entry| {
-                let weight = key.len() + entry.response.len() + ENTRY_OVERHEAD;
+            .weigher(|slot: &Slot, entry: &Entry| {
+                let weight = slot.request.len()
+                    + slot.definition.len()
+                    + entry.response.len()
+                    + ENTRY_OVERHEAD;
                 u32::try_from(weight).unwrap_or(u32::MAX)
             })
             .expire_after(PerEntryTtl)
@@ -80,20 +151,21 @@ impl EmbeddedStore {
 
 impl CacheStore for EmbeddedStore {
     async fn get(&self, key: &CacheKey) -> Option<Bytes> {
-        self.cache.get(key).await.map(|e| e.response)
+        let entry = self.cache.get(&Slot::of(key)).await?;
+        (entry.stamp == key.stamp).then_some(entry.response)
     }
 
-    /// The key's fields are copied: the proxy's keys are slices of a session's read buffer, and a
-    /// stored slice would keep that whole buffer (16 KiB) alive for as long as the entry, far beyond
-    /// the bytes the entry is weighed at. The response is stored as given: the session assembles it
-    /// in a buffer of its exact size.
+    /// Replaces whatever version the request's slot held. The response is stored as given: the
+    /// session assembles it in a buffer of its exact size. Two fills of one request under different
+    /// stamps can finish out of order; the older then replaces the newer, and the next lookup
+    /// misses and fills again.
     async fn put(&self, key: CacheKey, response: Bytes, ttl: Duration) {
-        let key = CacheKey {
-            request: Bytes::copy_from_slice(&key.request),
-            definition: Bytes::copy_from_slice(&key.definition),
-            ..key
+        let entry = Entry {
+            stamp: key.stamp,
+            response,
+            ttl,
         };
-        self.cache.insert(key, Entry { response, ttl }).await;
+        self.cache.insert(Slot::owned(&key), entry).await;
     }
 
     fn clear(&self) {
@@ -157,6 +229,62 @@ mod tests {
         assert!(
             buffer.is_unique(),
             "the stored key still refers to the buffer it was cut from"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_new_stamp_replaces_the_old_version() {
+        let store = EmbeddedStore::new(1 << 20);
+        let stamped = |stamp| CacheKey { stamp, ..key(1) };
+        for (stamp, rows) in [(1, &b"old"[..]), (2, &b"new"[..])] {
+            let rows = Bytes::from_static(rows);
+            store
+                .put(stamped(stamp), rows, Duration::from_secs(60))
+                .await;
+        }
+        assert_eq!(store.get(&stamped(1)).await, None);
+        assert_eq!(store.get(&stamped(2)).await.as_deref(), Some(&b"new"[..]));
+        assert_eq!(store.usage().await.entries, 1);
+    }
+
+    #[tokio::test]
+    async fn a_full_cache_keeps_a_hot_row_that_keeps_changing() {
+        let store = EmbeddedStore::new(64 * 1024);
+        // Cold entries, each read twice, fill the store to its bound.
+        for n in 1..=200 {
+            store
+                .put(key(n), Bytes::from(vec![0u8; 200]), Duration::from_secs(60))
+                .await;
+            store.get(&key(n)).await;
+            store.get(&key(n)).await;
+        }
+        assert!(store.usage().await.evictions > 0);
+        // A hot request, written after every few reads: each write moves it to a new stamp.
+        let hot = |stamp| CacheKey {
+            scope: 2,
+            stamp,
+            request: Bytes::from_static(b"Q hot row"),
+            definition: Bytes::new(),
+        };
+        let mut served = 0;
+        for stamp in 0..50 {
+            if store.get(&hot(stamp)).await.is_none() {
+                store
+                    .put(
+                        hot(stamp),
+                        Bytes::from_static(b"row"),
+                        Duration::from_secs(60),
+                    )
+                    .await;
+            }
+            store.usage().await; // admission runs here
+            for _ in 0..5 {
+                served += usize::from(store.get(&hot(stamp)).await.is_some());
+            }
+        }
+        assert!(
+            served >= 45 * 5,
+            "{served} of 250 reads of the hot row were hits"
         );
     }
 
