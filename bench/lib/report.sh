@@ -48,9 +48,7 @@ versions_line() {
   has_target pgpool && v+=", Pgpool-II $(pgpool --version 2>&1 | awk '{print $3}')"
   has_target redis && v+=", Redis $(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p')"
   if has_target veneer || has_target veneer-table || has_target passthrough; then
-    rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-    git -C "$ROOT" diff --quiet HEAD -- 2>/dev/null || rev+=" + uncommitted changes"
-    v+=", Veneer at $rev"
+    v+=", Veneer at $VENEER_REV"
   fi
   echo "$v"
 }

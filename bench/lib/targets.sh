@@ -30,7 +30,12 @@ start_postgres() {
     { tail -n 20 "$TMP/postgres.log" >&2; die "PostgreSQL did not start"; }
 }
 
+# VENEER_REV: the commit the measured Veneer was built from (with --veneer-bin, the checkout's), read
+# before the run (the run itself rewrites bench/results, which must not count as a change).
+VENEER_REV=unknown
 build_veneer() {
+  VENEER_REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+  git -C "$ROOT" diff --quiet HEAD -- . ':!bench/results' 2>/dev/null || VENEER_REV+=" + uncommitted changes"
   if [[ -n $VENEER_BIN ]]; then
     [[ -x $VENEER_BIN ]] || die "BENCH_VENEER_BIN=$VENEER_BIN is not executable"
     return
