@@ -8,6 +8,7 @@
 //! away the refills of its most-read rows whenever they were written (a new key starts at frequency
 //! zero), while the old versions held their room until evicted.
 
+use std::borrow::Borrow;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -35,15 +36,6 @@ struct Slot {
 }
 
 impl Slot {
-    /// The slot of `key`, sharing its bytes (for lookups).
-    fn of(key: &CacheKey) -> Slot {
-        Slot {
-            scope: key.scope,
-            request: key.request.clone(),
-            definition: key.definition.clone(),
-        }
-    }
-
     /// The slot of `key` with bytes of its own. The proxy's keys are slices of a session's read
     /// buffer, and a stored slice would keep that whole buffer (16 KiB) alive for as long as the
     /// entry, far beyond the bytes the entry is weighed at.
@@ -56,11 +48,49 @@ impl Slot {
     }
 }
 
+/// What identifies a slot, read alike from a stored [`Slot`] and from a lookup's [`CacheKey`], so
+/// that a hit looks the slot up with the key's own bytes instead of building a `Slot` (two `Bytes`
+/// clones and drops on every lookup).
+trait SlotView: Sync {
+    fn parts(&self) -> (u64, &[u8], &[u8]);
+}
+
+impl SlotView for Slot {
+    fn parts(&self) -> (u64, &[u8], &[u8]) {
+        (self.scope, &self.request, &self.definition)
+    }
+}
+
+impl SlotView for CacheKey {
+    fn parts(&self) -> (u64, &[u8], &[u8]) {
+        (self.scope, &self.request, &self.definition)
+    }
+}
+
+impl<'a> Borrow<dyn SlotView + 'a> for Slot {
+    fn borrow(&self) -> &(dyn SlotView + 'a) {
+        self
+    }
+}
+
+impl PartialEq for dyn SlotView + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn SlotView + '_ {}
+
+impl Hash for dyn SlotView + '_ {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.parts().hash(state);
+    }
+}
+
+// A slot compares and hashes exactly as its view does, as `Borrow` requires.
 impl PartialEq for Slot {
     fn eq(&self, other: &Slot) -> bool {
-        self.scope == other.scope
-            && self.request == other.request
-            && self.definition == other.definition
+        self.parts() == other.parts()
     }
 }
 
@@ -68,9 +98,7 @@ impl Eq for Slot {}
 
 impl Hash for Slot {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.scope.hash(state);
-        self.request.hash(state);
-        self.definition.hash(state);
+        self.parts().hash(state);
     }
 }
 
@@ -151,7 +179,7 @@ impl EmbeddedStore {
 
 impl CacheStore for EmbeddedStore {
     async fn get(&self, key: &CacheKey) -> Option<Bytes> {
-        let entry = self.cache.get(&Slot::of(key)).await?;
+        let entry = self.cache.get(key as &dyn SlotView).await?;
         (entry.stamp == key.stamp).then_some(entry.response)
     }
 
