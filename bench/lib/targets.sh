@@ -225,7 +225,7 @@ streaming() { [[ $1 == veneer || $1 == veneer-table ]]; }
 
 # pause_streams TARGET: stops (SIGSTOP) every streaming target but TARGET, so that a run carries only
 # the stream its target would carry in production. A paused Veneer's walsender blocks once the
-# socket fills; the server keeps the WAL for its slot (wal_sender_timeout is off for the bench).
+# socket fills; the server keeps the WAL for its slot (the bench's wal_sender_timeout is 1h).
 PAUSED=""
 pause_streams() {
   local t

@@ -28,7 +28,6 @@ use crate::{CacheKey, CacheStore, Usage};
 const ENTRY_OVERHEAD: usize = 576;
 
 /// Where a request's answer is kept: everything in its [`CacheKey`] but the stamp.
-#[derive(Clone)]
 struct Slot {
     scope: u64,
     request: Bytes,
@@ -152,10 +151,9 @@ impl EmbeddedStore {
         let cache = Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|slot: &Slot, entry: &Entry| {
-                let weight = slot.request.len()
-                    + slot.definition.len()
-                    + entry.response.len()
-                    + ENTRY_OVERHEAD;
+                let (_, request, definition) = slot.parts();
+                let weight =
+                    request.len() + definition.len() + entry.response.len() + ENTRY_OVERHEAD;
                 u32::try_from(weight).unwrap_or(u32::MAX)
             })
             .expire_after(PerEntryTtl)

@@ -30,18 +30,6 @@ pub struct CacheKey {
     pub definition: Bytes,
 }
 
-impl CacheKey {
-    /// Bytes the key occupies in a store, for its weight.
-    pub fn len(&self) -> usize {
-        self.request.len() + self.definition.len()
-    }
-
-    /// Whether the key holds no request bytes (never the case for a real request).
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
 /// How full a store is.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
