@@ -21,6 +21,10 @@ const MAX_SLICES: usize = 32;
 pub struct Outbox {
     queue: VecDeque<Bytes>,
     queued: usize,
+    /// Bytes were written since the destination was last flushed. A TLS stream may take bytes into
+    /// its own buffer and send them only when flushed, so a flush cut short must be retried even
+    /// though the queue is empty.
+    unflushed: bool,
 }
 
 impl Outbox {
@@ -32,9 +36,9 @@ impl Outbox {
         }
     }
 
-    /// Nothing waits to be written.
+    /// Nothing waits to be written or flushed.
     pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
+        self.queue.is_empty() && !self.unflushed
     }
 
     /// Enough waits that the feeding side should not be read until some is written.
@@ -44,27 +48,32 @@ impl Outbox {
 
     /// Writes as much as the destination takes in one write: a plain one for a single buffer (the
     /// common case of a request or a result relayed whole; `send` costs the kernel less than
-    /// `writev`), a vectored one for several. Cancel-safe: bytes leave the queue only once the write
-    /// reports them written.
+    /// `writev`), a vectored one for several. Once the queue is empty the destination is flushed.
+    /// Cancel-safe: bytes leave the queue only once the write reports them written, and a flush
+    /// cancelled half-way is done again by the next call.
     pub async fn write_some<W: AsyncWrite + Unpin>(&mut self, dest: &mut W) -> std::io::Result<()> {
-        let written = match self.queue.len() {
-            1 => dest.write(&self.queue[0]).await?,
-            _ => {
-                let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-                let mut count = 0;
-                for (slot, bytes) in slices.iter_mut().zip(&self.queue) {
-                    *slot = IoSlice::new(bytes);
-                    count += 1;
+        if !self.queue.is_empty() {
+            let written = match self.queue.len() {
+                1 => dest.write(&self.queue[0]).await?,
+                _ => {
+                    let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+                    let mut count = 0;
+                    for (slot, bytes) in slices.iter_mut().zip(&self.queue) {
+                        *slot = IoSlice::new(bytes);
+                        count += 1;
+                    }
+                    dest.write_vectored(&slices[..count]).await?
                 }
-                dest.write_vectored(&slices[..count]).await?
+            };
+            if written == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
             }
-        };
-        if written == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
+            self.advance(written);
+            self.unflushed = true;
         }
-        self.advance(written);
-        if self.is_empty() {
+        if self.queue.is_empty() && self.unflushed {
             dest.flush().await?;
+            self.unflushed = false;
         }
         Ok(())
     }
@@ -93,6 +102,9 @@ impl Outbox {
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
+    use std::task::Poll;
+
     use super::*;
 
     #[tokio::test]
@@ -112,6 +124,65 @@ mod tests {
         outbox.write_all(&mut near).await.unwrap();
         drop(near);
         assert_eq!(reader.await.unwrap(), b"abcdefg");
+        assert!(outbox.is_empty());
+    }
+
+    /// A destination that, like a TLS stream, takes every write into a buffer of its own and sends it
+    /// only when flushed; its first flush does not finish.
+    #[derive(Default)]
+    struct Buffering {
+        buffered: Vec<u8>,
+        sent: Vec<u8>,
+        flushes: usize,
+    }
+
+    impl AsyncWrite for Buffering {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.buffered.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            self.flushes += 1;
+            if self.flushes == 1 {
+                return Poll::Pending;
+            }
+            let buffered = std::mem::take(&mut self.buffered);
+            self.sent.extend(buffered);
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_flush_cut_short_is_finished_later() {
+        let mut outbox = Outbox::default();
+        let mut dest = Buffering::default();
+        outbox.push(Bytes::from_static(b"result"));
+        // The write is taken and the flush does not finish; the session's event loop then drops the
+        // attempt when another of its branches is ready first.
+        {
+            let attempt = std::pin::pin!(outbox.write_some(&mut dest));
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            assert!(attempt.poll(&mut cx).is_pending());
+        }
+        assert_eq!(dest.buffered, b"result");
+        assert!(!outbox.is_empty(), "the unfinished flush is still owed");
+        outbox.write_some(&mut dest).await.unwrap();
+        assert_eq!(dest.sent, b"result");
         assert!(outbox.is_empty());
     }
 
