@@ -217,11 +217,11 @@ async fn reset(stream: &mut Stream, params: &mut NameMap<String>) -> Result<(), 
                 _ if ready => return Err("bytes after ReadyForQuery"),
                 b'C' | b'N' | b'A' => {}
                 b'S' => {
-                    if let Some((name, value)) = parameter_status(&body) {
+                    if let Some((name, value)) = parameter_status(body) {
                         params.insert(name.to_owned(), value.to_owned());
                     }
                 }
-                b'Z' if &body[..] == b"I" => ready = true,
+                b'Z' if body == b"I" => ready = true,
                 b'E' => return Err("DISCARD ALL failed"),
                 _ => return Err("unexpected message"),
             }

@@ -602,6 +602,7 @@ impl Session {
         let mut offset = 0;
         let mut messages = 0;
         for (tag, body) in frames(&bytes) {
+            let body = bytes.slice_ref(body);
             messages += 1;
             let needs_unnamed = match tag {
                 b'B' => cstr(&body).and_then(|(_, rest)| cstr(rest)).map(|(s, _)| s) == Some(""),

@@ -1,8 +1,9 @@
 //! One client session: relays messages both ways between the client and its own upstream connection,
 //! unchanged and uncopied, while [`SessionState`] follows what they do to the session.
 //!
-//! The driver is a single task selecting over reads and writes of both sockets, so the state needs no
-//! lock and neither direction ever waits on the other (see [`outbox`]). Each read is walked header by
+//! The driver is a single task waiting on reads and writes of both sockets at once, so the state needs
+//! no lock and neither direction ever waits on the other (see [`outbox`]); it polls only the sources
+//! that woke it (see [`wakes`]). Each read is walked header by
 //! header; the complete messages at its front are split off as one `Bytes` and queued whole, so a
 //! pipelined batch costs one write however many messages it holds. Only whole messages are forwarded,
 //! which keeps the client stream at a message boundary whenever the proxy has to speak itself (errors,
@@ -12,13 +13,20 @@ mod cached;
 mod outbox;
 mod sql_scan;
 pub mod state;
+mod wakes;
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::Poll;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 use cached::{Completed, SessionCache};
 use outbox::Outbox;
+use wakes::{Source, Wakes};
 
 pub use state::{SessionState, TxStatus};
 
@@ -112,6 +120,24 @@ pub struct Session {
     user: String,
     /// The cache's state for this session; `None` when caching is off.
     cache: Option<SessionCache>,
+    /// Which event sources the I/O loop must poll.
+    wakes: Wakes,
+}
+
+/// What the I/O loop's wait ended with.
+enum Event {
+    /// Bytes (0 at the end of the stream) read into the client buffer, or the read's error.
+    ClientRead(io::Result<usize>),
+    /// Bytes read into the upstream buffer, or the read's error.
+    UpstreamRead(io::Result<usize>),
+    /// Some bytes were written while draining, after which the session may have become idle.
+    Wrote,
+    /// Writing to one side failed.
+    WriteFailed(Error),
+    /// The identical miss this session waited for has ended.
+    FlightOver,
+    /// The server's phase changed; `false` when the server is gone.
+    PhaseChanged(bool),
 }
 
 impl Session {
@@ -135,6 +161,7 @@ impl Session {
             )
         });
         let client_tls = client.is_tls();
+        let wakes = Wakes::new(client_tls, upstream.stream.is_tls());
         let mut upstream_buf = BytesMut::with_capacity(READ_CHUNK);
         // A kept connection's login replay is relayed as if the upstream had just sent it.
         if let Some(greeting) = greeting {
@@ -164,6 +191,7 @@ impl Session {
             traffic: Traffic::default(),
             user: startup.user().to_owned(),
             cache,
+            wakes,
         }
     }
 
@@ -207,8 +235,9 @@ impl Session {
         (end, self.traffic)
     }
 
-    /// Relays until the session ends. The shutdown watch is awaited beside the I/O loop rather than in
-    /// it, so its future lives across many I/O events instead of being made anew for each.
+    /// Relays until the session ends. The shutdown watch is polled by the I/O loop, as one more of its
+    /// event sources, through a future that lives across many I/O events instead of one made anew
+    /// for each.
     async fn relay(&mut self, phase: &mut watch::Receiver<Phase>) -> End {
         if !self.upstream_buf.is_empty() {
             if let Err(e) = self.relay_upstream() {
@@ -220,27 +249,21 @@ impl Session {
             if self.must_close(now) {
                 return End::Shutdown;
             }
-            tokio::select! {
-                biased;
-                end = self.relay_io(now == Phase::Draining) => {
-                    if let Some(end) = end {
-                        return end;
-                    }
-                }
-                changed = phase.changed() => {
-                    if changed.is_err() {
-                        // The server is gone without saying so: end as at a shutdown deadline.
-                        return End::Shutdown;
-                    }
-                }
+            let changed = std::pin::pin!(phase.changed());
+            if let Some(end) = self.relay_io(now == Phase::Draining, changed).await {
+                return end;
             }
         }
     }
 
-    /// The I/O event loop. Returns the session's end, or `None` when `draining` and the session has
-    /// become idle. Every await in it is cancel-safe and the work between awaits is synchronous, so it
-    /// may be dropped at any await when the phase changes.
-    async fn relay_io(&mut self, draining: bool) -> Option<End> {
+    /// The I/O event loop. Returns the session's end, or `None` when the phase changed or, when
+    /// `draining`, the session has become idle. Each turn waits for one event, in order of priority,
+    /// with the writes that are possible done on the way, and handles it.
+    async fn relay_io<P>(&mut self, draining: bool, mut phase: Pin<&mut P>) -> Option<End>
+    where
+        P: Future<Output = Result<(), watch::error::RecvError>>,
+    {
+        self.wakes.keep(Source::PHASE);
         loop {
             if self.client_terminated {
                 return Some(End::ClientClosed);
@@ -250,55 +273,88 @@ impl Session {
             }
             top_up(&mut self.client_buf);
             top_up(&mut self.upstream_buf);
-            let (client_full, upstream_full) =
-                (self.to_client.is_full(), self.to_upstream.is_full());
             let holding = self.cache.is_some() && held_back(&self.client_buf);
-            let waiting = self.cache.as_mut().and_then(SessionCache::waiting);
-            let flight_over = async {
-                match waiting {
-                    Some(rx) => {
+            let event = {
+                let waiting = self.cache.as_mut().and_then(SessionCache::waiting);
+                let in_flight = waiting.is_some();
+                let mut flight_over = std::pin::pin!(async {
+                    if let Some(rx) = waiting {
                         let _ = rx.changed().await;
                     }
-                    None => std::future::pending().await,
-                }
+                });
+                let wakes = &self.wakes;
+                std::future::poll_fn(|cx| {
+                    wakes.register(cx.waker());
+                    // Writes first, then results, then requests: drain before taking in more.
+                    let client_io: fn(io::Error) -> Error = Error::client_io;
+                    let sides = [
+                        (
+                            Source::CLIENT_WRITE,
+                            &mut self.to_client,
+                            &mut self.client_wr,
+                            client_io,
+                        ),
+                        (
+                            Source::UPSTREAM_WRITE,
+                            &mut self.to_upstream,
+                            &mut self.upstream_wr,
+                            Error::upstream_io,
+                        ),
+                    ];
+                    let mut wrote = false;
+                    for (source, outbox, dest, failed) in sides {
+                        match drain(wakes, source, outbox, dest) {
+                            Ok(also) => wrote |= also,
+                            Err(e) => return Poll::Ready(Event::WriteFailed(failed(e))),
+                        }
+                    }
+                    if draining && wrote {
+                        return Poll::Ready(Event::Wrote);
+                    }
+                    if !self.to_client.is_full() {
+                        let read = self.upstream_rd.read_buf(&mut self.upstream_buf);
+                        if let Poll::Ready(read) = wakes.poll(Source::UPSTREAM_READ, read) {
+                            return Poll::Ready(Event::UpstreamRead(read));
+                        }
+                    }
+                    if !self.to_upstream.is_full() && !holding {
+                        let read = self.client_rd.read_buf(&mut self.client_buf);
+                        if let Poll::Ready(read) = wakes.poll(Source::CLIENT_READ, read) {
+                            return Poll::Ready(Event::ClientRead(read));
+                        }
+                    }
+                    if in_flight && flight_over.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Event::FlightOver);
+                    }
+                    wakes
+                        .poll(Source::PHASE, phase.as_mut())
+                        .map(|changed| Event::PhaseChanged(changed.is_ok()))
+                })
+                .await
             };
-            tokio::select! {
-                // Writes first, then results, then requests: drain before taking in more.
-                biased;
-                written = self.to_client.write_some(&mut self.client_wr), if !self.to_client.is_empty() => {
-                    if let Err(e) = written {
-                        return Some(End::Failed(Error::client_io(e)));
+            match event {
+                Event::WriteFailed(e) => return Some(End::Failed(e)),
+                Event::ClientRead(Err(e)) => return Some(End::Failed(Error::client_io(e))),
+                Event::UpstreamRead(Err(e)) => return Some(End::Failed(Error::upstream_io(e))),
+                Event::Wrote => {}
+                Event::UpstreamRead(Ok(0)) => return Some(End::UpstreamClosed),
+                Event::UpstreamRead(Ok(_)) => {
+                    match self.relay_upstream() {
+                        Ok(Some(completed)) => self.store(completed).await,
+                        Ok(None) => {}
+                        Err(e) => return Some(End::Failed(e)),
+                    }
+                    if let Err(e) = self.dispatch().await {
+                        return Some(End::Failed(e));
                     }
                 }
-                written = self.to_upstream.write_some(&mut self.upstream_wr), if !self.to_upstream.is_empty() => {
-                    if let Err(e) = written {
-                        return Some(End::Failed(Error::upstream_io(e)));
+                Event::ClientRead(Ok(0)) => return Some(End::ClientClosed),
+                Event::ClientRead(Ok(_)) => {
+                    if let Err(e) = self.relay_client().await {
+                        return Some(End::Failed(e));
                     }
                 }
-                read = self.upstream_rd.read_buf(&mut self.upstream_buf), if !client_full => match read {
-                    Ok(0) => return Some(End::UpstreamClosed),
-                    Ok(_) => {
-                        match self.relay_upstream() {
-                            Ok(Some(completed)) => self.store(completed).await,
-                            Ok(None) => {}
-                            Err(e) => return Some(End::Failed(e)),
-                        }
-                        if let Err(e) = self.dispatch().await {
-                            return Some(End::Failed(e));
-                        }
-                    }
-                    Err(e) => return Some(End::Failed(Error::upstream_io(e))),
-                },
-                read = self.client_rd.read_buf(&mut self.client_buf), if !upstream_full && !holding => match read {
-                    Ok(0) => return Some(End::ClientClosed),
-                    Ok(_) => {
-                        if let Err(e) = self.relay_client().await {
-                            return Some(End::Failed(e));
-                        }
-                    }
-                    Err(e) => return Some(End::Failed(Error::client_io(e))),
-                },
-                () = flight_over => {
+                Event::FlightOver => {
                     if let Some(c) = self.cache.as_mut() {
                         c.stop_waiting();
                     }
@@ -306,6 +362,8 @@ impl Session {
                         return Some(End::Failed(e));
                     }
                 }
+                // The server gone without saying so ends the session as at a shutdown deadline.
+                Event::PhaseChanged(alive) => return (!alive).then_some(End::Shutdown),
             }
         }
     }
@@ -339,7 +397,7 @@ impl Session {
         let mut end = len;
         let mut offset = 0;
         for (tag, body) in frames(&chunk) {
-            self.state.on_frontend(tag, &body);
+            self.state.on_frontend(tag, &chunk.slice_ref(body));
             if tag == b'X' {
                 self.client_terminated = true;
                 end = offset;
@@ -378,7 +436,7 @@ impl Session {
         let mut offset = 0;
         for (tag, body) in frames(&chunk) {
             let dropped = tag == b'1' && self.state.next_reply_is_silent();
-            self.state.on_backend(tag, &body);
+            self.state.on_backend(tag, body);
             let end = offset + HEADER_LEN + body.len();
             if tag == b'R' {
                 // Anything but AuthenticationOk asks the client for something.
@@ -389,11 +447,11 @@ impl Session {
                     self.cancel = Some(
                         self.shared
                             .cancels
-                            .register(body.clone(), self.upstream_addr),
+                            .register(chunk.slice_ref(body), self.upstream_addr),
                     );
                 }
                 b'R' if !self.client_tls && body.starts_with(&AUTH_SASL) => {
-                    if let Some(m) = without_scram_plus(&body) {
+                    if let Some(m) = without_scram_plus(body) {
                         edits.push((offset..end, Some(m)));
                     }
                 }
@@ -405,7 +463,7 @@ impl Session {
                 self.last_to_client = tag;
             }
             if self.cache.is_some() {
-                if let Some(done) = self.observe_backend(tag, &body, &chunk, offset..end, dropped) {
+                if let Some(done) = self.observe_backend(tag, body, &chunk, offset..end, dropped) {
                     completed = Some(done);
                 }
             }
@@ -452,12 +510,12 @@ impl Session {
             let mut offset = 0;
             for (tag, body) in frames(&chunk) {
                 if tag == b'E'
-                    && error_field(&body, b'C') == Some(sqlstate::QUERY_CANCELED.as_bytes())
+                    && error_field(body, b'C') == Some(sqlstate::QUERY_CANCELED.as_bytes())
                 {
                     self.to_client.push(chunk.slice(..offset));
                     return;
                 }
-                self.state.on_backend(tag, &body);
+                self.state.on_backend(tag, body);
                 offset += HEADER_LEN + body.len();
             }
             self.to_client.push(chunk);
@@ -535,6 +593,27 @@ impl Session {
             key: self.state.backend_key?,
         })
     }
+}
+
+/// Writes from `outbox` to `dest` for as long as `source` is due and the destination takes bytes.
+/// Returns whether anything was written.
+fn drain<W: AsyncWrite + Unpin>(
+    wakes: &Wakes,
+    source: Source,
+    outbox: &mut Outbox,
+    dest: &mut W,
+) -> io::Result<bool> {
+    let mut wrote = false;
+    while !outbox.is_empty() {
+        match wakes.poll(source, outbox.write_some(dest)) {
+            Poll::Ready(written) => {
+                written?;
+                wrote = true;
+            }
+            Poll::Pending => break,
+        }
+    }
+    Ok(wrote)
 }
 
 /// Keeps room for one more read without reallocating in the steady state: once the `Bytes` split off

@@ -155,33 +155,55 @@ struct Gathered<'a> {
 
 impl<'a> Scanner<'a> {
     /// The whole text as one statement without effect, when that is clear from its leading words alone:
-    /// the text is [plain](is_plain), so only its leading words can give it an effect. Then the rest of
-    /// the statement is not walked, and its span ends before the text's trailing blanks and `;`.
-    /// `None` otherwise, with the scanner back at the start.
+    /// the text is [plain](is_plain), so only its leading words can give it an effect, and most often
+    /// the first word settles it. Then the rest of the statement is not walked, and its span ends
+    /// before the text's trailing blanks and `;`. `None` otherwise, with the scanner back at the start.
     fn plain_statement(&mut self) -> Option<Statement> {
         if !is_plain(self.sql) {
             return None;
         }
-        let g = self.gather(true);
-        match (g.start, classify(&g)) {
-            (Some(start), Effect::None) => {
-                let text = self.sql.trim_ascii_end();
-                let end = text
-                    .strip_suffix(b";")
-                    .unwrap_or(text)
-                    .trim_ascii_end()
-                    .len();
-                self.pos = self.sql.len();
-                Some(Statement {
-                    span: start..end.max(start),
-                    effect: Effect::None,
-                })
+        let start = match self.first_word() {
+            Some((start, word))
+                if !FIRST_WORDS_WITH_EFFECT
+                    .iter()
+                    .any(|k| k.eq_ignore_ascii_case(word)) =>
+            {
+                start
             }
             _ => {
-                self.pos = 0;
-                None
+                let g = self.gather(true);
+                match (g.start, classify(&g)) {
+                    (Some(start), Effect::None) => start,
+                    _ => {
+                        self.pos = 0;
+                        return None;
+                    }
+                }
             }
+        };
+        let text = self.sql.trim_ascii_end();
+        let end = text
+            .strip_suffix(b";")
+            .unwrap_or(text)
+            .trim_ascii_end()
+            .len();
+        self.pos = self.sql.len();
+        Some(Statement {
+            span: start..end.max(start),
+            effect: Effect::None,
+        })
+    }
+
+    /// Where the text's first word starts, and the word, when the text starts with an unquoted word
+    /// that is not the `E` of an escape string.
+    fn first_word(&self) -> Option<(usize, &'a [u8])> {
+        let sql = self.sql;
+        let start = sql.iter().position(|b| !b.is_ascii_whitespace())?;
+        if !is_ident_start(sql[start]) {
+            return None;
         }
+        let end = start + sql_bytes::run(&sql[start..], sql_bytes::IDENT_CHAR);
+        (sql.get(end) != Some(&b'\'')).then(|| (start, &sql[start..end]))
     }
 
     fn next_statement(&mut self) -> Option<Statement> {
@@ -369,6 +391,20 @@ impl<'a> Gathered<'a> {
     }
 }
 
+/// The first words [`classify`] gives an effect to without a mention of temp objects or set_config:
+/// a statement that starts with any other word and mentions neither has none.
+const FIRST_WORDS_WITH_EFFECT: [&[u8]; 9] = [
+    b"SET",
+    b"RESET",
+    b"DISCARD",
+    b"DEALLOCATE",
+    b"DO",
+    b"CALL",
+    b"ROLLBACK",
+    b"ABORT",
+    b"PREPARE",
+];
+
 fn classify(g: &Gathered) -> Effect {
     if g.mentions_set_config {
         return Effect::Opaque;
@@ -458,8 +494,15 @@ mod tests {
 
     #[test]
     fn the_quick_path_agrees_with_the_full_walk_on_token_noise() {
-        const TOKENS: [&str; 22] = [
+        const TOKENS: [&str; 29] = [
             "select",
+            "do",
+            "Call",
+            "reset",
+            "abort",
+            "prepare",
+            "transaction",
+            "E",
             "SET",
             "local",
             "all",

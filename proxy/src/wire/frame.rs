@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 
 /// Tag byte plus the length field.
 pub const HEADER_LEN: usize = 5;
@@ -141,14 +141,15 @@ pub fn complete_prefix(buf: &mut BytesMut, max: usize) -> Result<usize, FrameErr
     Ok(offset)
 }
 
-/// Walks the messages of a chunk made only of complete messages: (tag, body) with zero-copy bodies.
-pub fn frames(chunk: &Bytes) -> impl Iterator<Item = (u8, Bytes)> + '_ {
-    let mut offset = 0;
+/// Walks the messages of a chunk made only of complete messages: (tag, body), the body borrowed from
+/// the chunk (`Bytes::slice_ref` makes it a `Bytes` where one must be kept).
+pub fn frames(chunk: &[u8]) -> impl Iterator<Item = (u8, &[u8])> + '_ {
+    let mut rest = chunk;
     std::iter::from_fn(move || {
-        let header = Header::peek(&chunk[offset..], usize::MAX).ok()??;
-        let body = chunk.slice(offset + HEADER_LEN..offset + header.total_len);
-        offset += header.total_len;
-        Some((header.tag, body))
+        let header = Header::peek(rest, usize::MAX).ok()??;
+        let (message, tail) = rest.split_at_checked(header.total_len)?;
+        rest = tail;
+        Some((header.tag, &message[HEADER_LEN..]))
     })
 }
 
@@ -242,8 +243,8 @@ mod tests {
 
     #[test]
     fn frames_walks_every_message() {
-        let chunk = Bytes::from_static(b"1\0\0\0\x042\0\0\0\x04Z\0\0\0\x05I");
-        let tags: Vec<u8> = frames(&chunk).map(|(t, _)| t).collect();
+        let chunk = b"1\0\0\0\x042\0\0\0\x04Z\0\0\0\x05I";
+        let tags: Vec<u8> = frames(chunk).map(|(t, _)| t).collect();
         assert_eq!(tags, b"12Z");
     }
 }
