@@ -15,7 +15,7 @@ mod sql_scan;
 pub mod state;
 mod wakes;
 
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
 use std::task::Poll;
@@ -283,7 +283,7 @@ impl Session {
                     }
                 });
                 let wakes = &self.wakes;
-                std::future::poll_fn(|cx| {
+                poll_fn(|cx| {
                     wakes.register(cx.waker());
                     // Writes first, then results, then requests: drain before taking in more.
                     let client_io: fn(io::Error) -> Error = Error::client_io;
@@ -605,7 +605,7 @@ fn drain<W: AsyncWrite + Unpin>(
 ) -> io::Result<bool> {
     let mut wrote = false;
     while !outbox.is_empty() {
-        match wakes.poll(source, outbox.write_some(dest)) {
+        match wakes.poll(source, poll_fn(|cx| outbox.poll_write_some(cx, dest))) {
             Poll::Ready(written) => {
                 written?;
                 wrote = true;

@@ -5,10 +5,12 @@
 //! over its high-water mark, which is how backpressure reaches the sender.
 
 use std::collections::VecDeque;
-use std::io::IoSlice;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWrite;
 
 /// Queued bytes above which the side feeding this outbox is no longer read.
 const HIGH_WATER: usize = 256 * 1024;
@@ -49,12 +51,18 @@ impl Outbox {
     /// Writes as much as the destination takes in one write: a plain one for a single buffer (the
     /// common case of a request or a result relayed whole; `send` costs the kernel less than
     /// `writev`), a vectored one for several. Once the queue is empty the destination is flushed.
-    /// Cancel-safe: bytes leave the queue only once the write reports them written, and a flush
-    /// cancelled half-way is done again by the next call.
-    pub async fn write_some<W: AsyncWrite + Unpin>(&mut self, dest: &mut W) -> std::io::Result<()> {
+    /// Bytes leave the queue only once the write reports them written, and a flush left pending is
+    /// done again by the next call. A poll rather than an async fn: its slices live on the stack for
+    /// the one call, not in a future that would be moved whole each time the session makes one.
+    pub fn poll_write_some<W: AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        dest: &mut W,
+    ) -> Poll<io::Result<()>> {
         if !self.queue.is_empty() {
+            let dest = Pin::new(&mut *dest);
             let written = match self.queue.len() {
-                1 => dest.write(&self.queue[0]).await?,
+                1 => ready!(dest.poll_write(cx, &self.queue[0]))?,
                 _ => {
                     let mut slices = [IoSlice::new(&[]); MAX_SLICES];
                     let mut count = 0;
@@ -62,26 +70,26 @@ impl Outbox {
                         *slot = IoSlice::new(bytes);
                         count += 1;
                     }
-                    dest.write_vectored(&slices[..count]).await?
+                    ready!(dest.poll_write_vectored(cx, &slices[..count]))?
                 }
             };
             if written == 0 {
-                return Err(std::io::ErrorKind::WriteZero.into());
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.advance(written);
             self.unflushed = true;
         }
         if self.queue.is_empty() && self.unflushed {
-            dest.flush().await?;
+            ready!(Pin::new(dest).poll_flush(cx))?;
             self.unflushed = false;
         }
-        Ok(())
+        Poll::Ready(Ok(()))
     }
 
     /// Writes everything queued; used when a session ends.
-    pub async fn write_all<W: AsyncWrite + Unpin>(&mut self, dest: &mut W) -> std::io::Result<()> {
+    pub async fn write_all<W: AsyncWrite + Unpin>(&mut self, dest: &mut W) -> io::Result<()> {
         while !self.is_empty() {
-            self.write_some(dest).await?;
+            std::future::poll_fn(|cx| self.poll_write_some(cx, dest)).await?;
         }
         Ok(())
     }
@@ -102,7 +110,6 @@ impl Outbox {
 
 #[cfg(test)]
 mod tests {
-    use std::future::Future;
     use std::task::Poll;
 
     use super::*;
@@ -174,14 +181,11 @@ mod tests {
         outbox.push(Bytes::from_static(b"result"));
         // The write is taken and the flush does not finish; the session's event loop then drops the
         // attempt when another of its branches is ready first.
-        {
-            let attempt = std::pin::pin!(outbox.write_some(&mut dest));
-            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-            assert!(attempt.poll(&mut cx).is_pending());
-        }
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(outbox.poll_write_some(&mut cx, &mut dest).is_pending());
         assert_eq!(dest.buffered, b"result");
         assert!(!outbox.is_empty(), "the unfinished flush is still owed");
-        outbox.write_some(&mut dest).await.unwrap();
+        outbox.write_all(&mut dest).await.unwrap();
         assert_eq!(dest.sent, b"result");
         assert!(outbox.is_empty());
     }
