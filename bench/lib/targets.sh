@@ -52,6 +52,9 @@ build_veneer() {
   VENEER_BIN="$ROOT/target/release/veneer"
 }
 
+# UNDER: a command the measured servers run under (bench/instructions: valgrind); none by default.
+UNDER=()
+
 # start_veneer TARGET FLAGS...: one Veneer process. Nothing but the bench writes to the database, and
 # what it writes directly reaches Veneer through the replication stream, so the caching ones keep
 # results for the whole run (--cache-default-ttl 1h).
@@ -62,7 +65,7 @@ start_veneer() {
   log "starting Veneer ($target) on 127.0.0.1:$port"
   local extra=()
   read -r -a extra <<<"$VENEER_ARGS"
-  setsid "$VENEER_BIN" --listen "127.0.0.1:$port" --upstream "127.0.0.1:$PG_PORT" \
+  setsid "${UNDER[@]}" "$VENEER_BIN" --listen "127.0.0.1:$port" --upstream "127.0.0.1:$PG_PORT" \
     --upstream-tls disable --log-level warn --metrics-listen off "$@" "${extra[@]}" \
     >"$TMP/$target.log" 2>&1 &
   pid=$!
@@ -71,9 +74,8 @@ start_veneer() {
   wait_for_port "$port" "$pid" || { tail -n 20 "$TMP/$target.log" >&2; die "Veneer ($target) did not start"; }
 }
 
-start_pgbouncer() {
-  local port
-  free_port port
+# write_pgbouncer_config PORT: session mode over the private server, trust logins.
+write_pgbouncer_config() {
   echo '"postgres" ""' >"$TMP/pgbouncer-users.txt"
   cat >"$TMP/pgbouncer.ini" <<EOF
 [databases]
@@ -81,7 +83,7 @@ start_pgbouncer() {
 
 [pgbouncer]
 listen_addr = 127.0.0.1
-listen_port = $port
+listen_port = $1
 unix_socket_dir =
 auth_type = trust
 auth_file = $TMP/pgbouncer-users.txt
@@ -91,8 +93,15 @@ default_pool_size = 20
 logfile = $TMP/pgbouncer.log
 pidfile = $TMP/pgbouncer.pid
 EOF
+}
+
+start_pgbouncer() {
+  local port
+  free_port port
+  write_pgbouncer_config "$port"
   log "starting PgBouncer (session mode) on 127.0.0.1:$port"
-  as_pg pgbouncer -d -q "$TMP/pgbouncer.ini" ||
+  rm -f "$TMP/pgbouncer.pid"
+  as_pg "${UNDER[@]}" pgbouncer -d -q "$TMP/pgbouncer.ini" ||
     { tail -n 20 "$TMP/pgbouncer.log" >&2 2>/dev/null; die "PgBouncer did not start"; }
   wait_for_pidfile "$TMP/pgbouncer.pid" || die "PgBouncer wrote no pid file"
   TARGET_PORT[pgbouncer]=$port
