@@ -141,3 +141,44 @@ async fn without_tls_require_fails_and_prefer_falls_back() {
     tokio::spawn(connection);
     assert_eq!(scalar::<i32>(&client, "SELECT 3").await, 3);
 }
+
+/// Both legs encrypted and both directions full at once: tokio-postgres pipelines requests that carry
+/// 64 kB each while the replies, as large, come back, so the session keeps writing to each TLS leg
+/// while reading from it. (Each leg drives one TLS state machine from two halves, and a session polls
+/// a half only when its waker fired; the waker both halves of a TLS leg share for that reason is
+/// checked in the session's unit tests: rustls did not make one half wait on the other's direction
+/// here, with or without it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_full_both_ways_through_two_tls_legs() {
+    let cert = TestCert::generate();
+    let (cert_path, key_path) = (cert.cert.clone(), cert.key.clone());
+    let proxy = ProxyHandle::start_with(move |s| {
+        s.tls_cert = Some(cert_path);
+        s.tls_key = Some(key_path);
+        s.upstream_tls = Some(veneer_config::UpstreamTls::Require);
+    })
+    .await;
+    let mut config = config(proxy.addr(), SUPERUSER, None, "tls-both-ways");
+    config.ssl_mode(SslMode::Require);
+    let (client, connection) = within("TLS connect", config.connect(NoVerifyTls::default()))
+        .await
+        .expect("TLS connect");
+    tokio::spawn(connection);
+    let statement = client.prepare("SELECT $1::text, $2::int4").await.unwrap();
+    let payload = "p".repeat(64 * 1024);
+    let queries = (0..200i32).map(|i| {
+        let (client, statement, payload) = (&client, &statement, &payload);
+        async move {
+            let row = client.query_one(statement, &[payload, &i]).await?;
+            Ok::<(usize, i32), tokio_postgres::Error>((row.get::<_, String>(0).len(), row.get(1)))
+        }
+    });
+    let replies = within(
+        "200 pipelined 64 kB round trips",
+        futures_util::future::try_join_all(queries),
+    )
+    .await
+    .unwrap();
+    let expected: Vec<(usize, i32)> = (0..200).map(|i| (payload.len(), i)).collect();
+    assert_eq!(replies, expected);
+}
