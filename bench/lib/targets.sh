@@ -74,8 +74,9 @@ start_veneer() {
   wait_for_port "$port" "$pid" || { tail -n 20 "$TMP/$target.log" >&2; die "Veneer ($target) did not start"; }
 }
 
-# write_pgbouncer_config PORT: session mode over the private server, trust logins.
-write_pgbouncer_config() {
+start_pgbouncer() {
+  local port
+  free_port port
   echo '"postgres" ""' >"$TMP/pgbouncer-users.txt"
   cat >"$TMP/pgbouncer.ini" <<EOF
 [databases]
@@ -83,7 +84,7 @@ write_pgbouncer_config() {
 
 [pgbouncer]
 listen_addr = 127.0.0.1
-listen_port = $1
+listen_port = $port
 unix_socket_dir =
 auth_type = trust
 auth_file = $TMP/pgbouncer-users.txt
@@ -93,12 +94,6 @@ default_pool_size = 20
 logfile = $TMP/pgbouncer.log
 pidfile = $TMP/pgbouncer.pid
 EOF
-}
-
-start_pgbouncer() {
-  local port
-  free_port port
-  write_pgbouncer_config "$port"
   log "starting PgBouncer (session mode) on 127.0.0.1:$port"
   rm -f "$TMP/pgbouncer.pid"
   as_pg "${UNDER[@]}" pgbouncer -d -q "$TMP/pgbouncer.ini" ||

@@ -286,28 +286,22 @@ impl Session {
                 poll_fn(|cx| {
                     wakes.register(cx.waker());
                     // Writes first, then results, then requests: drain before taking in more.
-                    let client_io: fn(io::Error) -> Error = Error::client_io;
-                    let sides = [
-                        (
-                            Source::CLIENT_WRITE,
-                            &mut self.to_client,
-                            &mut self.client_wr,
-                            client_io,
-                        ),
-                        (
-                            Source::UPSTREAM_WRITE,
-                            &mut self.to_upstream,
-                            &mut self.upstream_wr,
-                            Error::upstream_io,
-                        ),
-                    ];
-                    let mut wrote = false;
-                    for (source, outbox, dest, failed) in sides {
-                        match drain(wakes, source, outbox, dest) {
-                            Ok(also) => wrote |= also,
-                            Err(e) => return Poll::Ready(Event::WriteFailed(failed(e))),
-                        }
-                    }
+                    let to_client = &mut self.to_client;
+                    let wrote =
+                        match drain(wakes, Source::CLIENT_WRITE, to_client, &mut self.client_wr) {
+                            Ok(wrote) => wrote,
+                            Err(e) => return Poll::Ready(Event::WriteFailed(Error::client_io(e))),
+                        };
+                    let to_upstream = &mut self.to_upstream;
+                    let wrote = match drain(
+                        wakes,
+                        Source::UPSTREAM_WRITE,
+                        to_upstream,
+                        &mut self.upstream_wr,
+                    ) {
+                        Ok(also) => wrote | also,
+                        Err(e) => return Poll::Ready(Event::WriteFailed(Error::upstream_io(e))),
+                    };
                     if draining && wrote {
                         return Poll::Ready(Event::Wrote);
                     }

@@ -179,8 +179,8 @@ mod tests {
         let mut outbox = Outbox::default();
         let mut dest = Buffering::default();
         outbox.push(Bytes::from_static(b"result"));
-        // The write is taken and the flush does not finish; the session's event loop then drops the
-        // attempt when another of its branches is ready first.
+        // The write is taken and the flush does not finish; the session's event loop then goes on to
+        // its other sources.
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         assert!(outbox.poll_write_some(&mut cx, &mut dest).is_pending());
         assert_eq!(dest.buffered, b"result");
