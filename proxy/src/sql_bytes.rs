@@ -8,9 +8,6 @@ pub const IDENT_START: u8 = 1;
 pub const IDENT_CHAR: u8 = 2;
 /// Bytes that may continue a numeric literal (digits, letters of exponents and suffixes, `.`, `_`).
 pub const NUMBER_CHAR: u8 = 4;
-/// Bytes at which the session's quick check of a statement looks closer (`;`, comment starts, the
-/// first letters of `temp` and `set_config`).
-pub const PLAIN_CHECK: u8 = 8;
 
 const TABLE: [u8; 256] = {
     let mut table = [0u8; 256];
@@ -26,16 +23,13 @@ const TABLE: [u8; 256] = {
         if b.is_ascii_alphanumeric() || b == b'.' || b == b'_' {
             table[c] |= NUMBER_CHAR;
         }
-        if matches!(b, b';' | b'-' | b'/' | b't' | b'T' | b's' | b'S') {
-            table[c] |= PLAIN_CHECK;
-        }
         c += 1;
     }
     table
 };
 
 /// Whether `byte` is in `class`.
-pub fn is(byte: u8, class: u8) -> bool {
+fn is(byte: u8, class: u8) -> bool {
     TABLE[byte as usize] & class != 0
 }
 

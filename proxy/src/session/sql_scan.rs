@@ -75,30 +75,67 @@ pub fn scan(sql: &[u8]) -> impl Iterator<Item = Statement> + '_ {
 /// comment: no `;` but a last one, no `--` or `/*`, and no `temp` or `set_config` anywhere, in any
 /// case. Checked in one quick pass, it lets the scan stop after the leading words of most queries
 /// (see [`Scanner::plain_statement`]).
+///
+/// The pass reads eight bytes at a time and looks closer only at `;`, `-`, `/`, `p` and `g` (in
+/// either case). `temp` and `set_config` are recognised by their last letters, which are rarer in
+/// queries than their first ones, `t` and `s`.
 fn is_plain(sql: &[u8]) -> bool {
-    let starts = |at: usize, word: &[u8]| {
-        sql.get(at..at + word.len())
-            .is_some_and(|w| w.eq_ignore_ascii_case(word))
-    };
-    let mut from = 0;
-    while let Some(skipped) = sql[from..]
-        .iter()
-        .position(|&b| sql_bytes::is(b, sql_bytes::PLAIN_CHECK))
-    {
-        let at = from + skipped;
-        let plain = match sql[at] {
-            b';' => sql[at + 1..].iter().all(u8::is_ascii_whitespace),
-            b'-' => !starts(at, b"--"),
-            b'/' => !starts(at, b"/*"),
-            b't' | b'T' => !starts(at, b"temp"),
-            _ => !starts(at, b"set_config"),
-        };
-        if !plain {
+    let mut chunks = sql.chunks_exact(8);
+    let mut at = 0;
+    for chunk in chunks.by_ref() {
+        let word = u64::from_le_bytes(chunk.try_into().expect("chunks of eight"));
+        if !plain_where(sql, at, word) {
             return false;
         }
-        from = at + 1;
+        at += 8;
+    }
+    // The tail, padded with zero bytes, which match nothing.
+    let mut tail = [0u8; 8];
+    tail[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+    plain_where(sql, at, u64::from_le_bytes(tail))
+}
+
+/// Whether none of the eight bytes `word`, read at `at` in `sql`, is part of a pattern
+/// [`is_plain`] rules out.
+fn plain_where(sql: &[u8], at: usize, word: u64) -> bool {
+    let mut hits = pattern_ends(word);
+    while hits != 0 {
+        if !plain_at(sql, at + (hits.trailing_zeros() / 8) as usize) {
+            return false;
+        }
+        hits &= hits - 1;
     }
     true
+}
+
+/// The high bit of each byte of `word` at which [`is_plain`] looks closer. Setting bit 5
+/// of every byte folds upper-case letters onto lower-case ones and leaves `;`, `-` and `/` as they
+/// are (it also folds a few control bytes onto them, which [`plain_at`] then finds harmless).
+fn pattern_ends(word: u64) -> u64 {
+    const ONES: u64 = u64::from_le_bytes([1; 8]);
+    const LOW7: u64 = ONES * 0x7f;
+    // High bit set exactly in the bytes of `x` that are zero: no borrow crosses bytes.
+    let zero_bytes = |x: u64| !(((x & LOW7) + LOW7) | x | LOW7);
+    let folded = word | (ONES * 0x20);
+    [b';', b'-', b'/', b'p', b'g'].iter().fold(0, |hits, &b| {
+        hits | zero_bytes(folded ^ (ONES * u64::from(b)))
+    })
+}
+
+/// Whether the byte at `at` is part of none of the patterns [`is_plain`] rules out: a `;` is judged
+/// by what follows it, a `/` as the start of `/*`, the other bytes as the ends of their patterns.
+fn plain_at(sql: &[u8], at: usize) -> bool {
+    let ends = |word: &[u8]| {
+        at + 1 >= word.len() && sql[at + 1 - word.len()..=at].eq_ignore_ascii_case(word)
+    };
+    match sql[at] {
+        b';' => sql[at + 1..].iter().all(u8::is_ascii_whitespace),
+        b'-' => !ends(b"--"),
+        b'/' => !sql[at + 1..].starts_with(b"*"),
+        b'p' | b'P' => !ends(b"temp"),
+        b'g' | b'G' => !ends(b"set_config"),
+        _ => true,
+    }
 }
 
 struct Scanner<'a> {
@@ -494,7 +531,7 @@ mod tests {
 
     #[test]
     fn the_quick_path_agrees_with_the_full_walk_on_token_noise() {
-        const TOKENS: [&str; 29] = [
+        const TOKENS: [&str; 31] = [
             "select",
             "do",
             "Call",
@@ -521,6 +558,8 @@ mod tests {
             "E'",
             "\\",
             "temp",
+            "Set_Config(",
+            "pg_TEMP",
             ";",
             "--",
             "/*",
@@ -538,6 +577,57 @@ mod tests {
             let effects = |v: Vec<Statement>| v.into_iter().map(|s| s.effect).collect::<Vec<_>>();
             let quick = effects(scan(sql.as_bytes()).collect());
             assert_eq!(quick, effects(walked(sql.as_bytes())), "{sql:?}");
+        }
+    }
+
+    /// `is_plain` by its definition, a byte at a time.
+    fn plain_by_definition(sql: &[u8]) -> bool {
+        let lower = sql.to_ascii_lowercase();
+        let has = |pattern: &[u8]| lower.windows(pattern.len()).any(|w| w == pattern);
+        let after_semicolon = lower
+            .iter()
+            .position(|&b| b == b';')
+            .map(|i| &lower[i + 1..]);
+        after_semicolon.is_none_or(|rest| rest.iter().all(u8::is_ascii_whitespace))
+            && !["--", "/*", "temp", "set_config"]
+                .iter()
+                .any(|p| has(p.as_bytes()))
+    }
+
+    #[test]
+    fn the_plain_check_finds_each_pattern_at_every_offset_in_either_case() {
+        let patterns = [
+            "--",
+            "/*",
+            "temp",
+            "TeMP",
+            "set_config",
+            "SET_CONFIG",
+            "; x",
+            ";\r\n",
+        ];
+        for pattern in patterns {
+            for before in 0..20 {
+                for after in 0..10 {
+                    let sql = format!("{}{pattern}{}", "a".repeat(before), "b".repeat(after));
+                    let sql = sql.as_bytes();
+                    assert_eq!(is_plain(sql), plain_by_definition(sql), "{sql:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_plain_check_ignores_bytes_that_fold_onto_pattern_ends() {
+        // \r, ESC, 0x0f, P and G fold onto `-`, `;`, `/`, `p` and `g`; none of these makes a pattern.
+        for sql in [
+            "select 1\r\n",
+            "a\x1bb",
+            "a\x0fb",
+            "SELECT P, G FROM pgbench_accounts",
+            "x-\r-",
+        ] {
+            assert!(is_plain(sql.as_bytes()), "{sql:?}");
         }
     }
 
