@@ -3,7 +3,7 @@
 //! Looked up in one table rather than computed byte by byte.
 
 /// Bytes that may start an identifier or keyword (non-ASCII bytes count, as in Postgres).
-pub const IDENT_START: u8 = 1;
+const IDENT_START: u8 = 1;
 /// Bytes that may continue one.
 pub const IDENT_CHAR: u8 = 2;
 /// Bytes that may continue a numeric literal (digits, letters of exponents and suffixes, `.`, `_`).
