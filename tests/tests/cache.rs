@@ -208,6 +208,61 @@ async fn pipelines_mixing_hits_and_misses_keep_order_and_errors() {
     );
 }
 
+/// psycopg 3's `executemany` pipelines statements with no Sync between them and one Sync at the end.
+/// When the first part has gone upstream before the last statement and its Sync arrive, that last
+/// statement looks like a unit of its own: held until the upstream answered what came before, it
+/// waited for replies the upstream never sends without the Sync it held back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_forwarded_without_its_sync_takes_the_rest_of_the_run_along() {
+    setup(
+        "CREATE TABLE cache_unsynced (id int PRIMARY KEY, v text);
+         INSERT INTO cache_unsynced VALUES (1, 'one');",
+    )
+    .await;
+    let proxy = cached_proxy().await;
+    let observer = direct_admin().await;
+    let statement = |sql: &str| {
+        let mut bytes = raw::parse("", sql);
+        bytes.extend(raw::bind("", "", &[], 0));
+        bytes.extend(raw::describe(b'P', ""));
+        bytes.extend(raw::execute(""));
+        bytes
+    };
+    let cached = statement("SELECT v FROM cache_unsynced WHERE id = 1");
+    let blocking = statement("SELECT pg_advisory_lock(4711), pg_advisory_unlock(4711)");
+    let mut answers = Vec::new();
+    for (addr, name) in [
+        (pg().addr(), "unsynced-direct"),
+        (proxy.addr(), "unsynced-proxy"),
+    ] {
+        let (mut client, _) = RawClient::startup(addr, SUPERUSER, name).await;
+        // Warm the cache with the last statement of the run, so it would be a hit on its own.
+        reply(&mut client, &[&cached[..], &raw::sync()].concat()).await;
+        reply(&mut client, &[&cached[..], &raw::sync()].concat()).await;
+        observer
+            .batch_execute("SELECT pg_advisory_lock(4711)")
+            .await
+            .unwrap();
+        // The first statement goes upstream alone and is known to run there before the rest is sent.
+        client.send(&blocking).await;
+        wait_backend_active(&observer, name, "pg_advisory_lock(4711), ").await;
+        client
+            .send(&[&cached[..], &raw::sync(), &raw::message(b'H', &[])].concat())
+            .await;
+        observer
+            .batch_execute("SELECT pg_advisory_unlock(4711)")
+            .await
+            .unwrap();
+        let answer = within("the pipelined run's answer", client.read_until_ready()).await;
+        answers.push(answer.iter().map(|m| m.raw.to_vec()).collect::<Vec<_>>());
+    }
+    assert_eq!(
+        answers[1], answers[0],
+        "the run's answers differ from direct"
+    );
+    assert_eq!(answers[0].len(), 11, "{:?}", answers[0]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_through_the_proxy_are_read_at_once_by_every_session() {
     setup(

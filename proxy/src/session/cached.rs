@@ -743,6 +743,10 @@ impl Session {
         if buf.len() < first.total_len {
             return Ok(None);
         }
+        if self.state.run_open() {
+            // The rest of a run the upstream has part of (see `SessionState::run_open`).
+            return Ok(Some((first.total_len, What::Forward(None))));
+        }
         match first.tag {
             b'Q' => {
                 let sql = &buf[HEADER_LEN..first.total_len - 1];

@@ -191,6 +191,9 @@ pub struct SessionState {
     pending: VecDeque<Pending>,
     /// An error arrived since the last ReadyForQuery (the implicit transaction, if any, rolled back).
     error_since_ready: bool,
+    /// Extended-protocol messages went upstream since the last Sync (or simple Query): the server
+    /// holds their replies until the client's Sync or Flush, and an error skips to the Sync.
+    run_open: bool,
     /// Changes whenever ParameterStatus values or the settings history may have changed.
     scope_version: u64,
 }
@@ -207,6 +210,7 @@ impl Default for SessionState {
             backend_key: None,
             pending: VecDeque::new(),
             error_since_ready: false,
+            run_open: false,
             scope_version: 0,
         }
     }
@@ -222,6 +226,13 @@ impl SessionState {
     /// Whether a request sent upstream has not been answered to its end yet.
     pub fn awaits_reply(&self) -> bool {
         !self.pending.is_empty()
+    }
+
+    /// Whether an extended-protocol run forwarded upstream still waits for its Sync: until the Sync
+    /// goes too, whatever the client sends belongs to that run (the server answers none of it before
+    /// a Sync or Flush, and skips all of it to the Sync after an error), so it must be forwarded.
+    pub fn run_open(&self) -> bool {
+        self.run_open
     }
 
     /// Changes whenever what the cache-key scope is made of (ParameterStatus values, the settings
@@ -258,6 +269,11 @@ impl SessionState {
 
     /// Follows one complete frontend message (`body` without tag and length).
     pub fn on_frontend(&mut self, tag: u8, body: &Bytes) {
+        match tag {
+            b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => self.run_open = true,
+            b'S' | b'Q' | b'F' => self.run_open = false,
+            _ => {}
+        }
         match tag {
             b'Q' => {
                 let sql = body.slice(..body.len().saturating_sub(1));
