@@ -28,7 +28,8 @@ pub use values::{
     about = "Veneer: a transparent caching proxy for PostgreSQL",
     after_help = "Setup: `veneer setup [OPTIONS]` installs, once, as service_user (a superuser then), \
         an event trigger in every database that reports DDL into the replication stream, so that \
-        DDL made outside the proxy invalidates cached results too. It takes the same options."
+        DDL made outside the proxy invalidates cached results too. `veneer uninstall [OPTIONS]` \
+        removes everything Veneer created in the server. Both take the same options."
 )]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
@@ -148,15 +149,16 @@ pub struct Settings {
     #[arg(long, env = "VENEER_CACHE_ROW_KEYS", value_name = "BOOL")]
     pub cache_row_keys: Option<bool>,
 
-    /// Follow writes made outside the proxy through logical replication (one temporary pgoutput slot
+    /// Follow writes made outside the proxy through logical replication (one temporary slot
     /// per database in use, as service_user, which needs REPLICATION): required (while the stream is
     /// down, reads are forwarded), best-effort (cached results are still served, bounded by their
     /// TTL) or off [default: required].
     #[arg(long, env = "VENEER_REPLICATION", value_name = "MODE")]
     pub replication: Option<Replication>,
 
-    /// Publication the replication stream follows; created FOR ALL TABLES when missing (which needs a
-    /// superuser once) [default: veneer].
+    /// A publication of yours for the replication stream to follow with pgoutput, instead of every
+    /// table's changes with test_decoding; Veneer never creates one. Tables outside it are cached with
+    /// their TTL only [default: none, test_decoding].
     #[arg(long, env = "VENEER_PUBLICATION", value_name = "NAME")]
     pub publication: Option<String>,
 
@@ -277,8 +279,8 @@ pub struct CacheConfig {
     pub row_keys: bool,
     /// Following writes made elsewhere.
     pub replication: Replication,
-    /// The publication followed.
-    pub publication: String,
+    /// The user's publication followed with pgoutput; `None` follows every table with test_decoding.
+    pub publication: Option<String>,
     /// Prefix of permanent slots' names; `None` for temporary slots.
     pub replication_slot: Option<String>,
     /// Cap on replication streams running at once.
@@ -397,7 +399,7 @@ impl Config {
                 read_only_transactions: s.cache_read_only_transactions.unwrap_or(false),
                 row_keys: s.cache_row_keys.unwrap_or(true),
                 replication: s.replication.unwrap_or(Replication::Required),
-                publication: s.publication.unwrap_or_else(|| "veneer".to_owned()),
+                publication: s.publication,
                 replication_slot: s.replication_slot,
                 replication_listeners: s.replication_listeners.unwrap_or(4),
                 replication_idle_timeout: s

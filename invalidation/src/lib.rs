@@ -10,9 +10,11 @@
 //! counters: a stamp is only ever compared for equality, so a later version may take them from the
 //! WAL (commit LSNs), which every proxy following the same stream computes alike.
 
+pub mod commit;
 pub mod pgoutput;
 pub mod replication;
 pub mod rows;
+pub mod test_decoding;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -3,8 +3,18 @@
 //! changed, the values of changed rows (as slices of the message, for their keys), where and when it
 //! commits, and logical decoding messages (Veneer's DDL notices). See the PostgreSQL documentation, "Logical
 //! Replication Message Formats".
+//!
+//! Veneer streams pgoutput only from a publication the user made and named (`publication`): its
+//! default, [`crate::test_decoding`], needs none. pgoutput describes each relation (its replica
+//! identity's columns included) in the stream itself, so [`Decoder`] keys rows from those
+//! descriptions.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::commit::{Commit, Pending, DDL_PREFIX};
+use crate::rows::{KeyType, RowKey, RowSet};
 
 /// One pgoutput message, reduced to what invalidation uses; row values borrow from the message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -252,6 +262,220 @@ pub fn decode(message: &[u8], in_stream: bool) -> Result<Event<'_>, DecodeError>
         }
     };
     Ok(event)
+}
+
+/// Microseconds from the Unix epoch to Postgres's (2000-01-01).
+const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
+/// A relation as its description says: its name, the description itself (to notice a change) and
+/// which columns key its rows.
+struct Known {
+    name: String,
+    definition: Vec<u8>,
+    keys: Keys,
+}
+
+/// Which columns of a relation's rows give row keys, each as (position, name, type), by name.
+enum Keys {
+    /// The replica identity's key columns together (a primary key or an index).
+    Together(Vec<(usize, String, KeyType)>),
+    /// Each column on its own (REPLICA IDENTITY FULL): a point lookup may use any of them.
+    Each(Vec<(usize, String, KeyType)>),
+    /// None: no point lookup of the table can be keyed (no identity, or a key of another type).
+    No,
+}
+
+impl Keys {
+    fn of(identity: u8, columns: &[Column]) -> Keys {
+        let mut usable: Vec<(usize, String, KeyType)> = Vec::new();
+        let mut all_usable = true;
+        for (i, column) in columns.iter().enumerate() {
+            if identity != b'f' && !column.key {
+                continue;
+            }
+            match KeyType::of(column.type_oid) {
+                Some(t) => usable.push((i, column.name.clone(), t)),
+                None => all_usable = false,
+            }
+        }
+        usable.sort_by(|a, b| a.1.cmp(&b.1));
+        match identity {
+            b'f' => Keys::Each(usable),
+            _ if all_usable && !usable.is_empty() => Keys::Together(usable),
+            _ => Keys::No,
+        }
+    }
+
+    /// Adds the keys of the rows in `tuples` to `keys`; `false` when one could not be read (a value
+    /// not sent), so the whole table must count as changed.
+    fn collect(&self, table: &str, tuples: &[Tuple<'_>], keys: &mut RowSet) -> bool {
+        let has_old = tuples.iter().any(|t| t.kind != b'N');
+        for tuple in tuples {
+            let value = |i: usize| tuple.values.get(i).copied().unwrap_or(Field::Null);
+            match self {
+                Keys::Together(columns) => {
+                    let mut key = RowKey::new(table);
+                    for (i, name, t) in columns {
+                        match value(*i) {
+                            // No row with a NULL key is found by equality.
+                            Field::Null => break,
+                            Field::Text(text) => match t.from_text(text) {
+                                Some(v) => key.column(name, v),
+                                None => return false,
+                            },
+                            Field::Unchanged | Field::Binary(_) => return false,
+                        }
+                    }
+                    if columns.iter().all(|(i, ..)| value(*i) != Field::Null) {
+                        keys.insert(key.bucket());
+                    }
+                }
+                Keys::Each(columns) => {
+                    for (i, name, t) in columns {
+                        match value(*i) {
+                            Field::Null => {}
+                            // The new row's unsent value equals the old row's, already added.
+                            Field::Unchanged if tuple.kind == b'N' && has_old => {}
+                            Field::Text(text) => match t.from_text(text) {
+                                Some(v) => {
+                                    let mut key = RowKey::new(table);
+                                    key.column(name, v);
+                                    keys.insert(key.bucket());
+                                }
+                                None => return false,
+                            },
+                            Field::Unchanged | Field::Binary(_) => return false,
+                        }
+                    }
+                }
+                Keys::No => {}
+            }
+        }
+        true
+    }
+}
+
+/// Turns pgoutput messages into committed transactions: the plain transaction in progress, and the
+/// streamed ones (protocol 2), each gathered under its top-level transaction id until it commits.
+#[derive(Default)]
+pub struct Decoder {
+    /// Relations by OID.
+    relations: HashMap<u32, Known>,
+    current: Pending,
+    in_transaction: bool,
+    streamed: HashMap<u32, Pending>,
+    /// The streamed transaction whose block is open.
+    streaming: Option<u32>,
+}
+
+impl Decoder {
+    /// Whether no transaction is open (nor any streamed one waiting for its end).
+    pub fn between_transactions(&self) -> bool {
+        !self.in_transaction && self.streamed.is_empty()
+    }
+
+    /// Where the changes of the message being applied go.
+    fn pending(&mut self) -> &mut Pending {
+        match self.streaming {
+            Some(xid) => self.streamed.entry(xid).or_default(),
+            None => &mut self.current,
+        }
+    }
+
+    /// Applies one pgoutput message; returns the transaction it committed, if any.
+    pub fn apply(&mut self, message: &[u8]) -> Result<Option<Commit>, DecodeError> {
+        match decode(message, self.streaming.is_some())? {
+            Event::Begin => {
+                self.current = Pending::default();
+                self.in_transaction = true;
+            }
+            Event::Relation {
+                oid,
+                name,
+                identity,
+                columns,
+                definition,
+                ..
+            } => {
+                // Descriptions are sent again for each streamed transaction and after cache
+                // invalidations; only a different one means the definition changed.
+                let changed = self
+                    .relations
+                    .get(&oid)
+                    .is_some_and(|known| known.definition != definition);
+                let keys = Keys::of(identity, &columns);
+                if changed {
+                    self.pending().redefined(&name);
+                }
+                self.relations.insert(
+                    oid,
+                    Known {
+                        name,
+                        definition,
+                        keys,
+                    },
+                );
+            }
+            Event::Change { oid, tuples } => {
+                // Every change follows its relation's description.
+                let Some(known) = self.relations.get(&oid) else {
+                    return Ok(None);
+                };
+                let pending = match self.streaming {
+                    Some(xid) => self.streamed.entry(xid).or_default(),
+                    None => &mut self.current,
+                };
+                let read = pending
+                    .change(&known.name)
+                    .is_none_or(|keys| known.keys.collect(&known.name, &tuples, keys));
+                if !read {
+                    pending.whole(&known.name);
+                }
+            }
+            Event::Truncate { oids } => {
+                let names: Vec<String> = oids
+                    .iter()
+                    .filter_map(|o| self.relations.get(o).map(|k| k.name.clone()))
+                    .collect();
+                let pending = self.pending();
+                names.iter().for_each(|name| pending.whole(name));
+            }
+            Event::Message { prefix, content } if prefix == DDL_PREFIX => {
+                self.pending().note_ddl(&content);
+            }
+            Event::Commit {
+                end_lsn,
+                commit_time,
+            } => {
+                self.in_transaction = false;
+                let pending = std::mem::take(&mut self.current);
+                return Ok(Some(pending.commit(end_lsn, system_time(commit_time))));
+            }
+            Event::StreamStart { xid } => self.streaming = Some(xid),
+            Event::StreamStop => self.streaming = None,
+            Event::StreamCommit {
+                xid,
+                end_lsn,
+                commit_time,
+            } => {
+                let pending = self.streamed.remove(&xid).unwrap_or_default();
+                return Ok(Some(pending.commit(end_lsn, system_time(commit_time))));
+            }
+            Event::StreamAbort { xid, subxid } => {
+                // A subtransaction's changes are not told apart: keeping them only costs misses.
+                if xid == subxid {
+                    self.streamed.remove(&xid);
+                }
+            }
+            Event::Message { .. } | Event::Other => {}
+        }
+        Ok(None)
+    }
+}
+
+/// A time in microseconds since Postgres's epoch.
+fn system_time(pg_micros: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_micros((pg_micros + PG_EPOCH_MICROS).max(0) as u64)
 }
 
 struct Reader<'a>(&'a [u8]);

@@ -1,12 +1,16 @@
 //! Following a database's logical replication stream: a `replication=database` session that logs in
-//! (trust, password, md5 or SCRAM-SHA-256), makes sure the publication exists, creates a temporary
-//! pgoutput slot (so a dead proxy never pins WAL) or resumes a permanent one, streams from it and
-//! reports each committed transaction's changed tables. It acknowledges what it applied with standby
-//! status updates, on every keepalive that asks and at least every [`STATUS_INTERVAL`], so the slot
-//! follows even an idle database. Asked for a WAL position (`wanted`), it has the server report where it stands until
-//! it has applied up to there.
+//! (trust, password, md5 or SCRAM-SHA-256), creates a temporary slot (so a dead proxy never pins WAL)
+//! or resumes a permanent one, streams from it and reports each committed transaction's changed
+//! tables. It acknowledges what it applied with standby status updates, on every keepalive that asks
+//! and at least every [`STATUS_INTERVAL`], so the slot follows even an idle database. Asked for a WAL
+//! position (`wanted`), it has the server report where it stands until it has applied up to there.
+//!
+//! The slot decodes with `test_decoding` ([`crate::test_decoding`]) unless the user names a
+//! publication of theirs to follow with pgoutput ([`Plugin`]). Veneer creates no publication: one
+//! that publishes updates and deletes makes Postgres refuse them on its tables without a replica
+//! identity, for every client. On each start it drops the `FOR ALL TABLES` publication older Veneers
+//! created, and reports (never touches) one a user made.
 
-use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -17,20 +21,12 @@ use postgres_protocol::message::{backend, frontend};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
-use crate::pgoutput::{self, Column, Event, Field, Tuple};
-use crate::rows::{KeyType, RowKey, RowSet};
+use crate::commit::Commit;
+use crate::pgoutput;
+use crate::test_decoding::{self, KeySource};
 
 /// Longest wait between two standby status updates.
 pub const STATUS_INTERVAL: Duration = Duration::from_secs(10);
-
-/// Ordinary tables with no usable replica identity (none, or the default with no primary key).
-const UNIDENTIFIED_TABLES: &str = "SELECT format('%I.%I', n.nspname, c.relname) \
-     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-     WHERE c.relkind IN ('r', 'p') AND c.relpersistence = 'p' \
-       AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%' \
-       AND (c.relreplident = 'n' OR (c.relreplident = 'd' AND NOT EXISTS \
-         (SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid AND i.indisprimary))) \
-     ORDER BY 1 LIMIT 20";
 
 /// The end of the last WAL record inserted, as a byte count: every transaction that committed before
 /// it ran ends at or before it, whether its commit was flushed yet or not. The insert position
@@ -43,30 +39,60 @@ pub const INSERTED_END: &str = "SELECT (CASE WHEN p % s = 40 THEN p - 40 \
        pg_catalog.current_setting('wal_block_size')::numeric AS b, \
        pg_catalog.pg_size_bytes(pg_catalog.current_setting('wal_segment_size')) AS s) w";
 
-/// Rows of one table a transaction may change before the table counts as changed as a whole: the
-/// row-key buckets are shared by every table of a database, so bumping the keys of a large batch
-/// would evict much of every other table's point lookups along with them.
-const ROW_KEYS_PER_TABLE: u32 = 1024;
-
-/// Microseconds from the Unix epoch to Postgres's (2000-01-01).
+/// Microseconds from the Unix epoch to Postgres's (2000-01-01), for standby status updates.
 const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
+/// The publication older Veneers created `FOR ALL TABLES` when it was missing (their default
+/// `publication`), which [`follow`] drops when it still is as they made it.
+pub const LEGACY_PUBLICATION: &str = "veneer";
+
+/// One row when [`LEGACY_PUBLICATION`] exists: `true` while it is as older Veneers created it (FOR
+/// ALL TABLES, every kind of change, no comment, owned by the role asking), `false` when someone
+/// made or changed it.
+pub const LEGACY_PUBLICATION_AS_MADE: &str = "SELECT (p.puballtables AND p.pubinsert \
+     AND p.pubupdate AND p.pubdelete AND p.pubtruncate AND NOT p.pubviaroot \
+     AND pg_catalog.obj_description(p.oid, 'pg_publication') IS NULL \
+     AND p.pubowner = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user))::text \
+     FROM pg_catalog.pg_publication p WHERE p.pubname = 'veneer'";
 
 /// Who the replication session logs in as, and where.
 #[derive(Debug, Clone)]
 pub struct Login {
-    /// A role with the REPLICATION attribute (and, to create a FOR ALL TABLES publication, superuser).
+    /// A role with the REPLICATION attribute.
     pub user: String,
     /// Its password, if its authentication needs one.
     pub password: Option<String>,
     /// The database to follow.
     pub database: String,
-    /// The publication to stream (created FOR ALL TABLES when missing).
-    pub publication: String,
+    /// How the slot decodes the WAL.
+    pub plugin: Plugin,
     /// The slot's name: unique per stream when temporary, the same on every start when permanent.
     pub slot: String,
     /// Keep the slot when the stream ends (resuming from it on the next start) instead of creating a
     /// temporary one each time.
     pub permanent: bool,
+}
+
+/// How a slot decodes the WAL into changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plugin {
+    /// `test_decoding`: every table's changes, no publication needed (the default).
+    TestDecoding,
+    /// pgoutput, streaming the changes of a publication the user made.
+    Pgoutput {
+        /// The publication's name.
+        publication: String,
+    },
+}
+
+impl Plugin {
+    /// The output plugin's name, as slots record it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Plugin::TestDecoding => "test_decoding",
+            Plugin::Pgoutput { .. } => "pgoutput",
+        }
+    }
 }
 
 /// A permanent slot the stream resumed from.
@@ -80,44 +106,6 @@ pub struct Resumed {
     /// nobody followed) is replayed first.
     pub server: u64,
 }
-
-/// What one committed transaction changed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Commit {
-    /// Tables whose rows changed.
-    pub changed: Vec<String>,
-    /// The row-key buckets of the changed rows, old and new keys (see [`crate::rows`]).
-    pub keys: RowSet,
-    /// Tables changed as a whole: truncated, their definition changed, named by a DDL notice, or
-    /// changed in rows whose keys could not be read.
-    pub whole: Vec<String>,
-    /// A relation's description changed (a column, its type or the replica identity): plans made
-    /// from the old definition must be made again.
-    pub redefined: bool,
-    /// DDL the transaction reported through Veneer's event trigger (see [`DDL_PREFIX`]).
-    pub ddl: Option<Ddl>,
-    /// Rows inserted, updated or deleted.
-    pub rows: u64,
-    /// WAL position just past the commit.
-    pub end_lsn: u64,
-    /// When it committed on the server.
-    pub commit_time: SystemTime,
-}
-
-/// DDL reported in the stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ddl {
-    /// It changed the tables listed in [`Commit::whole`] (and perhaps indexes): the catalog is read
-    /// again.
-    Tables,
-    /// It changed something whose reach Veneer cannot tell (a function, a type, a view): every cached
-    /// result of the database is invalid, and the catalog is read again.
-    Unknown,
-}
-
-/// Prefix of the logical decoding messages Veneer's event trigger emits at DDL: the content is the
-/// names of the tables the DDL changed, one per line, with a line `*` when it changed something else.
-pub const DDL_PREFIX: &str = "veneer.ddl";
 
 /// Where the stream stands, reported on the server's keepalives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,9 +165,9 @@ fn hint(code: &str, message: &str) -> Option<&'static str> {
         "55000" if message.contains("wal_level") => {
             "set wal_level = logical in postgresql.conf and restart Postgres"
         }
-        "42501" if message.contains("publication") => {
-            "create the publication once as a superuser (CREATE PUBLICATION veneer FOR ALL TABLES), \
-             or make service_user a superuser"
+        "58P01" if message.contains("test_decoding") => {
+            "the server lacks the test_decoding plugin: install PostgreSQL's contrib package, or \
+             set publication to follow a publication you made with pgoutput"
         }
         "42501" => "service_user needs the REPLICATION attribute: ALTER ROLE <service_user> REPLICATION",
         "53400" => {
@@ -210,8 +198,8 @@ impl From<pgoutput::DecodeError> for ReplicationError {
     }
 }
 
-/// What the stream reports to its owner.
-pub trait Sink {
+/// What the stream reports to its owner, and where its decoder learns which columns key rows.
+pub trait Sink: KeySource {
     /// Streaming has started: changes from here on will be reported. `published` lists the tables
     /// the publication covers when it is not FOR ALL TABLES (writes to others are not streamed);
     /// `resumed` says where a permanent slot left off (`None` for a new slot, whose stream starts
@@ -221,6 +209,9 @@ pub trait Sink {
     fn commit(&mut self, commit: &Commit);
     /// The server reported its WAL end (on a keepalive) and what has been applied.
     fn progress(&mut self, progress: Progress);
+    /// Something the operator should know about the database's setup (a warning, or an action
+    /// taken, when `warning` is false).
+    fn note(&mut self, warning: bool, message: String);
 }
 
 /// Longest wait for the server to end the stream and drop the slot when asked to stop; past it the
@@ -251,10 +242,13 @@ where
         server_major: 0,
     };
     conn.login(login).await?;
-    conn.ensure_publication(&login.publication).await?;
-    let published = conn.published_tables(&login.publication).await?;
+    let published = match &login.plugin {
+        Plugin::TestDecoding => None,
+        Plugin::Pgoutput { publication } => conn.published_tables(publication, sink).await?,
+    };
+    conn.drop_legacy_publication(login, sink).await?;
     let resumed = if login.permanent {
-        conn.existing_slot(&login.slot).await?
+        conn.existing_slot(login).await?
     } else {
         None
     };
@@ -262,17 +256,27 @@ where
         Some(resumed) => resumed.confirmed,
         None => conn.create_slot(login).await?,
     };
-    // Protocol 2 (Postgres 14 and later) streams large transactions while they run, so the server
-    // does not spill them to disk first, and passes on Veneer's DDL messages.
-    let options = if conn.server_major >= 14 {
-        "proto_version '2', streaming 'on', messages 'true'"
-    } else {
-        "proto_version '1'"
+    let options = match &login.plugin {
+        // Transactions come whole at their commit (test_decoding's streamed changes name no table),
+        // each with its commit time.
+        Plugin::TestDecoding => {
+            "\"include-xids\" '0', \"include-timestamp\" '1', \"skip-empty-xacts\" '0'".to_owned()
+        }
+        // Protocol 2 (Postgres 14 and later) streams large transactions while they run, so the
+        // server does not spill them to disk first, and passes on Veneer's DDL messages.
+        Plugin::Pgoutput { publication } => format!(
+            "{}, publication_names {}",
+            if conn.server_major >= 14 {
+                "proto_version '2', streaming 'on', messages 'true'"
+            } else {
+                "proto_version '1'"
+            },
+            escape_literal(&escape_identifier(publication))
+        ),
     };
     let start = format!(
-        "START_REPLICATION SLOT {} LOGICAL 0/0 ({options}, publication_names {})",
+        "START_REPLICATION SLOT {} LOGICAL 0/0 ({options})",
         escape_identifier(&login.slot),
-        escape_literal(&escape_identifier(&login.publication))
     );
     frontend::query(&start, &mut conn.out)?;
     conn.flush().await?;
@@ -295,7 +299,12 @@ where
         server_end: consistent,
         applied: consistent,
     });
-    conn.stream_changes(sink, stop, consistent, wanted).await?;
+    let decoder = match login.plugin {
+        Plugin::TestDecoding => Decoder::Text(test_decoding::Decoder::default()),
+        Plugin::Pgoutput { .. } => Decoder::Pgoutput(pgoutput::Decoder::default()),
+    };
+    conn.stream_changes(sink, decoder, stop, consistent, wanted)
+        .await?;
     match tokio::time::timeout(CLOSE_TIMEOUT, conn.close(&login.slot)).await {
         Ok(closed) => closed,
         Err(_) => Err(ReplicationError::Protocol(format!(
@@ -303,6 +312,34 @@ where
              its connection ends",
             login.slot
         ))),
+    }
+}
+
+/// The decoder of the slot's plugin.
+enum Decoder {
+    Text(test_decoding::Decoder),
+    Pgoutput(pgoutput::Decoder),
+}
+
+impl Decoder {
+    /// Applies the data of one XLogData, sent at WAL position `start`.
+    fn apply(
+        &mut self,
+        data: &[u8],
+        start: u64,
+        keys: &dyn KeySource,
+    ) -> Result<Option<Commit>, ReplicationError> {
+        Ok(match self {
+            Decoder::Text(decoder) => decoder.apply(data, start, keys),
+            Decoder::Pgoutput(decoder) => decoder.apply(data)?,
+        })
+    }
+
+    fn between_transactions(&self) -> bool {
+        match self {
+            Decoder::Text(decoder) => decoder.between_transactions(),
+            Decoder::Pgoutput(decoder) => decoder.between_transactions(),
+        }
     }
 }
 
@@ -347,6 +384,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             ("database", login.database.as_str()),
             ("replication", "database"),
             ("application_name", "veneer replication"),
+            // Commit times are printed in the session's time zone.
+            ("TimeZone", "UTC"),
         ];
         frontend::startup_message(params, &mut self.out)?;
         self.flush().await?;
@@ -469,9 +508,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let created = self
             .rows(
                 &format!(
-                    "CREATE_REPLICATION_SLOT {}{} LOGICAL pgoutput NOEXPORT_SNAPSHOT",
+                    "CREATE_REPLICATION_SLOT {}{} LOGICAL {} NOEXPORT_SNAPSHOT",
                     escape_identifier(&login.slot),
-                    if login.permanent { "" } else { " TEMPORARY" }
+                    if login.permanent { "" } else { " TEMPORARY" },
+                    login.plugin.name()
                 ),
                 "creating a replication slot",
             )
@@ -488,8 +528,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             })
     }
 
-    /// The permanent slot `name` as a previous stream left it, if it exists and can be resumed.
-    async fn existing_slot(&mut self, name: &str) -> Result<Option<Resumed>, ReplicationError> {
+    /// The permanent slot of `login` as a previous stream left it, if it exists and can be resumed.
+    /// A slot of this name that an older Veneer made with another plugin is dropped (it cannot be
+    /// resumed with this one), as if it had not been there.
+    async fn existing_slot(&mut self, login: &Login) -> Result<Option<Resumed>, ReplicationError> {
+        let name = &login.slot;
         let rows = self
             .rows(
                 &format!(
@@ -506,11 +549,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             return Ok(None);
         };
         let field = |n| column(row, n).unwrap_or_default();
-        if field(0) != "pgoutput" || field(4) != "true" {
+        let plugin = field(0);
+        let veneers = [Plugin::TestDecoding.name(), "pgoutput"];
+        if !veneers.contains(&plugin.as_str()) || field(4) != "true" {
             return Err(ReplicationError::Setup(format!(
-                "replication slot {name} exists but is not a pgoutput slot of this database \
-                 (plugin {}): choose another replication_slot prefix",
-                field(0)
+                "replication slot {name} exists but is not a slot of Veneer's in this database \
+                 (plugin {plugin}): choose another replication_slot prefix"
             )));
         }
         if field(1) == "true" {
@@ -518,6 +562,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 "replication slot {name} is in use by another connection (another proxy with the \
                  same replication_slot prefix?)"
             )));
+        }
+        if plugin != login.plugin.name() {
+            self.simple(
+                &format!("DROP_REPLICATION_SLOT {}", escape_identifier(name)),
+                "dropping a slot of another plugin",
+            )
+            .await?;
+            return Ok(None);
         }
         let confirmed = parse_lsn(&field(2)).ok_or_else(|| {
             ReplicationError::Protocol(format!("slot {name} has no confirmed position"))
@@ -529,52 +581,62 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }))
     }
 
-    async fn ensure_publication(&mut self, name: &str) -> Result<(), ReplicationError> {
-        let exists = self
+    /// Drops the publication an older Veneer created ([`LEGACY_PUBLICATION`], `FOR ALL TABLES` with
+    /// every kind of change, no comment, owned by the service user) unless the user chose to follow
+    /// it; reports one of that name that someone else made or changed, and leaves it alone.
+    async fn drop_legacy_publication<K: Sink>(
+        &mut self,
+        login: &Login,
+        sink: &mut K,
+    ) -> Result<(), ReplicationError> {
+        let name = LEGACY_PUBLICATION;
+        if matches!(&login.plugin, Plugin::Pgoutput { publication } if publication == name) {
+            return Ok(());
+        }
+        let found = self
             .simple(
-                &format!(
-                    "SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = {}",
-                    escape_literal(name)
-                ),
-                "looking up the publication",
+                LEGACY_PUBLICATION_AS_MADE,
+                "looking for the publication of older Veneers",
             )
             .await?;
-        if exists.is_empty() {
-            // A FOR ALL TABLES publication makes Postgres refuse UPDATE and DELETE on tables without a
-            // replica identity: creating it then would break the application's writes.
-            let unidentified = self
-                .simple(
-                    UNIDENTIFIED_TABLES,
-                    "looking for tables without a replica identity",
+        match found.first().cloned().flatten().as_deref() {
+            None => {}
+            Some("true") => {
+                self.simple(
+                    &format!("DROP PUBLICATION {}", escape_identifier(name)),
+                    "dropping the publication of older Veneers",
                 )
                 .await?;
-            if !unidentified.is_empty() {
-                let names: Vec<String> = unidentified.into_iter().flatten().collect();
-                return Err(ReplicationError::Setup(format!(
-                    "publication {name} does not exist, and creating it FOR ALL TABLES would make \
-                     Postgres refuse UPDATE and DELETE on tables without a replica identity ({}); \
-                     give them a primary key or REPLICA IDENTITY, or create the publication yourself",
-                    names.join(", ")
-                )));
+                sink.note(
+                    false,
+                    format!(
+                        "dropped publication {name}, which an older Veneer created FOR ALL TABLES: \
+                         it made Postgres refuse UPDATE and DELETE on tables without a replica \
+                         identity, and Veneer needs no publication"
+                    ),
+                );
             }
-            self.simple(
-                &format!(
-                    "CREATE PUBLICATION {} FOR ALL TABLES",
-                    escape_identifier(name)
+            Some(_) => sink.note(
+                true,
+                format!(
+                    "publication {name} exists but is not as an older Veneer created it, so Veneer \
+                     leaves it alone; Veneer needs no publication: if nothing else uses it, \
+                     DROP PUBLICATION {name} (a publication that publishes updates and deletes \
+                     makes Postgres refuse them on its tables without a replica identity)"
                 ),
-                "creating the publication",
-            )
-            .await?;
+            ),
         }
         Ok(())
     }
 
-    /// The tables a publication covers, or `None` when it covers all tables. A publication that
-    /// leaves out some kind of change (`publish` without insert, update, delete or truncate) covers
-    /// none: the stream would miss those changes to any table.
-    async fn published_tables(
+    /// The tables the user's publication `name` covers, or `None` when it covers all tables. A
+    /// publication that leaves out some kind of change (`publish` without insert, update, delete or
+    /// truncate) covers none: the stream would miss those changes to any table. A FOR ALL TABLES
+    /// one is reported, since it makes Postgres refuse writes to tables without a replica identity.
+    async fn published_tables<K: Sink>(
         &mut self,
         name: &str,
+        sink: &mut K,
     ) -> Result<Option<Vec<String>>, ReplicationError> {
         let coverage = self
             .simple(
@@ -588,7 +650,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             )
             .await?;
         match coverage.first().cloned().flatten().as_deref() {
-            Some("all") => return Ok(None),
+            None => {
+                return Err(ReplicationError::Setup(format!(
+                    "publication {name} (the publication setting) does not exist: Veneer never \
+                     creates one; create it, or leave publication unset to follow every table \
+                     with test_decoding, which needs none"
+                )))
+            }
+            Some("all") => {
+                sink.note(
+                    true,
+                    format!(
+                        "publication {name} is FOR ALL TABLES: Postgres refuses UPDATE and DELETE \
+                         on every table without a replica identity, for every client; leave \
+                         publication unset to follow writes with test_decoding, which needs none"
+                    ),
+                );
+                return Ok(None);
+            }
             Some("partial") => return Ok(Some(Vec::new())),
             _ => {}
         }
@@ -608,12 +687,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     async fn stream_changes<K: Sink>(
         &mut self,
         sink: &mut K,
+        mut decoder: Decoder,
         stop: impl std::future::Future<Output = ()>,
         mut applied: u64,
         mut wanted: watch::Receiver<u64>,
     ) -> Result<(), ReplicationError> {
         tokio::pin!(stop);
-        let mut decoder = Decoder::default();
         let mut last_status = tokio::time::Instant::now();
         let mut asking = true;
         loop {
@@ -649,8 +728,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
             match body.first() {
                 Some(b'w') if body.len() >= 25 => {
+                    let start = u64::from_be_bytes(body[1..9].try_into().expect("checked length"));
                     body.advance(25);
-                    if let Some(commit) = decoder.apply(&body)? {
+                    if let Some(commit) = decoder.apply(&body, start, sink)? {
                         sink.commit(&commit);
                         applied = applied.max(commit.end_lsn);
                     }
@@ -725,255 +805,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         self.out.put_i64(now);
         self.out.put_u8(u8::from(reply));
         self.flush().await
-    }
-}
-
-/// What a transaction has done so far.
-#[derive(Default)]
-struct Pending {
-    /// Tables whose rows changed, with how many rows.
-    changed: HashMap<u32, u32>,
-    keys: RowSet,
-    whole: HashSet<u32>,
-    redefined: bool,
-    /// Tables named by DDL notices.
-    named: Vec<String>,
-    ddl: Option<Ddl>,
-    rows: u64,
-}
-
-impl Pending {
-    fn note_ddl(&mut self, content: &[u8]) {
-        for line in String::from_utf8_lossy(content).lines() {
-            if line == "*" {
-                self.ddl = Some(Ddl::Unknown);
-            } else if !line.is_empty() {
-                self.named.push(line.to_owned());
-                self.ddl.get_or_insert(Ddl::Tables);
-            }
-        }
-        self.ddl.get_or_insert(Ddl::Unknown);
-    }
-}
-
-/// A relation as its description says: its name, the description itself (to notice a change) and
-/// which columns key its rows.
-struct Known {
-    name: String,
-    definition: Vec<u8>,
-    keys: Keys,
-}
-
-/// Which columns of a relation's rows give row keys, each as (position, name, type), by name.
-enum Keys {
-    /// The replica identity's key columns together (a primary key or an index).
-    Together(Vec<(usize, String, KeyType)>),
-    /// Each column on its own (REPLICA IDENTITY FULL): a point lookup may use any of them.
-    Each(Vec<(usize, String, KeyType)>),
-    /// None: no point lookup of the table can be keyed (no identity, or a key of another type).
-    No,
-}
-
-impl Keys {
-    fn of(identity: u8, columns: &[Column]) -> Keys {
-        let mut usable: Vec<(usize, String, KeyType)> = Vec::new();
-        let mut all_usable = true;
-        for (i, column) in columns.iter().enumerate() {
-            if identity != b'f' && !column.key {
-                continue;
-            }
-            match KeyType::of(column.type_oid) {
-                Some(t) => usable.push((i, column.name.clone(), t)),
-                None => all_usable = false,
-            }
-        }
-        usable.sort_by(|a, b| a.1.cmp(&b.1));
-        match identity {
-            b'f' => Keys::Each(usable),
-            _ if all_usable && !usable.is_empty() => Keys::Together(usable),
-            _ => Keys::No,
-        }
-    }
-
-    /// Adds the keys of the rows in `tuples` to `keys`; `false` when one could not be read (a value
-    /// not sent), so the whole table must count as changed.
-    fn collect(&self, table: &str, tuples: &[Tuple<'_>], keys: &mut RowSet) -> bool {
-        let has_old = tuples.iter().any(|t| t.kind != b'N');
-        for tuple in tuples {
-            let value = |i: usize| tuple.values.get(i).copied().unwrap_or(Field::Null);
-            match self {
-                Keys::Together(columns) => {
-                    let mut key = RowKey::new(table);
-                    for (i, name, t) in columns {
-                        match value(*i) {
-                            // No row with a NULL key is found by equality.
-                            Field::Null => break,
-                            Field::Text(text) => match t.from_text(text) {
-                                Some(v) => key.column(name, v),
-                                None => return false,
-                            },
-                            Field::Unchanged | Field::Binary(_) => return false,
-                        }
-                    }
-                    if columns.iter().all(|(i, ..)| value(*i) != Field::Null) {
-                        keys.insert(key.bucket());
-                    }
-                }
-                Keys::Each(columns) => {
-                    for (i, name, t) in columns {
-                        match value(*i) {
-                            Field::Null => {}
-                            // The new row's unsent value equals the old row's, already added.
-                            Field::Unchanged if tuple.kind == b'N' && has_old => {}
-                            Field::Text(text) => match t.from_text(text) {
-                                Some(v) => {
-                                    let mut key = RowKey::new(table);
-                                    key.column(name, v);
-                                    keys.insert(key.bucket());
-                                }
-                                None => return false,
-                            },
-                            Field::Unchanged | Field::Binary(_) => return false,
-                        }
-                    }
-                }
-                Keys::No => {}
-            }
-        }
-        true
-    }
-}
-
-/// Turns pgoutput messages into committed transactions: the plain transaction in progress, and the
-/// streamed ones (protocol 2), each gathered under its top-level transaction id until it commits.
-#[derive(Default)]
-struct Decoder {
-    /// Relations by OID.
-    relations: HashMap<u32, Known>,
-    current: Pending,
-    in_transaction: bool,
-    streamed: HashMap<u32, Pending>,
-    /// The streamed transaction whose block is open.
-    streaming: Option<u32>,
-}
-
-impl Decoder {
-    fn between_transactions(&self) -> bool {
-        !self.in_transaction && self.streamed.is_empty()
-    }
-
-    /// Where the changes of the message being applied go.
-    fn pending(&mut self) -> &mut Pending {
-        match self.streaming {
-            Some(xid) => self.streamed.entry(xid).or_default(),
-            None => &mut self.current,
-        }
-    }
-
-    /// Applies one pgoutput message; returns the transaction it committed, if any.
-    fn apply(&mut self, message: &[u8]) -> Result<Option<Commit>, ReplicationError> {
-        match pgoutput::decode(message, self.streaming.is_some())? {
-            Event::Begin => {
-                self.current = Pending::default();
-                self.in_transaction = true;
-            }
-            Event::Relation {
-                oid,
-                name,
-                identity,
-                columns,
-                definition,
-                ..
-            } => {
-                // Descriptions are sent again for each streamed transaction and after cache
-                // invalidations; only a different one means the definition changed.
-                let changed = self
-                    .relations
-                    .get(&oid)
-                    .is_some_and(|known| known.definition != definition);
-                let keys = Keys::of(identity, &columns);
-                self.relations.insert(
-                    oid,
-                    Known {
-                        name,
-                        definition,
-                        keys,
-                    },
-                );
-                if changed {
-                    let pending = self.pending();
-                    pending.whole.insert(oid);
-                    pending.redefined = true;
-                }
-            }
-            Event::Change { oid, tuples } => {
-                let pending = match self.streaming {
-                    Some(xid) => self.streamed.entry(xid).or_default(),
-                    None => &mut self.current,
-                };
-                let rows = pending.changed.entry(oid).or_default();
-                *rows += 1;
-                pending.rows += 1;
-                let read = *rows <= ROW_KEYS_PER_TABLE
-                    && !pending.whole.contains(&oid)
-                    && self.relations.get(&oid).is_some_and(|known| {
-                        known.keys.collect(&known.name, &tuples, &mut pending.keys)
-                    });
-                if !read {
-                    pending.whole.insert(oid);
-                }
-            }
-            Event::Truncate { oids } => self.pending().whole.extend(oids),
-            Event::Message { prefix, content } if prefix == DDL_PREFIX => {
-                self.pending().note_ddl(&content);
-            }
-            Event::Commit {
-                end_lsn,
-                commit_time,
-            } => {
-                self.in_transaction = false;
-                let pending = std::mem::take(&mut self.current);
-                return Ok(Some(self.commit(pending, end_lsn, commit_time)));
-            }
-            Event::StreamStart { xid } => self.streaming = Some(xid),
-            Event::StreamStop => self.streaming = None,
-            Event::StreamCommit {
-                xid,
-                end_lsn,
-                commit_time,
-            } => {
-                let pending = self.streamed.remove(&xid).unwrap_or_default();
-                return Ok(Some(self.commit(pending, end_lsn, commit_time)));
-            }
-            Event::StreamAbort { xid, subxid } => {
-                // A subtransaction's changes are not told apart: keeping them only costs misses.
-                if xid == subxid {
-                    self.streamed.remove(&xid);
-                }
-            }
-            Event::Message { .. } | Event::Other => {}
-        }
-        Ok(None)
-    }
-
-    fn commit(&self, pending: Pending, end_lsn: u64, commit_time: i64) -> Commit {
-        let names = |oids: &mut dyn Iterator<Item = &u32>| -> Vec<String> {
-            oids.filter_map(|o| self.relations.get(o).map(|known| known.name.clone()))
-                .collect()
-        };
-        let mut whole = names(&mut pending.whole.iter());
-        whole.extend(pending.named);
-        Commit {
-            changed: names(&mut pending.changed.keys()),
-            keys: pending.keys,
-            whole,
-            redefined: pending.redefined,
-            ddl: pending.ddl,
-            rows: pending.rows,
-            end_lsn,
-            commit_time: UNIX_EPOCH
-                + Duration::from_micros((commit_time + PG_EPOCH_MICROS).max(0) as u64),
-        }
     }
 }
 

@@ -89,6 +89,16 @@ impl KeyType {
     }
 }
 
+/// Which columns key a table's rows for point lookups. The query side plans lookups from it and the
+/// replication side reads the same columns of every changed row, so both hash the same keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RowKeys {
+    /// The replica identity's columns (the primary key, or the identity index) together, by name.
+    Together(Vec<(String, KeyType)>),
+    /// Any one of these columns (REPLICA IDENTITY FULL: every change carries whole rows).
+    Each(Vec<(String, KeyType)>),
+}
+
 /// A key value in canonical form.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyValue<'a> {

@@ -8,8 +8,11 @@ use veneer_proxy::Proxy;
 
 fn main() -> ExitCode {
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let setup = args.get(1).is_some_and(|a| a == "setup");
-    if setup {
+    let command = match args.get(1).and_then(|a| a.to_str()) {
+        Some(name @ ("setup" | "uninstall")) => Some(name.to_owned()),
+        _ => None,
+    };
+    if command.is_some() {
         args.remove(1);
     }
     let config = match Config::load_from(args) {
@@ -42,8 +45,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if setup {
-        return runtime.block_on(run_setup(&config));
+    if let Some(command) = command {
+        return runtime.block_on(run_command(&command, &config));
     }
     let served = runtime.block_on(async {
         let (listen, upstream) = (config.listen, config.upstream.clone());
@@ -68,29 +71,42 @@ fn main() -> ExitCode {
     }
 }
 
-/// `veneer setup`: installs the DDL event trigger in every database and says where it worked.
-async fn run_setup(config: &Config) -> ExitCode {
+/// `veneer setup` (installs the DDL event trigger in every database) or `veneer uninstall` (removes
+/// what Veneer created): says what was done in each database.
+async fn run_command(command: &str, config: &Config) -> ExitCode {
     let tls = match veneer_proxy::tls::upstream_connector(config) {
         Ok(tls) => tls,
         Err(e) => {
-            eprintln!("veneer setup: {e}");
+            eprintln!("veneer {command}: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let done = match veneer_proxy::setup::install(config, tls.as_ref()).await {
+    let done = if command == "setup" {
+        veneer_proxy::setup::install(config, tls.as_ref()).await
+    } else {
+        veneer_proxy::setup::uninstall(config, tls.as_ref()).await
+    };
+    let done = match done {
         Ok(done) => done,
         Err(e) => {
-            eprintln!("veneer setup: {e}");
+            eprintln!("veneer {command}: {e}");
             return ExitCode::FAILURE;
         }
     };
     let mut failed = false;
-    for (database, result) in done {
-        match result {
-            Ok(()) => println!("veneer setup: DDL event trigger installed in database {database}"),
+    for (database, outcome) in done {
+        match outcome {
+            Ok(lines) if lines.is_empty() => {
+                println!("veneer {command}: nothing of Veneer's in database {database}")
+            }
+            Ok(lines) => {
+                for line in lines {
+                    println!("veneer {command}: {line} in database {database}");
+                }
+            }
             Err(e) => {
                 failed = true;
-                eprintln!("veneer setup: {e}");
+                eprintln!("veneer {command}: {e}");
             }
         }
     }

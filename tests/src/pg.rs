@@ -36,6 +36,9 @@ pub const TLS_USER: &str = "tls_user";
 pub const SCRAM_USER: &str = "scram_user";
 /// [`SCRAM_USER`]'s password.
 pub const SCRAM_PASSWORD: &str = "scram secret";
+/// A role with LOGIN and REPLICATION and nothing else (no superuser), as a managed service grants
+/// Veneer's own login: `trust` over TCP.
+pub const SERVICE_USER: &str = "service_user";
 /// The database every test uses; tests share it and keep their objects apart by name.
 pub const DATABASE: &str = "postgres";
 
@@ -148,7 +151,7 @@ impl PgServer {
             "\n# veneer-tests\nlisten_addresses = '127.0.0.1'\nport = {port}\n\
              unix_socket_directories = '{sock}'\nwal_level = logical\nmax_wal_senders = 100\n\
              max_replication_slots = 100\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\n\
-             max_connections = 200\nssl = on\n\
+             max_connections = 200\nssl = on\nmax_prepared_transactions = 10\n\
              # Small, so that transactions of a few thousand rows are streamed while in progress\n\
              # (pgoutput protocol 2) and the tests cover that path.\n\
              logical_decoding_work_mem = 64kB\n",
@@ -166,6 +169,7 @@ impl PgServer {
              host all {SCRAM_USER} 127.0.0.1/32 scram-sha-256\n\
              host all {PASSWORD_USER} 127.0.0.1/32 password\n\
              host all {SUPERUSER} 127.0.0.1/32 trust\n\
+             host all {SERVICE_USER} 127.0.0.1/32 trust\n\
              host replication all 127.0.0.1/32 trust\n"
         );
         std::fs::write(data.join("pg_hba.conf"), hba).expect("write pg_hba.conf");
@@ -201,6 +205,7 @@ impl PgServer {
              CREATE ROLE {PASSWORD_USER} LOGIN PASSWORD '{PASSWORD_PASSWORD}';\n\
              CREATE ROLE {TRUST_USER} LOGIN;\n\
              CREATE ROLE {TLS_USER} LOGIN;\n\
+             CREATE ROLE {SERVICE_USER} LOGIN REPLICATION;\n\
              GRANT ALL ON SCHEMA public TO {TRUST_USER}, {MD5_USER}, {SCRAM_USER}, {PASSWORD_USER};\n"
         );
         let output = Command::new(self.bin("psql"))

@@ -2,10 +2,6 @@
 //! upstream traffic in every driver style; writes through the proxy are visible at once to every
 //! session; what must not be cached is not; identical concurrent misses go upstream once; the memory
 //! bound holds; the admin commands work.
-//!
-//! The proxies run with the default `replication = required`, so every table here has a primary key:
-//! Veneer refuses to create its FOR ALL TABLES publication while a table lacks a replica identity
-//! (see `replication.rs`), and would then forward every read.
 
 use std::collections::HashSet;
 use std::sync::Arc;

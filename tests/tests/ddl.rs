@@ -1,6 +1,7 @@
 //! DDL and large transactions made outside the proxy: with `veneer setup`'s event trigger, DDL reaches
 //! the replication stream and invalidates what it changed; transactions larger than the server's
-//! logical_decoding_work_mem arrive streamed (pgoutput protocol 2) and invalidate at their commit.
+//! logical_decoding_work_mem invalidate at their commit, whether the server spills them (test_decoding)
+//! or streams them while they run (pgoutput protocol 2, with a publication of the user's).
 //! A test binary of its own: the setup installs the trigger in every database of its server.
 
 use veneer_tests::cache::{
@@ -96,22 +97,26 @@ async fn ddl_made_elsewhere_invalidates_once_set_up() {
     until_seen(&client, tagged, "new1").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_streamed_transaction_of_100k_rows_invalidates_at_its_commit() {
-    let direct = own_database("ddl_big").await;
+/// A transaction of 100,000 rows (and an aborted one of 20,000) made directly in a database of its
+/// own, followed by a proxy with `publication` set or not; returns the database's
+/// `pg_stat_replication_slots` counts of transactions streamed and spilled to disk.
+async fn large_transactions(database: &str, publication: Option<&str>) -> (i64, i64) {
+    let direct = own_database(database).await;
     direct
         .batch_execute(
             "SET synchronous_commit = on;
-             CREATE TABLE big (id int PRIMARY KEY, v int); INSERT INTO big VALUES (0, 0);",
+             CREATE TABLE big (id int PRIMARY KEY, v int); INSERT INTO big VALUES (0, 0);
+             CREATE PUBLICATION big_only FOR TABLE big;",
         )
         .await
         .unwrap();
-    let proxy = ProxyHandle::start().await;
-    let client = connect(&on(proxy.addr(), "ddl_big")).await.unwrap();
-    wait_database_cached(&client, "ddl_big").await;
+    let publication = publication.map(str::to_owned);
+    let proxy = ProxyHandle::start_with(|s| s.publication = publication).await;
+    let client = connect(&on(proxy.addr(), database)).await.unwrap();
+    wait_database_cached(&client, database).await;
     let count = "SELECT count(*) FROM big";
     assert_eq!(first(&client, count).await.as_deref(), Some("1"));
-    // An aborted streamed transaction changes nothing.
+    // An aborted transaction changes nothing.
     direct
         .batch_execute(
             "BEGIN; INSERT INTO big SELECT g, g FROM generate_series(1, 20000) g; ROLLBACK",
@@ -123,17 +128,7 @@ async fn a_streamed_transaction_of_100k_rows_invalidates_at_its_commit() {
         .await
         .unwrap();
     until_seen(&client, count, "100001").await;
-    let streamed: i64 = scalar(
-        &direct,
-        "SELECT coalesce(sum(stream_txns), 0)::int8 FROM pg_stat_replication_slots \
-         WHERE slot_name IN (SELECT slot_name FROM pg_replication_slots WHERE database = 'ddl_big')",
-    )
-    .await;
-    assert!(
-        streamed >= 1,
-        "the transactions were not streamed in progress"
-    );
-    let replication = status(&client).await["replication ddl_big"].clone();
+    let replication = status(&client).await[&format!("replication {database}")].clone();
     let rows: u64 = replication
         .split(" rows applied")
         .next()
@@ -141,4 +136,31 @@ async fn a_streamed_transaction_of_100k_rows_invalidates_at_its_commit() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("{replication}"));
     assert!(rows >= 100_000, "{replication}");
+    let row = direct
+        .query_one(
+            "SELECT coalesce(sum(stream_txns), 0)::int8, coalesce(sum(spill_txns), 0)::int8 \
+             FROM pg_stat_replication_slots WHERE slot_name IN \
+               (SELECT slot_name FROM pg_replication_slots WHERE database = $1)",
+            &[&database],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_transaction_invalidates_at_its_commit() {
+    // test_decoding gets a transaction whole at its commit: the server spills a large one to disk.
+    let (_, spilled) = large_transactions("ddl_big", None).await;
+    assert!(spilled >= 1, "the transaction was not spilled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_transaction_of_a_chosen_publication_invalidates_at_its_commit() {
+    // pgoutput protocol 2 streams it while it runs.
+    let (streamed, _) = large_transactions("ddl_big_streamed", Some("big_only")).await;
+    assert!(
+        streamed >= 1,
+        "the transactions were not streamed in progress"
+    );
 }

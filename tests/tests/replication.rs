@@ -214,14 +214,16 @@ async fn temporary_slots_go_with_the_proxy() {
     let slots =
         "SELECT count(*) FROM pg_replication_slots WHERE database = 'repl_slots' AND temporary";
     assert_eq!(scalar::<i64>(&direct, slots).await, 1);
-    let published: i64 = scalar(
+    let plugin: String = scalar(
         &direct,
-        "SELECT count(*) FROM pg_publication WHERE pubname = 'veneer' AND puballtables",
+        "SELECT plugin::text FROM pg_replication_slots WHERE database = 'repl_slots'",
     )
     .await;
+    assert_eq!(plugin, "test_decoding");
+    let publications: i64 = scalar(&direct, "SELECT count(*) FROM pg_publication").await;
     assert_eq!(
-        published, 1,
-        "the publication was not created FOR ALL TABLES"
+        publications, 0,
+        "Veneer follows writes without a publication"
     );
     drop(client);
     proxy.shutdown().await.unwrap();
@@ -232,50 +234,18 @@ async fn temporary_slots_go_with_the_proxy() {
     assert!(released, "the proxy's temporary slot outlived it");
 }
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_publication_is_created_that_would_break_writes() {
-    let admin = own_database("repl_unidentified").await;
-    admin
-        .batch_execute("CREATE TABLE no_key (v int); INSERT INTO no_key VALUES (1)")
-        .await
-        .unwrap();
-    let proxy = ProxyHandle::start().await;
-    let client = connect(&on(proxy.addr(), "repl_unidentified"))
-        .await
-        .unwrap();
-    let key = "database repl_unidentified";
-    let refused = wait_for(Duration::from_secs(20), || async {
-        status(&client)
-            .await
-            .get(key)
-            .is_some_and(|s| s.contains("public.no_key"))
-    })
-    .await;
-    assert!(refused, "{:?}", status(&client).await);
-    assert!(
-        status(&client).await[key].starts_with("forwarded"),
-        "reads must be forwarded meanwhile"
-    );
-    // The application's writes keep working: no publication was made behind its back.
-    admin
-        .batch_execute("UPDATE no_key SET v = 2")
-        .await
-        .unwrap();
-    let publications: i64 = scalar(&admin, "SELECT count(*) FROM pg_publication").await;
-    assert_eq!(publications, 0);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tables_outside_a_chosen_publication_are_reported_as_ttl_only() {
     let direct = own_database("repl_subset").await;
     direct
         .batch_execute(
             "CREATE TABLE t_in (id int PRIMARY KEY, v int); INSERT INTO t_in VALUES (1, 0);
              CREATE TABLE t_out (id int PRIMARY KEY, v int); INSERT INTO t_out VALUES (1, 0);
-             CREATE PUBLICATION veneer FOR TABLE t_in",
+             CREATE PUBLICATION chosen FOR TABLE t_in",
         )
         .await
         .unwrap();
-    let proxy = ProxyHandle::start().await;
+    let chosen = |s: &mut veneer_config::Settings| s.publication = Some("chosen".to_owned());
+    let proxy = ProxyHandle::start_with(chosen).await;
     let client = connect(&on(proxy.addr(), "repl_subset")).await.unwrap();
     wait_database_cached(&client, "repl_subset").await;
     let (inside, outside) = (
@@ -300,10 +270,10 @@ async fn tables_outside_a_chosen_publication_are_reported_as_ttl_only() {
     proxy.shutdown().await.unwrap();
     // A publication that leaves out some kind of change misses it for every table.
     direct
-        .batch_execute("ALTER PUBLICATION veneer SET (publish = 'insert, delete, truncate')")
+        .batch_execute("ALTER PUBLICATION chosen SET (publish = 'insert, delete, truncate')")
         .await
         .unwrap();
-    let proxy = ProxyHandle::start().await;
+    let proxy = ProxyHandle::start_with(chosen).await;
     let client = connect(&on(proxy.addr(), "repl_subset")).await.unwrap();
     wait_database_cached(&client, "repl_subset").await;
     first(&client, inside).await;

@@ -6,9 +6,12 @@
 //! schema: whatever the session's search_path resolves a name to, the verdict covers it.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use veneer_config::Config;
 use veneer_invalidation::rows::KeyType;
+pub use veneer_invalidation::rows::RowKeys;
+use veneer_invalidation::test_decoding::TableKeys;
 
 use super::classify::Name;
 use crate::error::Error;
@@ -49,21 +52,13 @@ pub struct Catalog {
     /// Foreign keys that change the referencing rows (ON DELETE or ON UPDATE CASCADE, SET NULL or
     /// SET DEFAULT): each referenced table maps to its referencing ones.
     cascades: HashMap<String, Vec<String>>,
-    /// How point lookups of each table are keyed (`None` for a name held by several tables).
-    keys: HashMap<String, Option<RowKeys>>,
+    /// How point lookups of each ordinary permanent table are keyed (`None` when they are not: no
+    /// usable replica identity, or a name held by several tables).
+    keys: HashMap<String, Option<Arc<RowKeys>>>,
     /// Partitioning and inheritance trees: each member's name maps to every member's. The stream
     /// reports a change under the partition (or the root) that holds the row, while a query may
     /// read any member, so a read of one depends on all of them.
     families: HashMap<String, Vec<String>>,
-}
-
-/// Which columns key a table's rows for point lookups, as the replication stream reports them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RowKeys {
-    /// The replica identity's columns (the primary key, or the identity index) together, by name.
-    Together(Vec<(String, KeyType)>),
-    /// Any one of these columns (REPLICA IDENTITY FULL: every change carries whole rows).
-    Each(Vec<(String, KeyType)>),
 }
 
 /// Built-in STABLE functions whose result changes without any write: the clock, the session's own
@@ -229,7 +224,8 @@ impl Catalog {
             let key: Vec<&KeyColumn> = columns.iter().filter(|c| c.key).collect();
             let typed: Option<Vec<_>> = key.iter().map(|c| usable(c)).collect();
             typed.filter(|t| !t.is_empty()).map(RowKeys::Together)
-        };
+        }
+        .map(Arc::new);
         let merged = if self.keys.contains_key(&name) {
             None
         } else {
@@ -258,7 +254,17 @@ impl Catalog {
 
     /// How point lookups of table `name` are keyed, if they can be.
     pub fn row_keys(&self, name: &Name) -> Option<&RowKeys> {
-        self.keys.get(&name.name)?.as_ref()
+        self.keys.get(&name.name)?.as_deref()
+    }
+
+    /// How the rows of table `name` are keyed, as the replication stream's decoder asks: the same
+    /// answer point lookups are planned from.
+    pub fn table_keys(&self, name: &str) -> TableKeys {
+        match self.keys.get(name) {
+            None => TableKeys::Unknown,
+            Some(None) => TableKeys::Unkeyed,
+            Some(Some(keys)) => TableKeys::Keyed(Arc::clone(keys)),
+        }
     }
 
     /// Every table whose changes can show in a read of `name`: itself, and the rest of its

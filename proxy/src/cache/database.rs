@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{watch, Notify};
 use veneer_config::{CacheConfig, Replication, RuleTarget, Ttl};
+use veneer_invalidation::test_decoding::TableKeys;
 use veneer_invalidation::{Dependencies, Generations, TableGeneration};
 
 use super::catalog::{Catalog, Function, Relation, RowKeys};
@@ -266,6 +267,15 @@ impl Database {
             .collect();
         outside.sort();
         outside
+    }
+
+    /// How the rows of table `name` are keyed in the catalog snapshot (unknown while none is
+    /// installed), for the replication stream to read the keys of changed rows.
+    pub fn table_keys(&self, name: &str) -> TableKeys {
+        match self.catalog.read().expect("not poisoned").as_deref() {
+            Some(catalog) => catalog.table_keys(name),
+            None => TableKeys::Unknown,
+        }
     }
 
     /// Whether a catalog snapshot is installed.

@@ -14,7 +14,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
-use veneer_invalidation::replication::{self, Commit, Ddl, Login, Progress, Resumed, Sink};
+use veneer_invalidation::commit::{Commit, Ddl};
+use veneer_invalidation::replication::{self, Login, Plugin, Progress, Resumed, Sink};
+use veneer_invalidation::test_decoding::{KeySource, TableKeys};
 use veneer_invalidation::Source;
 
 use super::database::{Database, Listener};
@@ -53,6 +55,12 @@ impl Apply<'_> {
             self.db.set_listener(Listener::Streaming);
             tracing::info!(database = %self.db.name, "replication stream caught up with its backlog");
         }
+    }
+}
+
+impl KeySource for Apply<'_> {
+    fn row_keys(&self, name: &str) -> TableKeys {
+        self.db.table_keys(name)
     }
 }
 
@@ -120,6 +128,14 @@ impl Sink for Apply<'_> {
             .behind(progress.server_end.saturating_sub(progress.applied));
         self.db.fence.applied(progress.applied);
         self.caught_up();
+    }
+
+    fn note(&mut self, warning: bool, message: String) {
+        if warning {
+            tracing::warn!(database = %self.db.name, "{message}");
+        } else {
+            tracing::info!(database = %self.db.name, "{message}");
+        }
     }
 }
 
@@ -189,7 +205,12 @@ async fn run(cache: &Cache, db: &Database) -> Result<(), String> {
         user: cache.service.service_user.clone(),
         password: cache.service.service_password.clone(),
         database: db.name.clone(),
-        publication: cache.config.publication.clone(),
+        plugin: match &cache.config.publication {
+            Some(publication) => Plugin::Pgoutput {
+                publication: publication.clone(),
+            },
+            None => Plugin::TestDecoding,
+        },
         slot: match permanent {
             Some(prefix) => permanent_slot(prefix, &db.name),
             None => format!(
@@ -228,7 +249,7 @@ async fn run(cache: &Cache, db: &Database) -> Result<(), String> {
 /// The name of the permanent slot of `database`: `<prefix>_<database>`, with characters a slot name
 /// cannot hold replaced and, when any were (or the name was cut short), a hash of the full name
 /// appended so that distinct databases keep distinct slots.
-fn permanent_slot(prefix: &str, database: &str) -> String {
+pub(crate) fn permanent_slot(prefix: &str, database: &str) -> String {
     const MAX_DATABASE: usize = 24;
     let cleaned: String = database
         .chars()

@@ -10,6 +10,7 @@ mod demand;
 pub mod digest;
 pub mod fence;
 mod follow;
+pub(crate) use follow::permanent_slot;
 pub mod point;
 mod service;
 mod slot;
