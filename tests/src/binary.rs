@@ -125,6 +125,23 @@ pub async fn run_veneer(args: &[&str], env: &[(&str, &str)]) -> ToolOutput {
     }
 }
 
+/// Runs `veneer <command> [args]` (`setup`, `uninstall`) against the test server as its superuser, as
+/// an operator would, and fails the test unless it succeeds.
+pub async fn operate(command: &str, args: &[&str]) -> ToolOutput {
+    let upstream = format!("127.0.0.1:{}", crate::pg().port());
+    let mut all = vec![
+        command,
+        "--upstream",
+        &upstream,
+        "--service-user",
+        crate::SUPERUSER,
+    ];
+    all.extend_from_slice(args);
+    let output = run_veneer(&all, &[]).await;
+    output.assert_success(&format!("veneer {command}"));
+    output
+}
+
 /// A running `veneer` serving the test server, with its output collected line by line.
 #[derive(Debug)]
 pub struct VeneerProcess {

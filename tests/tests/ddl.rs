@@ -11,19 +11,7 @@ use veneer_tests::*;
 
 /// Runs `veneer setup` against the test server, as a user would.
 async fn setup() {
-    let upstream = format!("127.0.0.1:{}", pg().port());
-    let output = binary::run_veneer(
-        &[
-            "setup",
-            "--upstream",
-            &upstream,
-            "--service-user",
-            SUPERUSER,
-        ],
-        &[],
-    )
-    .await;
-    output.assert_success("veneer setup");
+    let output = binary::operate("setup", &[]).await;
     for database in ["ddl_db", "template1"] {
         assert!(
             output
