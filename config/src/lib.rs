@@ -61,10 +61,11 @@ pub struct Settings {
     #[arg(long, env = "VENEER_CONNECT_TIMEOUT", value_name = "DURATION")]
     pub connect_timeout: Option<Millis>,
 
-    /// How long the upstream connection of a client that logged out cleanly, after a login the server
-    /// accepted without a password (trust), is kept open for the next client with the same startup
-    /// parameters; it is reset with DISCARD ALL first. 0 closes every upstream connection with its
-    /// client [default: 60s].
+    /// Opt-in reuse of server sessions: how long the upstream connection of a client that logged out
+    /// cleanly, after a login the server accepted without a password (trust), is kept open for the
+    /// next client with the same startup parameters; it is reset with DISCARD ALL first, but a
+    /// reused session differs from a new one in ways a client can observe (see the README). 0 gives
+    /// every client a new server session of its own, as it would get directly [default: 0s].
     #[arg(long, env = "VENEER_POOL_IDLE_TIMEOUT", value_name = "DURATION")]
     pub pool_idle_timeout: Option<Millis>,
 
@@ -376,9 +377,7 @@ impl Config {
             upstream_tls: s.upstream_tls.unwrap_or(UpstreamTls::Prefer),
             upstream_tls_root_cert: s.upstream_tls_root_cert,
             connect_timeout: s.connect_timeout.map_or(Duration::from_secs(5), Into::into),
-            pool_idle_timeout: s
-                .pool_idle_timeout
-                .map_or(Duration::from_secs(60), Into::into),
+            pool_idle_timeout: s.pool_idle_timeout.map_or(Duration::ZERO, Into::into),
             client_tls,
             max_client_connections: s.max_client_connections.unwrap_or(1000),
             max_message_bytes: s.max_message_bytes.unwrap_or(64 << 20),

@@ -560,9 +560,10 @@ impl Session {
         let _ = self.upstream_wr.shutdown().await;
     }
 
-    /// Whether the upstream connection can serve another client of the same login once reset: the
-    /// client said Terminate with nothing in flight or unsettled, after a login the server accepted
-    /// unasked, while the proxy keeps serving.
+    /// Whether the upstream connection can serve another client of the same login once reset (when
+    /// the operator opted into reuse): the client said Terminate with nothing in flight or
+    /// unsettled, after a login the server accepted unasked, without creating temporary objects,
+    /// while the proxy keeps serving.
     fn may_keep_upstream(&self, end: &End, phase: Phase) -> bool {
         self.shared.pool.enabled()
             && matches!(end, End::ClientClosed)
@@ -571,6 +572,7 @@ impl Session {
             && !self.replication
             && !self.challenged
             && self.state.backend_key.is_some()
+            && !self.state.used_temp
             && self.state.is_idle()
             && self.to_upstream.is_empty()
             && self.upstream_buf.is_empty()

@@ -186,6 +186,9 @@ pub struct SessionState {
     pub portals: NameMap<Option<Arc<PreparedStatement>>>,
     /// Whether the session may have temporary tables.
     pub temp_tables: bool,
+    /// Whether the session ever created temporary objects: its backend then has a temporary
+    /// namespace, which outlives DISCARD ALL, so it is never handed to another client.
+    pub used_temp: bool,
     /// The upstream's key for CancelRequests (BackendKeyData body).
     pub backend_key: Option<Bytes>,
     pending: VecDeque<Pending>,
@@ -207,6 +210,7 @@ impl Default for SessionState {
             statements: NameMap::default(),
             portals: NameMap::default(),
             temp_tables: false,
+            used_temp: false,
             backend_key: None,
             pending: VecDeque::new(),
             error_since_ready: false,
@@ -429,6 +433,7 @@ impl SessionState {
     fn note_sent(&mut self, effect: &Effect) {
         if *effect == Effect::CreatesTemp {
             self.temp_tables = true;
+            self.used_temp = true;
         }
     }
 
