@@ -47,7 +47,7 @@ versions_line() {
   has_target pgbouncer && v+=", PgBouncer $(pgbouncer --version | awk 'NR == 1 {print $2}')"
   has_target pgpool && v+=", Pgpool-II $(pgpool --version 2>&1 | awk '{print $3}')"
   has_target redis && v+=", Redis $(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p')"
-  if has_target veneer || has_target veneer-table || has_target passthrough; then
+  if has_target veneer || has_target veneer-table || has_target veneer-reuse || has_target passthrough; then
     v+=", Veneer at $VENEER_REV"
   fi
   echo "$v"

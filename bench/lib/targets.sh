@@ -190,6 +190,7 @@ start_target() {
     direct) ;;
     veneer) start_veneer veneer --cache-default-ttl 1h ;;
     veneer-table) start_veneer veneer-table --cache-default-ttl 1h --cache-row-keys false ;;
+    veneer-reuse) start_veneer veneer-reuse --cache-default-ttl 1h --pool-idle-timeout 60s ;;
     passthrough) start_veneer passthrough --cache false ;;
     pgbouncer) start_pgbouncer ;;
     pgpool) start_pgpool ;;
@@ -211,6 +212,7 @@ target_label() {
     direct) echo "direct" ;;
     veneer) echo "Veneer (cache)" ;;
     veneer-table) echo "Veneer (cache, table-level)" ;;
+    veneer-reuse) echo "Veneer (cache, server sessions reused)" ;;
     passthrough) echo "Veneer (cache off)" ;;
     pgbouncer) echo "PgBouncer (session)" ;;
     pgpool) echo "Pgpool-II (query cache)" ;;
@@ -228,11 +230,11 @@ target_needs() {
 }
 
 # caching TARGET: whether the target answers reads from a cache of its own.
-caching() { [[ $1 == veneer || $1 == veneer-table || $1 == pgpool ]]; }
+caching() { [[ $1 == veneer || $1 == veneer-table || $1 == veneer-reuse || $1 == pgpool ]]; }
 
 # streaming TARGET: whether the target follows the database's replication stream (a walsender on the
 # server decodes every commit for it, and the target applies it).
-streaming() { [[ $1 == veneer || $1 == veneer-table ]]; }
+streaming() { [[ $1 == veneer || $1 == veneer-table || $1 == veneer-reuse ]]; }
 
 # pause_streams TARGET: stops (SIGSTOP) every streaming target but TARGET, so that a run carries only
 # the stream its target would carry in production. A paused Veneer's walsender blocks once the
@@ -270,8 +272,16 @@ resume_streams() {
 # sync_marker TARGET: the marker row as TARGET serves it.
 sync_marker() { psql_at "${TARGET_PORT[$1]}" -c 'SELECT n FROM bench_sync WHERE id = 1'; }
 
-# serves WORKLOAD TARGET: whether the target runs the workload (Redis only stands beside point reads).
-serves() { [[ $2 != redis || $1 == point-* ]]; }
+# serves WORKLOAD TARGET: whether the target runs the workload. Redis only stands beside point reads;
+# Veneer with server sessions reused (opt-in: pool_idle_timeout) differs from the default only where
+# connections come and go.
+serves() {
+  case $2 in
+    redis) [[ $1 == point-* ]] ;;
+    veneer-reuse) [[ $1 == churn ]] ;;
+    *) true ;;
+  esac
+}
 
 # Whether a target's port speaks the Postgres protocol.
 speaks_postgres() { [[ $1 != redis ]]; }

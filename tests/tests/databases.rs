@@ -226,3 +226,40 @@ async fn a_database_dropped_and_recreated_through_the_proxy_serves_nothing_old()
         Some(DATABASE)
     );
 }
+
+/// The README's remedy for dropping, directly on the server, a database Veneer follows: the plain
+/// drop fails with the error the README quotes; ending the stream and dropping WITH (FORCE) at once
+/// succeeds while the database still has a client through Veneer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_followed_database_can_be_dropped_directly_as_the_readme_says() {
+    let direct_own = database_with_items("dropped_directly", "x").await;
+    drop(direct_own);
+    let proxy = ProxyHandle::start().await;
+    let attached = connect(&on(proxy.addr(), "dropped_directly"))
+        .await
+        .unwrap();
+    wait_database_cached(&attached, "dropped_directly").await;
+    let direct = direct_admin().await;
+    let refused = direct
+        .batch_execute("DROP DATABASE dropped_directly")
+        .await
+        .expect_err("Postgres refuses while the stream is active");
+    let db = refused.as_db_error().expect("a server error");
+    assert_eq!(
+        db.message(),
+        "database \"dropped_directly\" is used by an active logical replication slot"
+    );
+    assert_eq!(db.detail(), Some("There is 1 active slot."));
+    // Two statements, as psql sends the README's two lines (DROP DATABASE refuses a block).
+    for sql in [
+        "SELECT pg_terminate_backend(active_pid, 5000) FROM pg_replication_slots \
+           WHERE database = 'dropped_directly'",
+        "DROP DATABASE dropped_directly WITH (FORCE)",
+    ] {
+        direct
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("the README's remedy failed: {sql}: {e:?}"));
+    }
+    assert_eq!(slots(&direct, "dropped_directly").await, 0);
+}
