@@ -274,7 +274,8 @@ impl SessionState {
     /// Follows one complete frontend message (`body` without tag and length).
     pub fn on_frontend(&mut self, tag: u8, body: &Bytes) {
         match tag {
-            b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => self.run_open = true,
+            // A Flush asks for what is pending without ending the run: it opens none.
+            b'P' | b'B' | b'D' | b'E' | b'C' => self.run_open = true,
             b'S' | b'Q' | b'F' => self.run_open = false,
             _ => {}
         }

@@ -1,0 +1,103 @@
+"""Compares the runs of tests/differential/run and writes its report (Markdown, on stdout).
+
+Each suite ran three times on identically initialized servers: directly twice (direct-1, direct-2) and
+through Veneer. A test (by its JUnit outcome) or a SQL file (by its whole output) is
+
+- identical when the Veneer run gives what direct-1 gives;
+- varying when the two direct runs already differ: Postgres itself varies there from run to run;
+- a Veneer difference otherwise.
+
+Exit status 1 when any Veneer difference was found.
+"""
+
+import argparse
+import difflib
+import pathlib
+import sys
+import xml.etree.ElementTree as ET
+
+RUNS = ("direct-1", "direct-2", "veneer")
+
+
+def outcomes(path):
+    """Test id -> outcome (passed, failed, error, skipped) of one JUnit file."""
+    result = {}
+    for case in ET.parse(path).getroot().iter("testcase"):
+        test = f"{case.get('classname')}::{case.get('name')}"
+        outcome = "passed"
+        for child in case:
+            if child.tag in ("failure", "error", "skipped"):
+                outcome = child.tag
+                break
+        result[test] = outcome
+    return result
+
+
+def sql_outputs(directory):
+    """File name -> its psql output."""
+    return {p.name: p.read_text(errors="replace") for p in sorted(directory.glob("*.out"))}
+
+
+def classify(runs):
+    """Splits the items of three runs (dicts item -> result) into identical, varying and veneer."""
+    first, second, veneer = runs
+    identical, varying, different = [], [], []
+    for item in sorted(set(first) | set(veneer)):
+        if first.get(item) == veneer.get(item):
+            identical.append(item)
+        elif first.get(item) != second.get(item):
+            varying.append(item)
+        else:
+            different.append(item)
+    return identical, varying, different
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=pathlib.Path, required=True)
+    parser.add_argument("--suites", required=True)
+    parser.add_argument("--veneer", default="unknown")
+    parser.add_argument("--share", default="100")
+    parser.add_argument("--seed", default="1")
+    args = parser.parse_args()
+
+    print("# Differential transparency: the same suites directly and through Veneer\n")
+    print(f"Veneer {args.veneer}; see tests/differential/run for how the runs are made.\n")
+    print("| suite | items | identical through Veneer | varying between two direct runs | Veneer differences |")
+    print("|---|---:|---:|---:|---:|")
+    details = []
+    found = False
+    for suite in args.suites.split():
+        if suite == "regress":
+            runs = [sql_outputs(args.runs / f"{suite}-{r}") for r in RUNS]
+            unit = f"SQL files (share {args.share} %, seed {args.seed})"
+        else:
+            runs = [outcomes(args.runs / f"{suite}-{r}.xml") for r in RUNS]
+            unit = "tests"
+        identical, varying, different = classify(runs)
+        found |= bool(different)
+        total = len(set(runs[0]) | set(runs[2]))
+        print(f"| {suite} | {total} {unit} | {len(identical)} | {len(varying)} | {len(different)} |")
+        for kind, items in (("varies between direct runs", varying), ("differs through Veneer", different)):
+            for item in items:
+                details.append((suite, kind, item, runs))
+    for suite, kind, item, runs in details:
+        print(f"\n## {suite}: {item} ({kind})\n")
+        first, second, veneer = (r.get(item, "(absent)") for r in runs)
+        if suite != "regress":
+            print(f"direct-1: {first}; direct-2: {second}; Veneer: {veneer}")
+            continue
+        diff = difflib.unified_diff(
+            first.splitlines(), veneer.splitlines(), "direct-1", "veneer", lineterm="", n=1
+        )
+        lines = list(diff)
+        print("```diff")
+        print("\n".join(lines[:60]))
+        if len(lines) > 60:
+            print(f"... {len(lines) - 60} more lines")
+        print("```")
+    return 1 if found else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
