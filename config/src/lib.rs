@@ -157,6 +157,12 @@ pub struct Settings {
     #[arg(long, env = "VENEER_REPLICATION", value_name = "MODE")]
     pub replication: Option<Replication>,
 
+    /// Share of cache hits asked again upstream, off the client's path, and compared with what was
+    /// served (0 to 1, e.g. 0.001): mismatches are counted and logged. Needs service_user to be a
+    /// superuser or a member of the clients' roles [default: 0, off].
+    #[arg(long, env = "VENEER_VERIFY_SAMPLE", value_name = "SHARE")]
+    pub verify_sample: Option<f64>,
+
     /// A publication of yours for the replication stream to follow with pgoutput, instead of every
     /// table's changes with test_decoding; Veneer never creates one. Tables outside it are cached with
     /// their TTL only [default: none, test_decoding].
@@ -280,6 +286,8 @@ pub struct CacheConfig {
     pub row_keys: bool,
     /// Following writes made elsewhere.
     pub replication: Replication,
+    /// Share of hits checked against the server.
+    pub verify_sample: f64,
     /// The user's publication followed with pgoutput; `None` follows every table with test_decoding.
     pub publication: Option<String>,
     /// Prefix of permanent slots' names; `None` for temporary slots.
@@ -398,6 +406,7 @@ impl Config {
                 read_only_transactions: s.cache_read_only_transactions.unwrap_or(false),
                 row_keys: s.cache_row_keys.unwrap_or(true),
                 replication: s.replication.unwrap_or(Replication::Required),
+                verify_sample: s.verify_sample.unwrap_or(0.0),
                 publication: s.publication,
                 replication_slot: s.replication_slot,
                 replication_listeners: s.replication_listeners.unwrap_or(4),
@@ -445,6 +454,9 @@ impl Config {
             return Err(invalid("workers", "must be at least 1"));
         }
         if let Some(cache) = &self.cache {
+            if !(0.0..=1.0).contains(&cache.verify_sample) {
+                return Err(invalid("verify_sample", "must be a share from 0 to 1"));
+            }
             if cache.default_ttl.is_zero() {
                 return Err(invalid("cache_default_ttl", "must be longer than 0"));
             }
@@ -514,6 +526,7 @@ impl Settings {
             cache_rules: non_empty_or(self.cache_rules, lower.cache_rules),
             catalog_refresh: self.catalog_refresh.or(lower.catalog_refresh),
             replication: self.replication.or(lower.replication),
+            verify_sample: self.verify_sample.or(lower.verify_sample),
             publication: self.publication.or(lower.publication),
             replication_slot: self.replication_slot.or(lower.replication_slot),
             replication_listeners: self.replication_listeners.or(lower.replication_listeners),

@@ -11,6 +11,7 @@
 //! WAL (commit LSNs), which every proxy following the same stream computes alike.
 
 pub mod commit;
+pub mod conn;
 pub mod pgoutput;
 pub mod replication;
 pub mod rows;

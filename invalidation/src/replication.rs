@@ -11,17 +11,16 @@
 //! identity, for every client. On each start it drops the `FOR ALL TABLES` publication older Veneers
 //! created, and reports (never touches) one a user made.
 
-use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
-use postgres_protocol::authentication::{md5_hash, sasl};
+use bytes::{Buf, BufMut};
 use postgres_protocol::escape::{escape_identifier, escape_literal};
-use postgres_protocol::message::{backend, frontend};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
 use crate::commit::Commit;
+use crate::conn::{column, server_error, Conn, Error};
 use crate::pgoutput;
 use crate::test_decoding::{self, KeySource};
 
@@ -116,88 +115,6 @@ pub struct Progress {
     pub applied: u64,
 }
 
-/// Why following the stream stopped.
-#[derive(Debug)]
-pub enum ReplicationError {
-    /// The connection failed.
-    Io(std::io::Error),
-    /// The server refused something, with its SQLSTATE and message.
-    Server {
-        /// SQLSTATE.
-        code: String,
-        /// The server's message.
-        message: String,
-        /// What the session was doing.
-        during: &'static str,
-    },
-    /// The server sent something this session does not understand.
-    Protocol(String),
-    /// The database is not set up for following it, and setting it up would harm it.
-    Setup(String),
-}
-
-impl fmt::Display for ReplicationError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ReplicationError::Io(e) => write!(f, "replication connection failed: {e}"),
-            ReplicationError::Server {
-                code,
-                message,
-                during,
-            } => {
-                write!(f, "server refused {during}: {message} (SQLSTATE {code})")?;
-                match hint(code, message) {
-                    Some(hint) => write!(f, "; {hint}"),
-                    None => Ok(()),
-                }
-            }
-            ReplicationError::Protocol(what) => write!(f, "replication protocol: {what}"),
-            ReplicationError::Setup(what) => f.write_str(what),
-        }
-    }
-}
-
-impl std::error::Error for ReplicationError {}
-
-/// What to do about the refusals a setup can cause.
-fn hint(code: &str, message: &str) -> Option<&'static str> {
-    Some(match code {
-        "55000" if message.contains("wal_level") => {
-            "set wal_level = logical in postgresql.conf and restart Postgres"
-        }
-        "58P01" if message.contains("test_decoding") => {
-            "the server lacks the test_decoding plugin: install PostgreSQL's contrib package, or \
-             set publication to follow a publication you made with pgoutput"
-        }
-        "42501" => "service_user needs the REPLICATION attribute: ALTER ROLE <service_user> REPLICATION",
-        "53400" => {
-            "all replication slots are in use: raise max_replication_slots on the server or lower \
-             replication_listeners"
-        }
-        "53300" => {
-            "all WAL senders are in use: raise max_wal_senders on the server or lower \
-             replication_listeners"
-        }
-        "28000" if message.contains("pg_hba.conf") => {
-            "pg_hba.conf must allow service_user to connect to this database (a replication=database \
-             connection matches the database's own name)"
-        }
-        _ => return None,
-    })
-}
-
-impl From<std::io::Error> for ReplicationError {
-    fn from(e: std::io::Error) -> Self {
-        ReplicationError::Io(e)
-    }
-}
-
-impl From<pgoutput::DecodeError> for ReplicationError {
-    fn from(e: pgoutput::DecodeError) -> Self {
-        ReplicationError::Protocol(e.to_string())
-    }
-}
-
 /// What the stream reports to its owner, and where its decoder learns which columns key rows.
 pub trait Sink: KeySource {
     /// Streaming has started: changes from here on will be reported. `published` lists the tables
@@ -230,18 +147,21 @@ pub async fn follow<S, K>(
     sink: &mut K,
     stop: impl std::future::Future<Output = ()>,
     wanted: watch::Receiver<u64>,
-) -> Result<(), ReplicationError>
+) -> Result<(), Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     K: Sink,
 {
-    let mut conn = Conn {
-        stream,
-        buf: BytesMut::with_capacity(64 * 1024),
-        out: BytesMut::new(),
-        server_major: 0,
-    };
-    conn.login(login).await?;
+    let mut conn = Conn::new(stream);
+    let params = [
+        ("database", login.database.as_str()),
+        ("replication", "database"),
+        ("application_name", "veneer replication"),
+        // Commit times are printed in the session's time zone.
+        ("TimeZone", "UTC"),
+    ];
+    conn.login(&login.user, login.password.as_deref(), &params)
+        .await?;
     let published = match &login.plugin {
         Plugin::TestDecoding => None,
         Plugin::Pgoutput { publication } => conn.published_tables(publication, sink).await?,
@@ -287,7 +207,7 @@ where
             b'E' => return Err(server_error(&body, "starting replication")),
             b'N' | b'S' => {}
             other => {
-                return Err(ReplicationError::Protocol(format!(
+                return Err(Error::Protocol(format!(
                     "expected CopyBothResponse, got '{}'",
                     other as char
                 )))
@@ -307,7 +227,7 @@ where
         .await?;
     match tokio::time::timeout(CLOSE_TIMEOUT, conn.close(&login.slot)).await {
         Ok(closed) => closed,
-        Err(_) => Err(ReplicationError::Protocol(format!(
+        Err(_) => Err(Error::Protocol(format!(
             "the server did not end the stream within {CLOSE_TIMEOUT:?}; slot {} is dropped when \
              its connection ends",
             login.slot
@@ -328,7 +248,7 @@ impl Decoder {
         data: &[u8],
         start: u64,
         keys: &dyn KeySource,
-    ) -> Result<Option<Commit>, ReplicationError> {
+    ) -> Result<Option<Commit>, Error> {
         Ok(match self {
             Decoder::Text(decoder) => decoder.apply(data, start, keys),
             Decoder::Pgoutput(decoder) => decoder.apply(data)?,
@@ -343,168 +263,10 @@ impl Decoder {
     }
 }
 
-struct Conn<S> {
-    stream: S,
-    buf: BytesMut,
-    out: BytesMut,
-    /// The server's major version, from its `server_version` parameter.
-    server_major: u32,
-}
-
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
-    async fn flush(&mut self) -> Result<(), ReplicationError> {
-        self.stream.write_all(&self.out).await?;
-        self.out.clear();
-        Ok(())
-    }
-
-    /// The next backend message: tag and body.
-    async fn read(&mut self) -> Result<(u8, Bytes), ReplicationError> {
-        loop {
-            if let Some(header) = backend::Header::parse(&self.buf)? {
-                let total = header.len() as usize + 1;
-                if self.buf.len() >= total {
-                    let mut message = self.buf.split_to(total).freeze();
-                    message.advance(5);
-                    return Ok((header.tag(), message));
-                }
-                self.buf.reserve(total - self.buf.len());
-            }
-            if self.stream.read_buf(&mut self.buf).await? == 0 {
-                return Err(ReplicationError::Io(
-                    std::io::ErrorKind::UnexpectedEof.into(),
-                ));
-            }
-        }
-    }
-
-    async fn login(&mut self, login: &Login) -> Result<(), ReplicationError> {
-        let params = [
-            ("user", login.user.as_str()),
-            ("database", login.database.as_str()),
-            ("replication", "database"),
-            ("application_name", "veneer replication"),
-            // Commit times are printed in the session's time zone.
-            ("TimeZone", "UTC"),
-        ];
-        frontend::startup_message(params, &mut self.out)?;
-        self.flush().await?;
-        let password = login.password.as_deref().unwrap_or("").as_bytes();
-        let mut scram = None;
-        loop {
-            let (tag, body) = self.read().await?;
-            match tag {
-                b'R' => {
-                    let code = body
-                        .get(..4)
-                        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
-                    let data = body.slice(4.min(body.len())..);
-                    match code {
-                        Some(0) => {}
-                        Some(3) => frontend::password_message(password, &mut self.out)?,
-                        Some(5) => {
-                            let salt: [u8; 4] = data
-                                .get(..4)
-                                .and_then(|s| s.try_into().ok())
-                                .ok_or_else(|| {
-                                    ReplicationError::Protocol("md5 request without salt".into())
-                                })?;
-                            let hash = md5_hash(login.user.as_bytes(), password, salt);
-                            frontend::password_message(hash.as_bytes(), &mut self.out)?;
-                        }
-                        Some(10) => {
-                            let offered = data
-                                .split(|&b| b == 0)
-                                .any(|m| m == sasl::SCRAM_SHA_256.as_bytes());
-                            if !offered {
-                                return Err(ReplicationError::Protocol(
-                                    "the server offers no SASL mechanism Veneer supports".into(),
-                                ));
-                            }
-                            let s = sasl::ScramSha256::new(
-                                password,
-                                sasl::ChannelBinding::unsupported(),
-                            );
-                            frontend::sasl_initial_response(
-                                sasl::SCRAM_SHA_256,
-                                s.message(),
-                                &mut self.out,
-                            )?;
-                            scram = Some(s);
-                        }
-                        Some(11) => {
-                            let s = scram.as_mut().ok_or_else(|| {
-                                ReplicationError::Protocol("SASL continue without a start".into())
-                            })?;
-                            s.update(&data)?;
-                            frontend::sasl_response(s.message(), &mut self.out)?;
-                        }
-                        Some(12) => {
-                            let s = scram.as_mut().ok_or_else(|| {
-                                ReplicationError::Protocol("SASL final without a start".into())
-                            })?;
-                            s.finish(&data)?;
-                        }
-                        other => {
-                            return Err(ReplicationError::Protocol(format!(
-                                "unsupported authentication request {other:?}"
-                            )))
-                        }
-                    }
-                    self.flush().await?;
-                }
-                b'E' => return Err(server_error(&body, "the replication login")),
-                b'S' => {
-                    let mut fields = body.split(|&b| b == 0);
-                    if fields.next() == Some(b"server_version") {
-                        self.server_major = fields
-                            .next()
-                            .and_then(|v| std::str::from_utf8(v).ok())
-                            .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next())
-                            .and_then(|major| major.parse().ok())
-                            .unwrap_or(0);
-                    }
-                }
-                b'Z' => return Ok(()),
-                _ => {}
-            }
-        }
-    }
-
-    /// Runs `sql`; returns the first column of its rows.
-    async fn simple(
-        &mut self,
-        sql: &str,
-        during: &'static str,
-    ) -> Result<Vec<Option<String>>, ReplicationError> {
-        let rows = self.rows(sql, during).await?;
-        Ok(rows.iter().map(|row| column(row, 0)).collect())
-    }
-
-    /// Runs `sql`; returns its DataRow bodies.
-    async fn rows(
-        &mut self,
-        sql: &str,
-        during: &'static str,
-    ) -> Result<Vec<Bytes>, ReplicationError> {
-        frontend::query(sql, &mut self.out)?;
-        self.flush().await?;
-        let mut rows = Vec::new();
-        let mut error = None;
-        loop {
-            let (tag, body) = self.read().await?;
-            match tag {
-                b'D' => rows.push(body),
-                b'E' => error = Some(server_error(&body, during)),
-                b'Z' => return error.map_or(Ok(rows), Err),
-                _ => {}
-            }
-        }
-    }
-
     /// Creates the stream's slot; returns its consistent point. Transactions that committed before
     /// it are not streamed.
-    async fn create_slot(&mut self, login: &Login) -> Result<u64, ReplicationError> {
+    async fn create_slot(&mut self, login: &Login) -> Result<u64, Error> {
         let created = self
             .rows(
                 &format!(
@@ -522,16 +284,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             .as_deref()
             .and_then(parse_lsn)
             .ok_or_else(|| {
-                ReplicationError::Protocol(
-                    "CREATE_REPLICATION_SLOT gave no consistent point".into(),
-                )
+                Error::Protocol("CREATE_REPLICATION_SLOT gave no consistent point".into())
             })
     }
 
     /// The permanent slot of `login` as a previous stream left it, if it exists and can be resumed.
     /// A slot of this name that an older Veneer made with another plugin is dropped (it cannot be
     /// resumed with this one), as if it had not been there.
-    async fn existing_slot(&mut self, login: &Login) -> Result<Option<Resumed>, ReplicationError> {
+    async fn existing_slot(&mut self, login: &Login) -> Result<Option<Resumed>, Error> {
         let name = &login.slot;
         let rows = self
             .rows(
@@ -552,13 +312,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let plugin = field(0);
         let veneers = [Plugin::TestDecoding.name(), "pgoutput"];
         if !veneers.contains(&plugin.as_str()) || field(4) != "true" {
-            return Err(ReplicationError::Setup(format!(
+            return Err(Error::Setup(format!(
                 "replication slot {name} exists but is not a slot of Veneer's in this database \
                  (plugin {plugin}): choose another replication_slot prefix"
             )));
         }
         if field(1) == "true" {
-            return Err(ReplicationError::Setup(format!(
+            return Err(Error::Setup(format!(
                 "replication slot {name} is in use by another connection (another proxy with the \
                  same replication_slot prefix?)"
             )));
@@ -571,9 +331,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             .await?;
             return Ok(None);
         }
-        let confirmed = parse_lsn(&field(2)).ok_or_else(|| {
-            ReplicationError::Protocol(format!("slot {name} has no confirmed position"))
-        })?;
+        let confirmed = parse_lsn(&field(2))
+            .ok_or_else(|| Error::Protocol(format!("slot {name} has no confirmed position")))?;
         Ok(Some(Resumed {
             confirmed,
             retained: field(3).parse().unwrap_or(0),
@@ -588,7 +347,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         &mut self,
         login: &Login,
         sink: &mut K,
-    ) -> Result<(), ReplicationError> {
+    ) -> Result<(), Error> {
         let name = LEGACY_PUBLICATION;
         if matches!(&login.plugin, Plugin::Pgoutput { publication } if publication == name) {
             return Ok(());
@@ -637,7 +396,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         &mut self,
         name: &str,
         sink: &mut K,
-    ) -> Result<Option<Vec<String>>, ReplicationError> {
+    ) -> Result<Option<Vec<String>>, Error> {
         let coverage = self
             .simple(
                 &format!(
@@ -651,7 +410,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             .await?;
         match coverage.first().cloned().flatten().as_deref() {
             None => {
-                return Err(ReplicationError::Setup(format!(
+                return Err(Error::Setup(format!(
                     "publication {name} (the publication setting) does not exist: Veneer never \
                      creates one; create it, or leave publication unset to follow every table \
                      with test_decoding, which needs none"
@@ -691,7 +450,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         stop: impl std::future::Future<Output = ()>,
         mut applied: u64,
         mut wanted: watch::Receiver<u64>,
-    ) -> Result<(), ReplicationError> {
+    ) -> Result<(), Error> {
         tokio::pin!(stop);
         let mut last_status = tokio::time::Instant::now();
         let mut asking = true;
@@ -719,11 +478,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             match tag {
                 b'd' => {}
                 b'E' => return Err(server_error(&body, "streaming")),
-                b'c' => {
-                    return Err(ReplicationError::Protocol(
-                        "the server ended the stream".into(),
-                    ))
-                }
+                b'c' => return Err(Error::Protocol("the server ended the stream".into())),
                 _ => continue,
             }
             match body.first() {
@@ -756,7 +511,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     }
                 }
                 _ => {
-                    return Err(ReplicationError::Protocol(format!(
+                    return Err(Error::Protocol(format!(
                         "unexpected CopyData starting with {:?}",
                         body.first()
                     )))
@@ -767,7 +522,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     /// Ends streaming (CopyDone, answered by the server's CopyDone, CommandComplete and
     /// ReadyForQuery), drops the slot and logs out.
-    async fn close(&mut self, slot: &str) -> Result<(), ReplicationError> {
+    async fn close(&mut self, slot: &str) -> Result<(), Error> {
         frontend::copy_done(&mut self.out);
         self.flush().await?;
         loop {
@@ -789,7 +544,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     /// A standby status update: everything up to `lsn` is written, flushed and applied. With `reply`,
     /// the server answers at once with a keepalive that says where it stands.
-    async fn status(&mut self, lsn: u64, reply: bool) -> Result<(), ReplicationError> {
+    async fn status(&mut self, lsn: u64, reply: bool) -> Result<(), Error> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as i64)
@@ -808,18 +563,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 }
 
-/// Column `n` of a DataRow body, as text; `None` for NULL or a short row.
-fn column(body: &[u8], n: usize) -> Option<String> {
-    let mut at = 2;
-    for _ in 0..n {
-        let len = i32::from_be_bytes(body.get(at..at + 4)?.try_into().ok()?);
-        at += 4 + usize::try_from(len).unwrap_or(0);
-    }
-    let len = i32::from_be_bytes(body.get(at..at + 4)?.try_into().ok()?);
-    let value = body.get(at + 4..at + 4 + usize::try_from(len).ok()?)?;
-    Some(String::from_utf8_lossy(value).into_owned())
-}
-
 /// A WAL position from its text form (`16/B374D848`).
 pub fn parse_lsn(text: &str) -> Option<u64> {
     let (high, low) = text.split_once('/')?;
@@ -827,21 +570,4 @@ pub fn parse_lsn(text: &str) -> Option<u64> {
         u64::from(u32::from_str_radix(high, 16).ok()?) << 32
             | u64::from(u32::from_str_radix(low, 16).ok()?),
     )
-}
-
-fn server_error(body: &[u8], during: &'static str) -> ReplicationError {
-    let mut code = String::new();
-    let mut message = String::new();
-    for field in body.split(|&b| b == 0) {
-        match field.split_first() {
-            Some((b'C', v)) => code = String::from_utf8_lossy(v).into_owned(),
-            Some((b'M', v)) => message = String::from_utf8_lossy(v).into_owned(),
-            _ => {}
-        }
-    }
-    ReplicationError::Server {
-        code,
-        message,
-        during,
-    }
 }

@@ -88,6 +88,12 @@ pub struct Meters {
     pub evictions: Counter,
     /// Entries expired at their TTL.
     pub expirations: Counter,
+    /// Hits checked against the server (`verify_sample`), where nothing they read changed meanwhile.
+    pub verify_samples: Tally,
+    /// Checked hits whose answer differed from the server's.
+    pub verify_mismatches: Tally,
+    /// Sampled hits not checked (all reasons; per reason in Prometheus only).
+    pub verify_skips: Tally,
 }
 
 impl Default for Meters {
@@ -111,6 +117,9 @@ impl Default for Meters {
             bytes: gauge!("veneer_cache_bytes"),
             evictions: counter!("veneer_cache_evictions_total"),
             expirations: counter!("veneer_cache_expirations_total"),
+            verify_samples: Tally::new(counter!("veneer_verify_samples_total")),
+            verify_mismatches: Tally::new(counter!("veneer_verify_mismatches_total")),
+            verify_skips: Tally::new(Counter::noop()),
         }
     }
 }
@@ -217,6 +226,12 @@ impl Meters {
     pub fn bypass(&self, reason: &'static str) {
         self.bypasses.add(1);
         counter!("veneer_cache_bypasses_total", "reason" => reason).increment(1);
+    }
+
+    /// A sampled hit that was not checked, and why.
+    pub fn verify_skipped(&self, reason: &'static str) {
+        self.verify_skips.add(1);
+        counter!("veneer_verify_skipped_total", "reason" => reason).increment(1);
     }
 
     /// A bump of generations, by where it came from.

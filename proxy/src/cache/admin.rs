@@ -154,6 +154,12 @@ async fn status(cache: &Cache) -> Vec<Vec<String>> {
         ),
         ("upstream_kept", meters.kept_upstreams.get().to_string()),
         ("upstream_reused", meters.reused_upstreams.get().to_string()),
+        ("verified", meters.verify_samples.get().to_string()),
+        (
+            "verify_mismatches",
+            meters.verify_mismatches.get().to_string(),
+        ),
+        ("verify_skipped", meters.verify_skips.get().to_string()),
     ]
     .into_iter()
     .map(|(k, v)| vec![k.to_owned(), v])

@@ -14,6 +14,7 @@ pub(crate) use follow::permanent_slot;
 pub mod point;
 mod service;
 mod slot;
+pub mod verify;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -86,6 +87,8 @@ pub struct Cache {
     pub started: Instant,
     /// Metric handles.
     pub meters: Arc<Meters>,
+    /// Checks a sample of the hits against the server (`verify_sample`), when on.
+    pub verifier: Option<verify::Verifier>,
     databases: Mutex<HashMap<String, Arc<Database>>>,
     scopes: Mutex<HashMap<Vec<u8>, u64>>,
     next_scope: AtomicU64,
@@ -146,6 +149,8 @@ impl Cache {
     ) -> Cache {
         Cache {
             meters,
+            verifier: (config.verify_sample > 0.0)
+                .then(|| verify::Verifier::new(config.verify_sample)),
             store: Store::new(config.max_bytes),
             digests: Digests::default(),
             started: Instant::now(),

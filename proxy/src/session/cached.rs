@@ -21,7 +21,7 @@ use std::time::Instant;
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::watch;
 use veneer_cache_node::{CacheKey, CacheStore};
-use veneer_invalidation::Source;
+use veneer_invalidation::{Generations, Source};
 
 use super::state::{NameMap, PreparedStatement, TxStatus};
 use super::Session;
@@ -30,6 +30,7 @@ use crate::cache::database::{Action, Attached, Bump, Database, Plan};
 use crate::cache::digest::{Digest, Shape};
 use crate::cache::fence::Wait;
 use crate::cache::point::{Bind, Declared, Values};
+use crate::cache::verify::{self, Sample};
 use crate::cache::{Cache, DatabaseHold, Flight, FlightGuard};
 use crate::error::Error;
 use crate::wire::frame::{cstr, frames, Header, HEADER_LEN};
@@ -53,6 +54,9 @@ pub(super) struct SessionCache {
     db: Attached,
     /// Database, role and startup parameters: the fixed part of the scope.
     identity: Vec<u8>,
+    /// The startup parameters that are settings, as a check of a hit replays them (see
+    /// [`crate::cache::verify`]); `None` when an `options` string holds more than `-c` settings.
+    startup_settings: Option<Vec<(String, String)>>,
     /// `SessionState::scope_version` and the scope id computed for it.
     scope: Option<(u64, u64)>,
     /// A unit taken from the client buffer whose lookup is under way (kept across awaits).
@@ -220,6 +224,7 @@ impl SessionCache {
             db: cache.database(database).attach(),
             cache,
             identity,
+            startup_settings: startup_settings(params),
             scope: None,
             current: None,
             waiting: None,
@@ -430,7 +435,7 @@ impl Session {
         }
         let key = self.key();
         if let Some(response) = cache.store.get(&key).await {
-            self.serve_hit(response, started);
+            self.serve_hit(response, started, key.stamp);
             return;
         }
         if self.state.tx != TxStatus::Idle {
@@ -522,18 +527,7 @@ impl Session {
         let What::Cacheable(candidate) = &unit.what else {
             unreachable!("keys are only made for cacheable units")
         };
-        let stamp = candidate
-            .plans
-            .iter()
-            .zip(candidate.keys)
-            .filter_map(|(p, key)| match &p.as_ref()?.action {
-                Action::Cache { dependencies, .. } => {
-                    Some(dependencies.stamp(&c.db.generations, key.bucket()))
-                }
-                Action::Forward { .. } => None,
-            })
-            .max()
-            .unwrap_or(0);
+        let stamp = stamp(&candidate.plans, &candidate.keys, &c.db.generations);
         CacheKey {
             scope,
             stamp,
@@ -543,12 +537,23 @@ impl Session {
     }
 
     /// Replays a stored answer for the current unit.
-    fn serve_hit(&mut self, response: Bytes, started: Instant) {
+    fn serve_hit(&mut self, response: Bytes, started: Instant, stamp: u64) {
         let c = self.cache.as_mut().expect("only called with a cache");
         let unit = c.current.take().expect("only called with a current unit");
         let What::Cacheable(candidate) = unit.what else {
             unreachable!("hits are only looked up for cacheable units")
         };
+        // Only with verification on does a hit pay for more than the lookup (see `verify_sample`).
+        if let Some(cache) = c.cache.verifier.is_some().then(|| Arc::clone(&c.cache)) {
+            let verifier = cache.verifier.as_ref().expect("checked");
+            if verifier.sampled() {
+                match self.sample(&unit.bytes, &candidate, response.clone(), stamp) {
+                    Some(sample) => verifier.submit(&cache, sample),
+                    None => cache.meters.verify_skipped("startup_options"),
+                }
+            }
+        }
+        let c = self.cache.as_mut().expect("only called with a cache");
         if let Some(range) = candidate.parse.clone() {
             let body = unit.bytes.slice(range);
             // An unnamed Parse's body is its empty name's NUL, then the definition.
@@ -575,6 +580,56 @@ impl Session {
         digest.hit(elapsed, len);
         c.cache.meters.hits.add(1);
         c.cache.meters.hit_seconds.record(elapsed);
+    }
+
+    /// What a check of the hit of `request` (served as `served` under `stamp`) needs of the
+    /// session; `None` when its startup options cannot be replayed.
+    fn sample(
+        &self,
+        request: &Bytes,
+        candidate: &Candidate,
+        served: Bytes,
+        stamp: u64,
+    ) -> Option<Sample> {
+        let c = self.cache.as_ref()?;
+        let mut settings = c.startup_settings.clone()?;
+        settings.extend(verify::SETTABLE.iter().filter_map(|name| {
+            let value = self.state.params.get(*name)?;
+            Some(((*name).to_owned(), value.clone()))
+        }));
+        // The statement it runs without parsing it, by the name its Bind or Describe gives.
+        let statement = (!candidate.definition.is_empty())
+            .then(|| {
+                frames(request).find_map(|(tag, body)| match tag {
+                    b'B' => cstr(cstr(body)?.1).map(|(name, _)| name.to_owned()),
+                    b'D' if body.first() == Some(&b'S') => {
+                        cstr(&body[1..]).map(|(n, _)| n.to_owned())
+                    }
+                    _ => None,
+                })
+            })
+            .flatten()
+            .map(|name| (name, candidate.definition.clone()));
+        let (plans, keys) = (candidate.plans.clone(), candidate.keys);
+        let db = Arc::clone(&c.db);
+        let (_, digest) = candidate.ttl_and_digest();
+        Some(Sample {
+            db: Arc::clone(&c.db),
+            role: self
+                .state
+                .params
+                .get("session_authorization")
+                .unwrap_or(&self.user)
+                .clone(),
+            settings,
+            history: self.state.settings.history().cloned().collect(),
+            statement,
+            request: request.clone(),
+            served,
+            stamp,
+            restamp: Box::new(move || self::stamp(&plans, &keys, &db.generations)),
+            shape: digest.text.clone(),
+        })
     }
 
     /// Sends a unit upstream, following what it does: session state, plans of the statements and
@@ -916,6 +971,25 @@ fn bound_key(plan: &Plan, bind: Bind<'_>, same_encoding: &dyn Fn() -> bool) -> O
     )
 }
 
+/// The stamp of a unit's `plans`, each with the row key it looks up, read from `generations` now.
+fn stamp(
+    plans: &[Option<Arc<Plan>>; MAX_UNIT_STATEMENTS],
+    keys: &[Key; MAX_UNIT_STATEMENTS],
+    generations: &Generations,
+) -> u64 {
+    plans
+        .iter()
+        .zip(keys)
+        .filter_map(|(p, key)| match &p.as_ref()?.action {
+            Action::Cache { dependencies, .. } => {
+                Some(dependencies.stamp(generations, key.bucket()))
+            }
+            Action::Forward { .. } => None,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 impl Candidate {
     /// Adds a statement's plan and, when known, the row key it looks up; returns the plan's slot,
     /// or `None` when it is not cacheable or the unit runs too many.
@@ -972,6 +1046,33 @@ impl Fill {
         self.parts.clear();
         self.guard = None;
     }
+}
+
+/// The settings among startup parameters: all but user, database, application_name and replication,
+/// with `options` read as its `-c name=value` (or `--name=value`) settings; `None` when it holds
+/// anything else.
+fn startup_settings(params: &[(String, String)]) -> Option<Vec<(String, String)>> {
+    let mut settings = Vec::new();
+    for (name, value) in params {
+        match name.as_str() {
+            "user" | "database" | "application_name" | "replication" => {}
+            "options" => {
+                let mut words = value.split_whitespace();
+                while let Some(word) = words.next() {
+                    let setting = match word {
+                        "-c" => words.next()?,
+                        _ => word
+                            .strip_prefix("-c")
+                            .or_else(|| word.strip_prefix("--"))?,
+                    };
+                    let (name, value) = setting.split_once('=')?;
+                    settings.push((name.replace('-', "_"), value.to_owned()));
+                }
+            }
+            _ => settings.push((name.clone(), value.clone())),
+        }
+    }
+    Some(settings)
 }
 
 /// Appends each field NUL-terminated (protocol strings hold no NUL, so the encoding is unambiguous).
