@@ -7,10 +7,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::wire::startup::CANCEL_REQUEST;
+
+/// Longest wait for the server to take a relayed cancel request.
+const CANCEL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Backend keys of live sessions and the upstream each belongs to. A std `Mutex`: it is held only
 /// for a map operation, never across an await.
@@ -46,14 +49,24 @@ impl CancelRegistry {
         packet.extend_from_slice(&(8 + key.len() as u32).to_be_bytes());
         packet.extend_from_slice(&CANCEL_REQUEST.to_be_bytes());
         packet.extend_from_slice(key);
+        // The server closes a cancel connection once it has signalled the backend; clients (asyncpg)
+        // take that close as "cancelled" and send their next query. So the client's connection is
+        // closed only after the server closed the relayed one: a signal landing later would cancel
+        // the next query instead.
         let relay = async {
             let mut upstream = TcpStream::connect(addr).await?;
             upstream.write_all(&packet).await?;
-            upstream.shutdown().await
+            upstream.shutdown().await?;
+            let mut rest = [0u8; 64];
+            while upstream.read(&mut rest).await? > 0 {}
+            Ok::<(), std::io::Error>(())
         };
-        match relay.await {
-            Ok(()) => tracing::debug!(%addr, "cancel request relayed"),
-            Err(e) => tracing::warn!(%addr, error = %e, "could not relay cancel request"),
+        match tokio::time::timeout(CANCEL_TIMEOUT, relay).await {
+            Ok(Ok(())) => tracing::debug!(%addr, "cancel request relayed"),
+            Ok(Err(e)) => tracing::warn!(%addr, error = %e, "could not relay cancel request"),
+            Err(_) => {
+                tracing::warn!(%addr, "the server did not close the relayed cancel request's connection")
+            }
         }
     }
 

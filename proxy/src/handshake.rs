@@ -24,8 +24,9 @@ const MAX_NEGOTIATIONS: usize = 2;
 pub enum Hello {
     /// A session: the (possibly TLS) client stream and its startup message.
     Startup(Stream, StartupMessage),
-    /// A cancel request for the backend named by `key` (its BackendKeyData).
-    Cancel(Bytes),
+    /// A cancel request for the backend named by `key` (its BackendKeyData), and the connection it
+    /// came on, which closes once the request is relayed (as the server closes its own).
+    Cancel(Bytes, Stream),
 }
 
 /// Runs the startup phase on a freshly accepted connection. Protocol errors are reported to the client
@@ -40,7 +41,7 @@ pub async fn greet(tcp: TcpStream, tls: Option<&TlsAcceptor>) -> Result<Hello, E
         };
         client = match packet {
             StartupPacket::Startup(message) => return Ok(Hello::Startup(client, message)),
-            StartupPacket::Cancel { key } => return Ok(Hello::Cancel(key)),
+            StartupPacket::Cancel { key } => return Ok(Hello::Cancel(key, client)),
             StartupPacket::GssEnc => answer(client, b'N').await?,
             StartupPacket::Ssl => match (client, tls) {
                 (Stream::Plain(mut tcp), Some(acceptor)) => {

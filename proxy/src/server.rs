@@ -173,7 +173,10 @@ async fn serve(
         Ok(Ok(Hello::Startup(client, startup))) => {
             open_session(client, startup, peer, shared, phase).await
         }
-        Ok(Ok(Hello::Cancel(key))) => shared.cancels.cancel(&key).await,
+        Ok(Ok(Hello::Cancel(key, client))) => {
+            shared.cancels.cancel(&key).await;
+            drop(client);
+        }
         Ok(Err(e)) => {
             tracing::info!(client = %peer, error = %e, "connection refused during startup")
         }

@@ -89,6 +89,17 @@ impl PgServer {
         &self.base
     }
 
+    /// The postmaster's process id, from its pid file.
+    pub fn postmaster_pid(&self) -> i32 {
+        let file = self.base.join("data").join("postmaster.pid");
+        let text = std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("read {}: {e}", file.display()));
+        text.lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no pid in {}", file.display()))
+    }
+
     /// The server log so far, to print when a test needs the server's side of a failure.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.base.join("server.log")).unwrap_or_default()
