@@ -41,6 +41,9 @@ const MAX_DIGESTS: usize = 10_000;
 /// stops sharing between sessions until they meet again.
 const MAX_SCOPES: usize = 100_000;
 
+/// Quiet time after DDL before the catalog is read again (see [`settle`]).
+const DDL_SETTLE: Duration = Duration::from_millis(50);
+
 /// Catalog reads that fail are retried at least this often.
 const CATALOG_RETRY: Duration = Duration::from_secs(5);
 
@@ -340,8 +343,8 @@ async fn refresh_catalog(cache: &Weak<Cache>, db: &Database) {
                 if db.install_catalog(catalog, version) {
                     cache.config.catalog_refresh
                 } else {
-                    // DDL arrived while reading: read again at once.
-                    Duration::ZERO
+                    // DDL arrived while reading: read again once it has settled.
+                    DDL_SETTLE
                 }
             }
             Err(e) => {
@@ -356,6 +359,18 @@ async fn refresh_catalog(cache: &Weak<Cache>, db: &Database) {
         drop(cache);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
+            _ = db.reread.notified() => settle(db).await,
+        }
+    }
+}
+
+/// Returns once no DDL has been reported for [`DDL_SETTLE`]. A burst of DDL (a migration, a test
+/// suite's set-up) would otherwise have the catalog read after every statement, each read taking its
+/// turn on the runtime with the sessions; reads are forwarded meanwhile either way.
+async fn settle(db: &Database) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(DDL_SETTLE) => return,
             _ = db.reread.notified() => {}
         }
     }
