@@ -31,6 +31,11 @@ fn defaults_apply_without_any_source() {
     assert_eq!(c.upstream, HostPort::new("127.0.0.1", 5432));
     assert_eq!(c.upstream_tls, UpstreamTls::Prefer);
     assert!(c.client_tls.is_none());
+    // Each client gets a server session of its own unless reuse is asked for.
+    assert!(c.pool_idle_timeout.is_zero());
+    let cache = c.cache.expect("on by default");
+    assert_eq!(cache.publication, None, "no publication: test_decoding");
+    assert_eq!(cache.verify_sample, 0.0);
 }
 
 #[test]
@@ -197,6 +202,11 @@ fn bad_cache_settings_name_the_key() {
         .to_string();
     assert!(
         err.contains("metrics-listen") && err.contains("or off"),
+        "{err}"
+    );
+    let err = load(&["--verify-sample", "1.5"]).unwrap_err().to_string();
+    assert!(
+        err.contains("verify_sample") && err.contains("from 0 to 1"),
         "{err}"
     );
     assert!(load(&["--cache", "false"]).unwrap().cache.is_none());
