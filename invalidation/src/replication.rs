@@ -120,8 +120,14 @@ pub trait Sink: KeySource {
     /// Streaming has started: changes from here on will be reported. `published` lists the tables
     /// the publication covers when it is not FOR ALL TABLES (writes to others are not streamed);
     /// `resumed` says where a permanent slot left off (`None` for a new slot, whose stream starts
-    /// from now: what committed before is not reported).
-    fn streaming(&mut self, published: Option<Vec<String>>, resumed: Option<Resumed>);
+    /// from now: what committed before is not reported); `timeline` is the server's (a new one
+    /// means it was restored to an earlier point and promoted).
+    fn streaming(
+        &mut self,
+        published: Option<Vec<String>>,
+        resumed: Option<Resumed>,
+        timeline: u32,
+    );
     /// A transaction committed.
     fn commit(&mut self, commit: &Commit);
     /// The server reported its WAL end (on a keepalive) and what has been applied.
@@ -172,6 +178,7 @@ where
     } else {
         None
     };
+    let timeline = conn.timeline().await?;
     let consistent = match resumed {
         Some(resumed) => resumed.confirmed,
         None => conn.create_slot(login).await?,
@@ -214,7 +221,7 @@ where
             }
         }
     }
-    sink.streaming(published, resumed);
+    sink.streaming(published, resumed, timeline);
     sink.progress(Progress {
         server_end: consistent,
         applied: consistent,
@@ -264,6 +271,18 @@ impl Decoder {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    /// The server's timeline, from IDENTIFY_SYSTEM.
+    async fn timeline(&mut self) -> Result<u32, Error> {
+        let identity = self
+            .rows("IDENTIFY_SYSTEM", "identifying the system")
+            .await?;
+        Ok(identity
+            .first()
+            .and_then(|row| column(row, 1))
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0))
+    }
+
     /// Creates the stream's slot; returns its consistent point. Transactions that committed before
     /// it are not streamed.
     async fn create_slot(&mut self, login: &Login) -> Result<u64, Error> {
@@ -390,7 +409,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     /// The tables the user's publication `name` covers, or `None` when it covers all tables. A
     /// publication that leaves out some kind of change (`publish` without insert, update, delete or
-    /// truncate) covers none: the stream would miss those changes to any table. A FOR ALL TABLES
+    /// truncate) covers none: the stream would miss those changes to any table; a table it lists
+    /// with a row filter or a column list is not covered either. A FOR ALL TABLES
     /// one is reported, since it makes Postgres refuse writes to tables without a replica identity.
     async fn published_tables<K: Sink>(
         &mut self,
@@ -430,10 +450,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             Some("partial") => return Ok(Some(Vec::new())),
             _ => {}
         }
+        // A row filter or a column list (Postgres 15 and later) leaves changes out of the stream:
+        // such a table counts as not covered.
+        let filtered = if self.server_major >= 15 {
+            " AND t.rowfilter IS NULL AND t.attnames = ARRAY(SELECT a.attname \
+               FROM pg_catalog.pg_attribute a \
+               WHERE a.attrelid = pg_catalog.format('%I.%I', t.schemaname, t.tablename)::regclass \
+                 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum)"
+        } else {
+            ""
+        };
         let tables = self
             .simple(
                 &format!(
-                    "SELECT tablename FROM pg_catalog.pg_publication_tables WHERE pubname = {}",
+                    "SELECT t.tablename FROM pg_catalog.pg_publication_tables t \
+                     WHERE t.pubname = {}{filtered}",
                     escape_literal(name)
                 ),
                 "listing the publication's tables",

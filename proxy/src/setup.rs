@@ -63,8 +63,10 @@ BEGIN
                 notice := notice || E'*\n';
             END IF;
         END LOOP;
-        -- A renamed table leaves results cached under its old name, which is gone by now.
-        IF current_query() ~* '\mrename\M' THEN
+        -- A renamed table leaves results cached under its old name, which is gone by now; a table
+        -- that joins an inheritance tree (ALTER TABLE ... INHERIT) brings its rows into reads of
+        -- parents the command does not name.
+        IF current_query() ~* '\m(rename|inherit)\M' THEN
             notice := notice || E'*\n';
         END IF;
     END IF;

@@ -127,20 +127,42 @@ impl PgServer {
         unsafe {
             libc::atexit(stop_at_exit);
         }
-        let log = server.base.join("server.log");
-        let data = server.base.join("data");
-        server.run_as_server_user(
+        server.start_postmaster();
+        server.create_roles();
+        server
+    }
+
+    fn start_postmaster(&self) {
+        let log = self.base.join("server.log");
+        self.run_as_server_user(
             "pg_ctl start",
-            server
-                .server_command("pg_ctl")
+            self.server_command("pg_ctl")
                 .arg("-D")
-                .arg(&data)
+                .arg(self.data_dir())
                 .arg("-l")
                 .arg(&log)
                 .args(["-w", "-t", "60", "start"]),
         );
-        server.create_roles();
-        server
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.base.join("data")
+    }
+
+    /// Stops the server (fast shutdown: sessions are ended), runs `offline` while it is down (to copy
+    /// or replace its data directory, as a restore from a snapshot does), and starts it again on the
+    /// same port. For test binaries of their own: every session of the binary is ended.
+    pub fn restart_with(&self, offline: impl FnOnce(&Path)) {
+        self.run_as_server_user(
+            "pg_ctl stop",
+            self.server_command("pg_ctl")
+                .arg("-D")
+                .arg(self.data_dir())
+                .args(["-m", "fast", "-w", "-t", "60", "stop"]),
+        );
+        offline(&self.data_dir());
+        self.start_postmaster();
     }
 
     fn init_cluster(&self) {

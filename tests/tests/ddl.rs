@@ -152,3 +152,56 @@ async fn a_streamed_transaction_of_a_chosen_publication_invalidates_at_its_commi
         "the transactions were not streamed in progress"
     );
 }
+
+/// With setup, DDL that changes what reads of other tables return is seen at once: a table made
+/// unlogged (its writes leave the stream) and a table joining an inheritance tree (its rows join
+/// reads of the parent, which the command does not name).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ddl_that_changes_what_the_stream_sees_is_followed_once_set_up() {
+    let direct = own_database("ddl_blind").await;
+    direct
+        .batch_execute(
+            "SET synchronous_commit = on;
+             CREATE TABLE becomes (id int PRIMARY KEY, v int); INSERT INTO becomes VALUES (1, 1);
+             CREATE TABLE parent (id int, v int); INSERT INTO parent VALUES (1, 1);
+             CREATE TABLE kid (id int, v int); INSERT INTO kid VALUES (2, 2);",
+        )
+        .await
+        .unwrap();
+    setup().await;
+    let proxy = ProxyHandle::start().await;
+    let client = connect(&on(proxy.addr(), "ddl_blind")).await.unwrap();
+    wait_database_cached(&client, "ddl_blind").await;
+    let (becomes, family) = (
+        "SELECT v FROM becomes WHERE id = 1",
+        "SELECT count(*) FROM parent",
+    );
+    for sql in [becomes, family, becomes, family] {
+        first(&client, sql).await;
+    }
+    direct
+        .batch_execute("ALTER TABLE kid INHERIT parent")
+        .await
+        .unwrap();
+    until_seen(&client, family, "2").await;
+    direct
+        .batch_execute("ALTER TABLE becomes SET UNLOGGED")
+        .await
+        .unwrap();
+    // Once the notice is applied, the table's reads go upstream: a write no stream reports shows.
+    let forwarded = wait_for(STEP_TIMEOUT, || async {
+        let hits = figure(&client, "hits").await;
+        first(&client, becomes).await;
+        figure(&client, "hits").await == hits
+    })
+    .await;
+    assert!(
+        forwarded,
+        "the table made unlogged is still served from the cache"
+    );
+    direct
+        .batch_execute("UPDATE becomes SET v = 5 WHERE id = 1")
+        .await
+        .unwrap();
+    assert_eq!(first(&client, becomes).await.as_deref(), Some("5"));
+}

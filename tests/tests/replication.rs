@@ -240,7 +240,9 @@ async fn tables_outside_a_chosen_publication_are_reported_as_ttl_only() {
         .batch_execute(
             "CREATE TABLE t_in (id int PRIMARY KEY, v int); INSERT INTO t_in VALUES (1, 0);
              CREATE TABLE t_out (id int PRIMARY KEY, v int); INSERT INTO t_out VALUES (1, 0);
-             CREATE PUBLICATION chosen FOR TABLE t_in",
+             CREATE TABLE t_rows (id int PRIMARY KEY, v int); INSERT INTO t_rows VALUES (1, 0);
+             CREATE TABLE t_cols (id int PRIMARY KEY, v int); INSERT INTO t_cols VALUES (1, 0);
+             CREATE PUBLICATION chosen FOR TABLE t_in, t_rows WHERE (id > 100), t_cols (id)",
         )
         .await
         .unwrap();
@@ -254,9 +256,13 @@ async fn tables_outside_a_chosen_publication_are_reported_as_ttl_only() {
     );
     first(&client, inside).await;
     first(&client, outside).await;
+    // A row filter or a column list leaves changes out: those tables are not covered either.
+    first(&client, "SELECT v FROM t_rows WHERE id = 1").await;
+    first(&client, "SELECT v FROM t_cols WHERE id = 1").await;
     let state = status(&client).await["database repl_subset"].clone();
     assert!(
-        state.starts_with("cached") && state.contains("cached with TTL only: t_out"),
+        state.starts_with("cached")
+            && state.contains("cached with TTL only: t_cols, t_out, t_rows"),
         "{state}"
     );
     assert!(!state.contains("t_in"), "{state}");
@@ -484,4 +490,71 @@ fn percentiles(mut lags: Vec<Duration>) -> String {
         at(0.99),
         lags[lags.len() - 1]
     )
+}
+
+/// Unlogged tables write no WAL: the stream never reports their changes, so their reads are
+/// forwarded unless a rule gives them a TTL, and a table that becomes unlogged stops being served
+/// from the cache once the catalog has been read again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unlogged_tables_are_not_cached_without_a_ttl_rule() {
+    let direct = own_database("repl_unlogged").await;
+    direct
+        .batch_execute(
+            "SET synchronous_commit = on;
+             CREATE UNLOGGED TABLE scratch (id int PRIMARY KEY, v int); INSERT INTO scratch VALUES (1, 1);
+             CREATE TABLE becomes (id int PRIMARY KEY, v int); INSERT INTO becomes VALUES (1, 1);
+             CREATE UNLOGGED TABLE ruled (id int PRIMARY KEY, v int); INSERT INTO ruled VALUES (1, 1);",
+        )
+        .await
+        .unwrap();
+    let proxy = ProxyHandle::start_with(|s| {
+        s.catalog_refresh = Some(veneer_config::Millis(Duration::from_secs(1)));
+        s.cache_rules = vec!["table:ruled=1h".parse().unwrap()];
+    })
+    .await;
+    let client = connect(&on(proxy.addr(), "repl_unlogged")).await.unwrap();
+    wait_database_cached(&client, "repl_unlogged").await;
+    let scratch = "SELECT v FROM scratch WHERE id = 1";
+    for round in 2..4 {
+        first(&client, scratch).await;
+        direct
+            .batch_execute(&format!("UPDATE scratch SET v = {round} WHERE id = 1"))
+            .await
+            .unwrap();
+        assert_eq!(
+            first(&client, scratch).await,
+            Some(round.to_string()),
+            "an unlogged table's row was served stale"
+        );
+    }
+    // A rule's TTL is the operator's choice: then it is cached.
+    let ruled = "SELECT v FROM ruled WHERE id = 1";
+    first(&client, ruled).await;
+    let hits = figure(&client, "hits").await;
+    first(&client, ruled).await;
+    assert_eq!(figure(&client, "hits").await, hits + 1);
+
+    // A table made unlogged directly (without setup, nothing reports the DDL) is forwarded once
+    // the catalog has been read again.
+    let becomes = "SELECT v FROM becomes WHERE id = 1";
+    first(&client, becomes).await;
+    direct
+        .batch_execute("ALTER TABLE becomes SET UNLOGGED")
+        .await
+        .unwrap();
+    let forwarded = wait_for(Duration::from_secs(20), || async {
+        let hits = figure(&client, "hits").await;
+        first(&client, becomes).await;
+        figure(&client, "hits").await == hits
+    })
+    .await;
+    assert!(
+        forwarded,
+        "the table made unlogged is still served from the cache"
+    );
+    direct
+        .batch_execute("UPDATE becomes SET v = 5 WHERE id = 1")
+        .await
+        .unwrap();
+    assert_eq!(first(&client, becomes).await.as_deref(), Some("5"));
 }

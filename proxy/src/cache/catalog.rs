@@ -20,8 +20,11 @@ use crate::upstream;
 /// What a relation name can refer to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Relation {
-    /// Only permanent (or unlogged) plain or partitioned tables, none in a system schema.
+    /// Only permanent plain or partitioned tables, none in a system schema.
     Table,
+    /// An unlogged table: its changes write no WAL, so the replication stream never reports them;
+    /// cached only under a TTL rule or hint.
+    Unlogged,
     /// A system catalog table or view (pg_catalog, information_schema): cached only under a TTL rule.
     System,
     /// A view, materialized view, foreign table, sequence or temporary table: never cached.
@@ -283,6 +286,8 @@ impl Catalog {
             Relation::Other
         } else if is_system_schema(schema) {
             Relation::System
+        } else if persistence == "u" {
+            Relation::Unlogged
         } else {
             Relation::Table
         };
@@ -403,6 +408,7 @@ fn worst_relation(a: Relation, b: Relation) -> Relation {
     match (a, b) {
         (Relation::Other, _) | (_, Relation::Other) => Relation::Other,
         (Relation::System, _) | (_, Relation::System) => Relation::System,
+        (Relation::Unlogged, _) | (_, Relation::Unlogged) => Relation::Unlogged,
         _ => Relation::Table,
     }
 }
@@ -439,7 +445,12 @@ mod tests {
         c.add_relation("both".into(), "b", "v", "p");
         c.add_relation("scratch".into(), "pg_temp_3", "r", "t");
         c.add_relation("pg_class".into(), "pg_catalog", "r", "p");
+        c.add_relation("scratch_log".into(), "public", "r", "u");
+        c.add_relation("logged_too".into(), "a", "r", "u");
+        c.add_relation("logged_too".into(), "b", "r", "p");
         assert_eq!(c.relation(&name("t")), Some(Relation::Table));
+        assert_eq!(c.relation(&name("scratch_log")), Some(Relation::Unlogged));
+        assert_eq!(c.relation(&name("logged_too")), Some(Relation::Unlogged));
         assert_eq!(c.relation(&name("v")), Some(Relation::Other));
         assert_eq!(c.relation(&name("both")), Some(Relation::Other));
         assert_eq!(c.relation(&name("scratch")), Some(Relation::Other));

@@ -100,6 +100,8 @@ pub mod reason {
     pub const RELATION: &str = "not_a_plain_table";
     /// A system catalog without a TTL rule.
     pub const SYSTEM: &str = "system_catalog";
+    /// An unlogged table (its changes are not in the replication stream) without a TTL rule.
+    pub const UNLOGGED: &str = "unlogged_table";
     /// A function whose result may change between calls.
     pub const FUNCTION: &str = "volatile_function";
     /// A rule or hint said never.
@@ -169,6 +171,8 @@ pub struct Database {
     pub stream: StreamMeters,
     /// Where its stream stands, for sessions waiting to read their writes' full effects.
     pub fence: Fence,
+    /// The server's timeline when a permanent slot's stream last started (0: not yet).
+    pub(super) timeline: std::sync::atomic::AtomicU32,
     /// The tables the followed publication covers, when it does not cover all tables.
     published: std::sync::Mutex<Option<std::collections::HashSet<String>>>,
 }
@@ -189,6 +193,7 @@ impl Database {
             listener: watch::channel(Listener::Idle).0,
             demand: Demand::default(),
             fence: Fence::default(),
+            timeline: std::sync::atomic::AtomicU32::new(0),
             published: std::sync::Mutex::new(None),
         }
     }
@@ -359,9 +364,9 @@ impl Database {
                 // Updatable views carry the write to tables it does not name; without a catalog the
                 // proxy cannot tell.
                 let Some(c) = catalog.filter(|c| {
-                    relations
-                        .iter()
-                        .all(|r| c.relation(r) == Some(Relation::Table))
+                    relations.iter().all(|r| {
+                        matches!(c.relation(r), Some(Relation::Table | Relation::Unlogged))
+                    })
                 }) else {
                     return forward("write", Some(Bump::Global), false);
                 };
@@ -485,8 +490,10 @@ impl Database {
             let rule = table_rule(config, &r.name);
             match catalog.relation(r) {
                 Some(Relation::Table) => {}
-                Some(Relation::System) if chosen.is_some() || rule.is_some() => {}
+                Some(Relation::System | Relation::Unlogged)
+                    if chosen.is_some() || rule.is_some() => {}
                 Some(Relation::System) => return Err(reason::SYSTEM),
+                Some(Relation::Unlogged) => return Err(reason::UNLOGGED),
                 Some(Relation::Other) | None => return Err(reason::RELATION),
             }
             match rule {

@@ -65,7 +65,12 @@ impl KeySource for Apply<'_> {
 }
 
 impl Sink for Apply<'_> {
-    fn streaming(&mut self, published: Option<Vec<String>>, resumed: Option<Resumed>) {
+    fn streaming(
+        &mut self,
+        published: Option<Vec<String>>,
+        resumed: Option<Resumed>,
+        timeline: u32,
+    ) {
         self.db.set_published(published);
         if let Some(r) = resumed.filter(|r| r.retained >= RETAINED_WARNING) {
             tracing::warn!(database = %self.db.name, retained_bytes = r.retained,
@@ -73,9 +78,18 @@ impl Sink for Apply<'_> {
                  followed it; drop it (pg_drop_replication_slot) when no proxy will resume it");
         }
         // Resuming where this process left off, the stream replays whatever committed meanwhile:
-        // cached results stay. Otherwise what happened before the stream's start is unknown.
+        // cached results stay. Otherwise what happened before the stream's start is unknown, and so
+        // it is when the server went back in time (restored from a snapshot: its WAL ends before
+        // what was applied; or to an earlier point and promoted: a new timeline).
+        let applied = self.db.fence.applied_lsn();
+        let known = self.db.timeline.swap(timeline, Ordering::AcqRel);
         match resumed {
-            Some(r) if r.confirmed > 0 && r.confirmed <= self.db.fence.applied_lsn() => {
+            Some(r)
+                if r.confirmed > 0
+                    && r.confirmed <= applied
+                    && r.server >= applied
+                    && timeline == known =>
+            {
                 self.db.catalog_changed();
                 self.catch_up = Some(r.server);
                 self.db.fence.want(r.server);

@@ -1,0 +1,73 @@
+//! A server restored to an earlier state under a running Veneer (a file-system snapshot put back, as
+//! a cloud volume restore does) must not have Veneer serve results newer than the restored data. With
+//! a permanent slot the stream resumes from the slot as the snapshot kept it; the server's WAL then
+//! ends before what Veneer had applied, which tells Veneer that what it cached may never have
+//! happened. A test binary of its own: it stops and restarts the server.
+
+use std::process::Command;
+
+use veneer_tests::cache::{first, on, own_database, wait_database_cached};
+use veneer_tests::*;
+
+/// `cp -a`, which keeps the server user's ownership and modes.
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("run cp");
+    assert!(
+        status.success(),
+        "cp -a {} {}",
+        from.display(),
+        to.display()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_restored_to_an_earlier_state_serves_nothing_newer() {
+    let direct = own_database("restored").await;
+    direct
+        .batch_execute(
+            "CREATE TABLE acct (id int PRIMARY KEY, v int); INSERT INTO acct VALUES (1, 1);
+             CHECKPOINT;",
+        )
+        .await
+        .unwrap();
+    drop(direct);
+    let proxy = ProxyHandle::start_with(|s| s.replication_slot = Some("rs".to_owned())).await;
+    let client = connect(&on(proxy.addr(), "restored")).await.unwrap();
+    wait_database_cached(&client, "restored").await;
+    drop(client);
+
+    let snapshot = TempDir::new("snapshot");
+    let saved = snapshot.path().join("data");
+    pg().restart_with(|data| copy_dir(data, &saved));
+
+    // After the snapshot: a write, followed and cached.
+    let client = connect(&on(proxy.addr(), "restored")).await.unwrap();
+    wait_database_cached(&client, "restored").await;
+    let direct = connect(&on(pg().addr(), "restored")).await.unwrap();
+    let read = "SELECT v FROM acct WHERE id = 1";
+    direct
+        .batch_execute("SET synchronous_commit = on; UPDATE acct SET v = 2 WHERE id = 1")
+        .await
+        .unwrap();
+    veneer_tests::cache::until_seen(&client, read, "2").await;
+    assert_eq!(first(&client, read).await.as_deref(), Some("2"));
+    drop((client, direct));
+
+    // The snapshot put back: the row is 1 again, and the slot is where the snapshot left it.
+    pg().restart_with(|data| {
+        std::fs::remove_dir_all(data).expect("remove the data directory");
+        copy_dir(&saved, data);
+    });
+    let client = connect(&on(proxy.addr(), "restored")).await.unwrap();
+    wait_database_cached(&client, "restored").await;
+    assert_eq!(
+        first(&client, read).await.as_deref(),
+        Some("1"),
+        "a result newer than the restored server was served"
+    );
+}
