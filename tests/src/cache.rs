@@ -172,3 +172,25 @@ pub async fn lose_stream(direct: &Client, client: &Client, database: &str) {
     .await;
     assert!(noticed, "the proxy did not notice the lost stream");
 }
+
+/// Waits until the proxy `client` is connected to forwards reads of `table` (columns `id`, `v`; a
+/// row `id = 1`), which was just made unlogged on `direct`, then checks that a write no stream
+/// reports shows through the proxy at once.
+pub async fn wait_unlogged_forwarded(direct: &Client, client: &Client, table: &str) {
+    let read = format!("SELECT v FROM {table} WHERE id = 1");
+    let forwarded = wait_for(Duration::from_secs(20), || async {
+        let hits = figure(client, "hits").await;
+        first(client, &read).await;
+        figure(client, "hits").await == hits
+    })
+    .await;
+    assert!(
+        forwarded,
+        "{table}, made unlogged, is still served from the cache"
+    );
+    direct
+        .batch_execute(&format!("UPDATE {table} SET v = 5 WHERE id = 1"))
+        .await
+        .unwrap();
+    assert_eq!(first(client, &read).await.as_deref(), Some("5"));
+}
