@@ -178,7 +178,10 @@ async fn install_in(client: Client, database: String, config: &Config) -> Outcom
         .map(|object| format!("COMMENT ON {object} IS '{MARK}';"))
         .collect();
     client
-        .batch_execute(&format!("BEGIN;{INSTALL}{comments}COMMIT;"))
+        // Two setups at once in one database would collide replacing the same objects.
+        .batch_execute(&format!(
+            "BEGIN; SELECT pg_advisory_xact_lock(7311871346233118801);{INSTALL}{comments}COMMIT;"
+        ))
         .await
         .map_err(|e| failed("installing the DDL event trigger", e))?;
     Ok(vec!["DDL event trigger installed".to_owned()])

@@ -105,13 +105,21 @@ pub async fn until_seen(client: &Client, sql: &str, expected: &str) -> Duration 
     started.elapsed()
 }
 
-/// Creates database `name` and returns a superuser session on it, straight to the server.
+/// Creates database `name` and returns a superuser session on it, straight to the server. Postgres
+/// refuses to copy template1 while another session is connected to it (`veneer setup` and
+/// `uninstall` visit it), so a refusal for that reason is retried.
 pub async fn own_database(name: &str) -> Conn {
-    direct_admin()
-        .await
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e:?}"));
+    let admin = direct_admin().await;
+    let sql = format!("CREATE DATABASE {name}");
+    let created = wait_for(Duration::from_secs(20), || async {
+        match admin.batch_execute(&sql).await {
+            Ok(()) => true,
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::OBJECT_IN_USE) => false,
+            Err(e) => panic!("{sql}: {e:?}"),
+        }
+    })
+    .await;
+    assert!(created, "{sql}: template1 stayed in use for 20 s");
     connect(&on(crate::pg().addr(), name))
         .await
         .unwrap_or_else(|e| panic!("connect to {name}: {e:?}"))
