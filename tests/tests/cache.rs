@@ -357,7 +357,9 @@ async fn what_may_change_or_is_private_is_never_cached() {
          CREATE FUNCTION cache_never_touch() RETURNS int VOLATILE LANGUAGE sql
            AS 'INSERT INTO cache_never_log VALUES (1) RETURNING n';
          CREATE FUNCTION cache_never_peek() RETURNS bigint STABLE LANGUAGE sql
-           AS 'SELECT count(*) FROM cache_never_log';",
+           AS 'SELECT count(*) FROM cache_never_log';
+         CREATE FUNCTION cache_never_label(int) RETURNS text IMMUTABLE LANGUAGE sql
+           AS 'SELECT v FROM cache_never WHERE id = $1';",
     )
     .await;
     let proxy = cached_proxy().await;
@@ -374,6 +376,8 @@ async fn what_may_change_or_is_private_is_never_cached() {
         "SELECT * FROM information_schema.tables WHERE table_name = 'cache_never'",
         "SELECT * FROM cache_never_view",
         "SELECT cache_never_peek()",
+        // Declared IMMUTABLE but reading a table: its result would not depend on the table.
+        "SELECT cache_never_label(1)",
         "SELECT gen_random_uuid()",
         "SELECT txid_current()",
         "SELECT table_to_xml('cache_never', true, false, '')",

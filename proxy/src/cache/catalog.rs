@@ -13,7 +13,7 @@ use veneer_invalidation::rows::KeyType;
 pub use veneer_invalidation::rows::RowKeys;
 use veneer_invalidation::test_decoding::TableKeys;
 
-use super::classify::Name;
+use super::classify::{self, Analysis, Name};
 use crate::error::Error;
 use crate::upstream;
 
@@ -49,6 +49,8 @@ pub enum Function {
 pub struct Catalog {
     relations: HashMap<String, Relation>,
     functions: HashMap<String, Function>,
+    /// What each IMMUTABLE SQL function of a user's calls, for [`Catalog::settle_functions`].
+    calls: HashMap<String, Vec<String>>,
     /// Tables whose writes may change what the proxy cannot name: they have triggers of their own
     /// (not those of foreign keys) or rules.
     opaque: HashSet<String>,
@@ -146,8 +148,10 @@ const CASCADES: &str = "SELECT DISTINCT f.relname, r.relname FROM pg_catalog.pg_
 const INHERITANCE: &str = "SELECT p.relname, c.relname FROM pg_catalog.pg_inherits i \
      JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid JOIN pg_catalog.pg_class p ON p.oid = i.inhparent";
 
-const FUNCTIONS: &str = "SELECT p.proname, n.nspname, p.provolatile::text \
-     FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace";
+const FUNCTIONS: &str = "SELECT p.proname, n.nspname, p.provolatile::text, l.lanname::text, \
+       CASE WHEN n.nspname <> 'pg_catalog' AND l.lanname = 'sql' THEN p.prosrc END \
+     FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+     JOIN pg_catalog.pg_language l ON l.oid = p.prolang";
 
 impl Catalog {
     /// Reads the catalog of `database` over a login of `service_user`.
@@ -181,9 +185,10 @@ impl Catalog {
             catalog.add_relation(name, &schema, &kind, &persistence);
         }
         for row in functions {
-            let (name, schema, volatility): (String, String, String) =
-                (row.get(0), row.get(1), row.get(2));
-            catalog.add_function(name, &schema, &volatility);
+            let (name, schema, volatility, language): (String, String, String, String) =
+                (row.get(0), row.get(1), row.get(2), row.get(3));
+            let body: Option<String> = row.get(4);
+            catalog.add_function(name, &schema, &volatility, &language, body.as_deref());
         }
         let mut table: Option<(u32, String, String, Vec<KeyColumn>)> = None;
         for row in columns {
@@ -204,6 +209,7 @@ impl Catalog {
         if let Some((_, name, identity, columns)) = table {
             catalog.add_keys(name, &identity, &columns);
         }
+        catalog.settle_functions();
         for row in links {
             catalog.link(row.get(0), row.get(1));
         }
@@ -235,6 +241,35 @@ impl Catalog {
             keys
         };
         self.keys.insert(name, merged);
+    }
+
+    /// Judges the IMMUTABLE SQL functions by what they call, now that every function is known: one
+    /// that calls an unsafe function is unsafe too, repeated until nothing changes.
+    pub fn settle_functions(&mut self) {
+        loop {
+            let unsafe_now: Vec<String> = self
+                .calls
+                .iter()
+                .filter(|(caller, called)| {
+                    self.functions.get(*caller) == Some(&Function::Safe)
+                        && called.iter().any(|f| {
+                            let name = Name {
+                                schema: None,
+                                name: f.clone(),
+                            };
+                            self.function(&name) != Function::Safe
+                        })
+                })
+                .map(|(caller, _)| caller.clone())
+                .collect();
+            if unsafe_now.is_empty() {
+                return;
+            }
+            for caller in unsafe_now {
+                self.functions
+                    .insert(caller, Function::Unsafe { may_write: false });
+            }
+        }
     }
 
     /// Records that `child` inherits from (or is a partition of) `parent`.
@@ -298,11 +333,43 @@ impl Catalog {
         self.relations.insert(name, merged);
     }
 
-    /// Adds one pg_proc row (`volatility` is provolatile); overloads keep the least safe verdict.
-    pub fn add_function(&mut self, name: String, schema: &str, volatility: &str) {
+    /// Adds one pg_proc row (`volatility` is provolatile, `language` the function's, `body` its
+    /// source when it is written in SQL); overloads keep the least safe verdict.
+    ///
+    /// An IMMUTABLE function of a user's may still read tables (Postgres does not check the
+    /// declaration), and a cached result would then not depend on them: it counts as safe only when
+    /// it cannot read tables (C or internal code) or its SQL body names no relation.
+    pub fn add_function(
+        &mut self,
+        name: String,
+        schema: &str,
+        volatility: &str,
+        language: &str,
+        body: Option<&str>,
+    ) {
         let builtin = schema == "pg_catalog";
+        let mut reads_nothing = || {
+            if builtin || matches!(language, "c" | "internal") {
+                return true;
+            }
+            let Some(Analysis::Read {
+                relations,
+                functions,
+                ..
+            }) = body.map(classify::analyze)
+            else {
+                return false;
+            };
+            // What it calls is judged once every function is known (see `settle_functions`).
+            self.calls
+                .entry(name.clone())
+                .or_default()
+                .extend(functions.into_iter().map(|f| f.name));
+            relations.is_empty()
+        };
         let this = match volatility {
-            "i" => Function::Safe,
+            "i" if reads_nothing() => Function::Safe,
+            "i" => Function::Unsafe { may_write: false },
             "s" if builtin && !stable_but_changing(&name) => Function::Safe,
             "v" if !builtin => Function::Unsafe { may_write: true },
             _ => Function::Unsafe { may_write: false },
@@ -521,22 +588,72 @@ mod tests {
     #[test]
     fn functions_are_judged_by_volatility_and_origin() {
         let mut c = Catalog::default();
-        c.add_function("lower".into(), "pg_catalog", "i");
-        c.add_function("to_char".into(), "pg_catalog", "s");
-        c.add_function("now".into(), "pg_catalog", "s");
-        c.add_function("random".into(), "pg_catalog", "v");
-        c.add_function("bump_counter".into(), "public", "v");
-        c.add_function("lookup".into(), "public", "s");
-        c.add_function("pure".into(), "public", "i");
-        c.add_function("pure".into(), "other", "v");
+        let mut add = |name: &str, schema, volatility, language, body| {
+            c.add_function(name.into(), schema, volatility, language, body)
+        };
+        add("lower", "pg_catalog", "i", "internal", None);
+        add("replace", "pg_catalog", "i", "internal", None);
+        add("to_char", "pg_catalog", "s", "internal", None);
+        add("now", "pg_catalog", "s", "internal", None);
+        add("random", "pg_catalog", "v", "internal", None);
+        add(
+            "bump_counter",
+            "public",
+            "v",
+            "sql",
+            Some("UPDATE t SET n = n + 1 RETURNING n"),
+        );
+        add("lookup", "public", "s", "plpgsql", None);
+        add("pure", "public", "i", "sql", Some("SELECT $1 * 2"));
+        add("pure", "other", "v", "sql", Some("SELECT 1"));
+        add(
+            "slug",
+            "public",
+            "i",
+            "sql",
+            Some("SELECT lower(replace($1, ' ', '-'))"),
+        );
+        add("ext_hash", "public", "i", "c", None);
+        // Declared IMMUTABLE, yet reading a table (Postgres does not check).
+        add(
+            "price_of",
+            "public",
+            "i",
+            "sql",
+            Some("SELECT price FROM items WHERE id = $1"),
+        );
+        add("pl_pure", "public", "i", "plpgsql", None);
+        add(
+            "wraps",
+            "public",
+            "i",
+            "sql",
+            Some("SELECT price_of($1) + 1"),
+        );
+        add(
+            "wraps_wraps",
+            "public",
+            "i",
+            "sql",
+            Some("SELECT wraps($1)"),
+        );
+        add("wraps_slug", "public", "i", "sql", Some("SELECT slug($1)"));
         assert_eq!(c.function(&name("lower")), Function::Safe);
         assert_eq!(c.function(&name("to_char")), Function::Safe);
         assert_eq!(c.function(&name("coalesce")), Function::Safe);
+        assert_eq!(c.function(&name("slug")), Function::Safe);
+        assert_eq!(c.function(&name("ext_hash")), Function::Safe);
         let unsafe_ = |w| Function::Unsafe { may_write: w };
         assert_eq!(c.function(&name("now")), unsafe_(false));
         assert_eq!(c.function(&name("current_timestamp")), unsafe_(false));
         assert_eq!(c.function(&name("random")), unsafe_(false));
         assert_eq!(c.function(&name("lookup")), unsafe_(false));
+        assert_eq!(c.function(&name("price_of")), unsafe_(false));
+        assert_eq!(c.function(&name("pl_pure")), unsafe_(false));
+        c.settle_functions();
+        assert_eq!(c.function(&name("wraps")), unsafe_(false));
+        assert_eq!(c.function(&name("wraps_wraps")), unsafe_(false));
+        assert_eq!(c.function(&name("wraps_slug")), Function::Safe);
         assert_eq!(c.function(&name("bump_counter")), unsafe_(true));
         assert_eq!(c.function(&name("pure")), unsafe_(true));
         assert_eq!(c.function(&name("unknown_fn")), unsafe_(true));
