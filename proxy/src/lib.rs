@@ -8,6 +8,7 @@
 pub mod cache;
 pub mod cancel;
 pub mod error;
+pub mod faults;
 pub mod handshake;
 pub mod logging;
 pub mod metrics;

@@ -152,6 +152,21 @@ pub async fn wait_backend_active(observer: &Client, name: &str, query_part: &str
     );
 }
 
+/// Rows of a simple query, as text, with NULL as `None`.
+pub fn simple_rows(messages: &[tokio_postgres::SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
+    messages
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => Some(
+                (0..row.len())
+                    .map(|i| row.get(i).map(str::to_owned))
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Polls `check` every 20 ms until it returns true or `limit` passes; returns whether it did. This is
 /// the one way tests wait for something they cannot be told about (a backend exiting, a port opening).
 pub async fn wait_for<F, Fut>(limit: Duration, mut check: F) -> bool

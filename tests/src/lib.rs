@@ -12,6 +12,7 @@
 pub mod binary;
 pub mod cache;
 pub mod client;
+pub mod fuzz;
 pub mod pg;
 pub mod proxy;
 pub mod raw;
