@@ -544,3 +544,33 @@ async fn unlogged_tables_are_not_cached_without_a_ttl_rule() {
         .unwrap();
     veneer_tests::cache::wait_unlogged_forwarded(&direct, &client, "becomes").await;
 }
+
+/// Changes written under a replication origin (as a logical subscriber applies another server's
+/// changes) are followed like any other: the stream does not skip other origins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_under_a_replication_origin_are_followed() {
+    let direct = own_database("repl_origin").await;
+    direct
+        .batch_execute(
+            "CREATE TABLE applied (id int PRIMARY KEY, v int); INSERT INTO applied VALUES (1, 1);
+             SELECT pg_replication_origin_create('upstream_server');",
+        )
+        .await
+        .unwrap();
+    let proxy = ProxyHandle::start().await;
+    let client = connect(&on(proxy.addr(), "repl_origin")).await.unwrap();
+    wait_database_cached(&client, "repl_origin").await;
+    let read = "SELECT v FROM applied WHERE id = 1";
+    first(&client, read).await;
+    first(&client, read).await;
+    direct
+        .batch_execute(
+            "SET synchronous_commit = on;
+             SELECT pg_replication_origin_session_setup('upstream_server');
+             UPDATE applied SET v = 2 WHERE id = 1;
+             SELECT pg_replication_origin_session_reset();",
+        )
+        .await
+        .unwrap();
+    until_seen(&client, read, "2").await;
+}
