@@ -55,6 +55,16 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+impl Error {
+    /// The server did not answer `during` within `limit`.
+    pub fn silent(during: &str, limit: std::time::Duration) -> Error {
+        Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("the server did not answer {during} within {limit:?}"),
+        ))
+    }
+}
+
 /// What to do about the refusals a setup can cause.
 fn hint(code: &str, message: &str) -> Option<&'static str> {
     Some(match code {

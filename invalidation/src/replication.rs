@@ -25,7 +25,11 @@ use crate::pgoutput;
 use crate::test_decoding::{self, KeySource};
 
 /// Longest wait between two standby status updates.
-pub const STATUS_INTERVAL: Duration = Duration::from_secs(10);
+pub const STATUS_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Longest the server may stay silent on the stream, though asked to answer, before the connection
+/// counts as lost.
+const SILENCE_LIMIT: Duration = Duration::from_secs(10);
 
 /// The end of the last WAL record inserted, as a byte count: every transaction that committed before
 /// it ran ends at or before it, whether its commit was flushed yet or not. The insert position
@@ -70,6 +74,11 @@ pub struct Login {
     /// Keep the slot when the stream ends (resuming from it on the next start) instead of creating a
     /// temporary one each time.
     pub permanent: bool,
+    /// Longest the login may take.
+    pub login_timeout: Duration,
+    /// Longest the rest of the start may take (creating a slot waits for the transactions in
+    /// progress to end).
+    pub setup_timeout: Duration,
 }
 
 /// How a slot decodes the WAL into changes.
@@ -166,61 +175,19 @@ where
         // Commit times are printed in the session's time zone.
         ("TimeZone", "UTC"),
     ];
-    conn.login(&login.user, login.password.as_deref(), &params)
-        .await?;
-    let published = match &login.plugin {
-        Plugin::TestDecoding => None,
-        Plugin::Pgoutput { publication } => conn.published_tables(publication, sink).await?,
-    };
-    conn.drop_legacy_publication(login, sink).await?;
-    let resumed = if login.permanent {
-        conn.existing_slot(login).await?
-    } else {
-        None
-    };
-    let timeline = conn.timeline().await?;
-    let consistent = match resumed {
-        Some(resumed) => resumed.confirmed,
-        None => conn.create_slot(login).await?,
-    };
-    let options = match &login.plugin {
-        // Transactions come whole at their commit (test_decoding's streamed changes name no table),
-        // each with its commit time.
-        Plugin::TestDecoding => {
-            "\"include-xids\" '0', \"include-timestamp\" '1', \"skip-empty-xacts\" '0'".to_owned()
-        }
-        // Protocol 2 (Postgres 14 and later) streams large transactions while they run, so the
-        // server does not spill them to disk first, and passes on Veneer's DDL messages.
-        Plugin::Pgoutput { publication } => format!(
-            "{}, publication_names {}",
-            if conn.server_major >= 14 {
-                "proto_version '2', streaming 'on', messages 'true'"
-            } else {
-                "proto_version '1'"
-            },
-            escape_literal(&escape_identifier(publication))
-        ),
-    };
-    let start = format!(
-        "START_REPLICATION SLOT {} LOGICAL 0/0 ({options})",
-        escape_identifier(&login.slot),
-    );
-    frontend::query(&start, &mut conn.out)?;
-    conn.flush().await?;
-    loop {
-        let (tag, body) = conn.read().await?;
-        match tag {
-            b'W' => break,
-            b'E' => return Err(server_error(&body, "starting replication")),
-            b'N' | b'S' => {}
-            other => {
-                return Err(Error::Protocol(format!(
-                    "expected CopyBothResponse, got '{}'",
-                    other as char
-                )))
-            }
-        }
-    }
+    let logged_in = conn.login(&login.user, login.password.as_deref(), &params);
+    tokio::time::timeout(login.login_timeout, logged_in)
+        .await
+        .map_err(|_| Error::silent("the login", login.login_timeout))??;
+    let started = tokio::time::timeout(login.setup_timeout, conn.start(login, sink))
+        .await
+        .map_err(|_| Error::silent("the stream's start", login.setup_timeout))??;
+    let Started {
+        published,
+        resumed,
+        timeline,
+        consistent,
+    } = started;
     sink.streaming(published, resumed, timeline);
     sink.progress(Progress {
         server_end: consistent,
@@ -240,6 +207,15 @@ where
             login.slot
         ))),
     }
+}
+
+/// What the start of a stream found out.
+struct Started {
+    published: Option<Vec<String>>,
+    resumed: Option<Resumed>,
+    timeline: u32,
+    /// Where the stream starts.
+    consistent: u64,
 }
 
 /// The decoder of the slot's plugin.
@@ -271,6 +247,71 @@ impl Decoder {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    /// Everything between the login and the first change: the publication, the slot, and
+    /// START_REPLICATION up to the server's CopyBothResponse.
+    async fn start<K: Sink>(&mut self, login: &Login, sink: &mut K) -> Result<Started, Error> {
+        let published = match &login.plugin {
+            Plugin::TestDecoding => None,
+            Plugin::Pgoutput { publication } => self.published_tables(publication, sink).await?,
+        };
+        self.drop_legacy_publication(login, sink).await?;
+        let resumed = if login.permanent {
+            self.existing_slot(login).await?
+        } else {
+            None
+        };
+        let timeline = self.timeline().await?;
+        let consistent = match resumed {
+            Some(resumed) => resumed.confirmed,
+            None => self.create_slot(login).await?,
+        };
+        let options = match &login.plugin {
+            // Transactions come whole at their commit (test_decoding's streamed changes name no table),
+            // each with its commit time.
+            Plugin::TestDecoding => {
+                "\"include-xids\" '0', \"include-timestamp\" '1', \"skip-empty-xacts\" '0'"
+                    .to_owned()
+            }
+            // Protocol 2 (Postgres 14 and later) streams large transactions while they run, so the
+            // server does not spill them to disk first, and passes on Veneer's DDL messages.
+            Plugin::Pgoutput { publication } => format!(
+                "{}, publication_names {}",
+                if self.server_major >= 14 {
+                    "proto_version '2', streaming 'on', messages 'true'"
+                } else {
+                    "proto_version '1'"
+                },
+                escape_literal(&escape_identifier(publication))
+            ),
+        };
+        let start = format!(
+            "START_REPLICATION SLOT {} LOGICAL 0/0 ({options})",
+            escape_identifier(&login.slot),
+        );
+        frontend::query(&start, &mut self.out)?;
+        self.flush().await?;
+        loop {
+            let (tag, body) = self.read().await?;
+            match tag {
+                b'W' => break,
+                b'E' => return Err(server_error(&body, "starting replication")),
+                b'N' | b'S' => {}
+                other => {
+                    return Err(Error::Protocol(format!(
+                        "expected CopyBothResponse, got '{}'",
+                        other as char
+                    )))
+                }
+            }
+        }
+        Ok(Started {
+            published,
+            resumed,
+            timeline,
+            consistent,
+        })
+    }
+
     /// The server's timeline, from IDENTIFY_SYSTEM.
     async fn timeline(&mut self) -> Result<u32, Error> {
         let identity = self
@@ -484,6 +525,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     ) -> Result<(), Error> {
         tokio::pin!(stop);
         let mut last_status = tokio::time::Instant::now();
+        let mut last_heard = last_status;
         let mut asking = true;
         loop {
             let wait = STATUS_INTERVAL.saturating_sub(last_status.elapsed());
@@ -501,11 +543,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 }
             };
             let Ok(message) = next else {
-                self.status(applied, false).await?;
+                // Quiet since the last status: ask the server to answer this one, so that a
+                // connection nobody serves any more (a server stopped, a host gone) shows.
+                if last_heard.elapsed() >= SILENCE_LIMIT {
+                    return Err(Error::silent("on the stream", SILENCE_LIMIT));
+                }
+                self.status(applied, true).await?;
                 last_status = tokio::time::Instant::now();
                 continue;
             };
             let (tag, mut body) = message?;
+            last_heard = tokio::time::Instant::now();
             match tag {
                 b'd' => {}
                 b'E' => return Err(server_error(&body, "streaming")),

@@ -105,6 +105,14 @@ impl Error {
         .with_cause(cause)
     }
 
+    /// Reading a database's catalog took longer than `limit`.
+    pub fn catalog_timeout(database: &str, limit: std::time::Duration) -> Error {
+        Error::new(
+            Kind::Service,
+            format!("reading the catalog of database {database} took longer than {limit:?}"),
+        )
+    }
+
     /// The Prometheus endpoint could not start.
     pub fn metrics(
         addr: std::net::SocketAddr,

@@ -131,6 +131,8 @@ pub struct StreamMeters {
     pub transactions: Tally,
     /// Rows inserted, updated or deleted by them.
     pub rows: Tally,
+    /// Times the stream failed (lost, or refused at its start), each followed by a retry.
+    pub failures: Tally,
     /// Commit-to-apply delay of each transaction.
     delay: Histogram,
     /// Bytes of WAL the server had beyond what was applied, at its last report.
@@ -156,6 +158,9 @@ impl StreamMeters {
             ),
             rows: Tally::new(
                 counter!("veneer_replication_rows_total", "database" => database.clone()),
+            ),
+            failures: Tally::new(
+                counter!("veneer_replication_failures_total", "database" => database.clone()),
             ),
             delay: histogram!("veneer_replication_delay_seconds", "database" => database.clone()),
             lag_bytes: gauge!("veneer_replication_lag_bytes", "database" => database.clone()),

@@ -30,10 +30,19 @@ pub async fn service_login(
     if let Some(password) = &config.service_password {
         login.password(password);
     }
-    let (client, connection) = login
-        .connect_raw(upstream.stream, tokio_postgres::NoTls)
-        .await
-        .map_err(|e| Error::service("login", &config.service_user, database, e))?;
+    let (client, connection) = tokio::time::timeout(
+        config.connect_timeout,
+        login.connect_raw(upstream.stream, tokio_postgres::NoTls),
+    )
+    .await
+    .map_err(|_| {
+        let timeout = std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer within {:?}", config.connect_timeout),
+        );
+        Error::service("login", &config.service_user, database, timeout)
+    })?
+    .map_err(|e| Error::service("login", &config.service_user, database, e))?;
     let driver = tokio::spawn(async move {
         let _ = connection.await;
     });
@@ -53,21 +62,26 @@ pub struct Upstream {
 
 /// Connects to the configured upstream, with TLS through `tls` (built once by
 /// [`tls::upstream_connector`]; `None` when the mode is disable); errors name the upstream's address.
+/// The whole of it, TLS negotiation included, is bounded by `connect_timeout`: a server that takes
+/// the connection and never answers (stopped, or restarting) must not hold anyone waiting.
 pub async fn connect(config: &Config, tls: Option<&TlsConnector>) -> Result<Upstream, Error> {
     let target = &config.upstream;
-    let tcp = tokio::time::timeout(
-        config.connect_timeout,
-        TcpStream::connect((target.host.as_str(), target.port)),
-    )
-    .await
-    .map_err(|_| {
-        let timeout = std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("timed out after {:?}", config.connect_timeout),
-        );
-        Error::upstream_connect(target, timeout)
-    })?
-    .map_err(|e| Error::upstream_connect(target, e))?;
+    tokio::time::timeout(config.connect_timeout, open(config, tls))
+        .await
+        .map_err(|_| {
+            let timeout = std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("timed out after {:?}", config.connect_timeout),
+            );
+            Error::upstream_connect(target, timeout)
+        })?
+}
+
+async fn open(config: &Config, tls: Option<&TlsConnector>) -> Result<Upstream, Error> {
+    let target = &config.upstream;
+    let tcp = TcpStream::connect((target.host.as_str(), target.port))
+        .await
+        .map_err(|e| Error::upstream_connect(target, e))?;
     let addr = tcp
         .peer_addr()
         .map_err(|e| Error::upstream_connect(target, e))?;

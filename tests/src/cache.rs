@@ -162,8 +162,10 @@ pub async fn write_applied(direct: &Client, client: &Client, database: &str, sql
 }
 
 /// Ends the proxy's replication stream of `database` from the server's side (`direct`, a superuser
-/// session straight to it) and returns once the proxy `client` is connected to has noticed.
+/// session straight to it) and returns once the proxy `client` is connected to has noticed (it counts
+/// the failure; it may have started again already, since the first retry is immediate).
 pub async fn lose_stream(direct: &Client, client: &Client, database: &str) {
+    let before = stream_failures(client, database).await;
     let killed: i64 = crate::client::scalar(
         direct,
         &format!(
@@ -173,12 +175,26 @@ pub async fn lose_stream(direct: &Client, client: &Client, database: &str) {
     )
     .await;
     assert!(killed >= 1, "no walsender of the proxy found");
-    let key = format!("database {database}");
     let noticed = wait_for(Duration::from_secs(20), || async {
-        !status(client).await[&key].contains("replication streaming")
+        stream_failures(client, database).await > before
     })
     .await;
     assert!(noticed, "the proxy did not notice the lost stream");
+}
+
+/// How many times the proxy's stream of `database` failed, from its status line.
+pub async fn stream_failures(client: &Client, database: &str) -> u64 {
+    let status = status(client).await;
+    status
+        .get(&format!("replication {database}"))
+        .and_then(|row| {
+            row.strip_suffix(" failures")?
+                .rsplit(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
 }
 
 /// Waits until the proxy `client` is connected to forwards reads of `table` (columns `id`, `v`; a

@@ -57,6 +57,17 @@ pub struct PgServer {
 
 static SERVER: OnceLock<PgServer> = OnceLock::new();
 
+/// A paused postmaster (see [`PgServer::pause`]), resumed when dropped, so a failing test never
+/// leaves the server paused.
+#[derive(Debug)]
+pub struct Paused(i32);
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
 /// The test binary's server, started on first call. A failure to start panics with the server log,
 /// which names the cause (missing binaries, permissions, port).
 pub fn pg() -> &'static PgServer {
@@ -98,6 +109,19 @@ impl PgServer {
             .next()
             .and_then(|l| l.trim().parse().ok())
             .unwrap_or_else(|| panic!("no pid in {}", file.display()))
+    }
+
+    /// Stops the postmaster with SIGSTOP until the returned guard is dropped: it then takes no new
+    /// connection (the kernel still queues them) and answers none, as a hung or unreachable server.
+    /// Running sessions go on. For test binaries of their own.
+    pub fn pause(&self) -> Paused {
+        let pid = self.postmaster_pid();
+        assert_eq!(
+            unsafe { libc::kill(pid, libc::SIGSTOP) },
+            0,
+            "SIGSTOP {pid}"
+        );
+        Paused(pid)
     }
 
     /// The server log so far, to print when a test needs the server's side of a failure.
@@ -154,15 +178,37 @@ impl PgServer {
     /// or replace its data directory, as a restore from a snapshot does), and starts it again on the
     /// same port. For test binaries of their own: every session of the binary is ended.
     pub fn restart_with(&self, offline: impl FnOnce(&Path)) {
+        self.stop("fast");
+        offline(&self.data_dir());
+        self.start_postmaster();
+    }
+
+    /// Stops the server in `mode` (`fast`: sessions are ended and a checkpoint written; `immediate`:
+    /// every process is killed and the next start recovers from the WAL, as after a crash) and starts
+    /// it again without waiting, so the caller can see when it takes connections. For test binaries
+    /// of their own: every session of the binary is ended.
+    pub fn restart(&self, mode: &str) {
+        self.stop(mode);
+        let log = self.base.join("server.log");
         self.run_as_server_user(
-            "pg_ctl stop",
+            "pg_ctl start",
             self.server_command("pg_ctl")
                 .arg("-D")
                 .arg(self.data_dir())
-                .args(["-m", "fast", "-w", "-t", "60", "stop"]),
+                .arg("-l")
+                .arg(&log)
+                .args(["-W", "start"]),
         );
-        offline(&self.data_dir());
-        self.start_postmaster();
+    }
+
+    fn stop(&self, mode: &str) {
+        self.run_as_server_user(
+            &format!("pg_ctl stop -m {mode}"),
+            self.server_command("pg_ctl")
+                .arg("-D")
+                .arg(self.data_dir())
+                .args(["-m", mode, "-w", "-t", "60", "stop"]),
+        );
     }
 
     fn init_cluster(&self) {

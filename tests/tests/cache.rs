@@ -899,3 +899,28 @@ async fn replication_connections_pass_through_without_touching_the_cache() {
     column(&client, sql).await;
     assert_eq!(figure(&client, "hits").await, hits + 1);
 }
+
+/// A session waiting for another's identical miss waits only so long: the other may be held by its
+/// own client (which stopped reading a large answer) or by anything else, and directly this client
+/// would have had its answer. Past `connect_timeout` it asks upstream itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_does_not_wait_without_bound_for_another_sessions_miss() {
+    let proxy = ProxyHandle::start_with(|s| {
+        s.max_result_bytes = Some(64 << 20);
+        s.connect_timeout = Some(veneer_config::Millis(Duration::from_secs(1)));
+    })
+    .await;
+    wait_cache_ready(proxy.addr()).await;
+    // About 20 MB: more than the sockets and the proxy hold for a client that does not read.
+    let large =
+        raw::query("SELECT repeat('x', 1000) FROM generate_series(1, 20000) AS g -- flight");
+    let (mut stuck, _) = RawClient::startup(proxy.addr(), SUPERUSER, "cache-flight").await;
+    stuck.send(&large).await;
+    let observer = direct_admin().await;
+    wait_backend_active(&observer, "cache-flight", "-- flight").await;
+    let (mut waiting, _) = RawClient::startup(proxy.addr(), SUPERUSER, "cache-flight").await;
+    waiting.send(&large).await;
+    let answer = within("the second session's answer", waiting.read_until_ready()).await;
+    assert_eq!(answer.iter().filter(|m| m.tag() == b'D').count(), 20_000);
+    drop(stuck);
+}

@@ -9,23 +9,6 @@ use tokio::io::AsyncReadExt;
 use veneer_tests::raw::{self, RawClient};
 use veneer_tests::*;
 
-/// Resumes the postmaster when dropped, so a failing test never leaves the server paused.
-struct Paused(i32);
-
-impl Paused {
-    fn postmaster() -> Paused {
-        let pid = pg().postmaster_pid();
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0, "SIGSTOP");
-        Paused(pid)
-    }
-}
-
-impl Drop for Paused {
-    fn drop(&mut self) {
-        unsafe { libc::kill(self.0, libc::SIGCONT) };
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_is_told_a_cancel_is_done_only_once_the_server_took_it() {
     let proxy = ProxyHandle::start().await;
@@ -40,7 +23,7 @@ async fn the_client_is_told_a_cancel_is_done_only_once_the_server_took_it() {
     sleeper.send(&raw::query("SELECT pg_sleep(30)")).await;
     wait_backend_active(&observer, "cancel-order", "pg_sleep").await;
 
-    let paused = Paused::postmaster();
+    let paused = pg().pause();
     let mut cancel = RawClient::connect(proxy.addr()).await;
     let mut request = Vec::new();
     request.extend_from_slice(&16u32.to_be_bytes());

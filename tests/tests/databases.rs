@@ -228,8 +228,9 @@ async fn a_database_dropped_and_recreated_through_the_proxy_serves_nothing_old()
 }
 
 /// The README's remedy for dropping, directly on the server, a database Veneer follows: the plain
-/// drop fails with the error the README quotes; ending the stream and dropping WITH (FORCE) at once
-/// succeeds while the database still has a client through Veneer.
+/// drop fails with the error the README quotes; closing the database to new connections, ending the
+/// stream (which Veneer would otherwise start again at once) and dropping WITH (FORCE) succeeds while
+/// the database still has a client through Veneer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_followed_database_can_be_dropped_directly_as_the_readme_says() {
     let direct_own = database_with_items("dropped_directly", "x").await;
@@ -250,8 +251,10 @@ async fn a_followed_database_can_be_dropped_directly_as_the_readme_says() {
         "database \"dropped_directly\" is used by an active logical replication slot"
     );
     assert_eq!(db.detail(), Some("There is 1 active slot."));
-    // Two statements, as psql sends the README's two lines (DROP DATABASE refuses a block).
+    // Three statements, as psql sends the README's three lines (DROP DATABASE refuses a block).
+    // Veneer reconnects a lost stream at once: the database first stops taking connections.
     for sql in [
+        "ALTER DATABASE dropped_directly ALLOW_CONNECTIONS false",
         "SELECT pg_terminate_backend(active_pid, 5000) FROM pg_replication_slots \
            WHERE database = 'dropped_directly'",
         "DROP DATABASE dropped_directly WITH (FORCE)",

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use veneer_tests::cache::{
     applied, figure, first, lose_stream, on, own_database, run_direct as setup, status, until_seen,
-    wait_cache_ready, wait_database_cached,
+    wait_cache_ready, wait_database_cached, write_applied,
 };
 use veneer_tests::*;
 
@@ -141,18 +141,19 @@ async fn a_permanent_slot_resumes_without_emptying_the_cache() {
         for sql in [kept, written, kept, written] {
             first(&client, sql).await;
         }
-        lose_stream(&direct, &client, "repl_perm").await;
-        // Written while nobody follows, behind a large transaction: all replayed from the slot
-        // before the cache serves again.
+        // Committed as the stream is lost, behind a large transaction: replayed from the slot,
+        // whether it commits before the stream is back (the first retry is immediate) or after.
         direct
             .batch_execute(&format!(
-                "INSERT INTO bulk SELECT g FROM generate_series({}, {}) g;
+                "BEGIN; INSERT INTO bulk SELECT g FROM generate_series({}, {}) g;
                  UPDATE written SET v = {round} WHERE id = 1",
                 round * 200_000,
                 round * 200_000 + 199_999
             ))
             .await
             .unwrap();
+        lose_stream(&direct, &client, "repl_perm").await;
+        write_applied(&direct, &client, "repl_perm", "COMMIT").await;
         wait_database_cached(&client, "repl_perm").await;
         assert_eq!(
             first(&client, written).await,

@@ -10,7 +10,7 @@ use veneer_cache_node::CacheStore;
 use veneer_config::Replication;
 use veneer_invalidation::Source;
 
-use super::database::Listener;
+use super::database::{CatalogState, Listener};
 use super::Cache;
 use crate::session::TxStatus;
 use crate::wire::authored::{error_response, Severity};
@@ -180,16 +180,40 @@ async fn status(cache: &Cache) -> Vec<Vec<String>> {
             (_, Listener::Held) => {
                 "replication paused: a DROP DATABASE of it is running".to_owned()
             }
-            (_, Listener::Down(why)) => format!("replication down: {why}"),
+            (
+                _,
+                Listener::Down {
+                    why,
+                    since,
+                    retry_at,
+                },
+            ) => {
+                let retry = retry_at.saturating_duration_since(tokio::time::Instant::now());
+                format!(
+                    "replication down since {} ({why}); {}",
+                    clock(since),
+                    if retry.is_zero() {
+                        "retrying now".to_owned()
+                    } else {
+                        format!("retrying in {:.1} s", retry.as_secs_f64())
+                    }
+                )
+            }
         };
         let serving = if !db.has_catalog() {
-            "forwarded: catalog not read (idle, starting, or failing: see the log)"
+            match db.catalog_state() {
+                CatalogState::Idle => "forwarded: catalog not read (no client lately)".to_owned(),
+                CatalogState::Reading => "forwarded: catalog being read".to_owned(),
+                CatalogState::Failing(e) => {
+                    format!("forwarded: catalog not read ({e}); retrying")
+                }
+            }
         } else if !cache.serves(&db) {
-            "forwarded: replication not following"
+            "forwarded: replication not following".to_owned()
         } else {
-            "cached"
+            "cached".to_owned()
         };
-        let mut state = vec![serving.to_owned(), replication];
+        let mut state = vec![serving, replication];
         let outside = db.outside_publication();
         if !outside.is_empty() {
             state.push(format!(
@@ -205,14 +229,15 @@ async fn status(cache: &Cache) -> Vec<Vec<String>> {
                 format!("replication {}", db.name),
                 format!(
                     "{} transactions, {} rows applied; {behind} bytes of WAL behind; last commit \
-                     applied {:.1} ms after it committed; {}",
+                     applied {:.1} ms after it committed; {}; {} failures",
                     db.stream.transactions.get(),
                     db.stream.rows.get(),
                     delay.as_secs_f64() * 1000.0,
                     match db.stream.last_retained() {
                         Some(bytes) => format!("slot retains {bytes} bytes of WAL"),
                         None => "slot's retained WAL not read yet".to_owned(),
-                    }
+                    },
+                    db.stream.failures.get(),
                 ),
             ]);
         }
@@ -252,6 +277,20 @@ fn queries(cache: &Cache) -> Vec<Vec<String>> {
             ]
         })
         .collect()
+}
+
+/// A time of day, UTC, as `12:01:03`.
+fn clock(at: std::time::SystemTime) -> String {
+    let secs = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let day = secs % 86_400;
+    format!(
+        "{:02}:{:02}:{:02} UTC",
+        day / 3600,
+        day % 3600 / 60,
+        day % 60
+    )
 }
 
 fn ratio(hits: u64, misses: u64) -> String {

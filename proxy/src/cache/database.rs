@@ -119,8 +119,15 @@ pub enum Listener {
     Starting,
     /// Applying the database's commits.
     Streaming,
-    /// Failed; retried with backoff. The reason, for the status.
-    Down(String),
+    /// Failed; retried with backoff.
+    Down {
+        /// The cause, for the status.
+        why: String,
+        /// When the stream was lost (the first failure of the outage).
+        since: std::time::SystemTime,
+        /// When the next attempt starts.
+        retry_at: tokio::time::Instant,
+    },
     /// Kept off while a DROP DATABASE of this database runs.
     Held,
 }
@@ -130,6 +137,17 @@ impl Listener {
     fn connected(&self) -> bool {
         matches!(self, Listener::Starting | Listener::Streaming)
     }
+}
+
+/// What a database's catalog reader is doing, for the status while no snapshot is installed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CatalogState {
+    /// Not running: no client has used the database for the idle time (or none yet).
+    Idle,
+    /// Reading (again, after DDL).
+    Reading,
+    /// The last read failed, with this error; retried.
+    Failing(String),
 }
 
 /// A session's use of a database, which keeps the database's background work running; ends with the
@@ -171,6 +189,8 @@ pub struct Database {
     pub stream: StreamMeters,
     /// Where its stream stands, for sessions waiting to read their writes' full effects.
     pub fence: Fence,
+    /// What the catalog reader is doing.
+    catalog_state: std::sync::Mutex<CatalogState>,
     /// The server's timeline when a permanent slot's stream last started (0: not yet).
     pub(super) timeline: std::sync::atomic::AtomicU32,
     /// The tables the followed publication covers, when it does not cover all tables.
@@ -194,6 +214,7 @@ impl Database {
             demand: Demand::default(),
             fence: Fence::default(),
             timeline: std::sync::atomic::AtomicU32::new(0),
+            catalog_state: std::sync::Mutex::new(CatalogState::Idle),
             published: std::sync::Mutex::new(None),
         }
     }
@@ -281,6 +302,16 @@ impl Database {
             Some(catalog) => catalog.table_keys(name),
             None => TableKeys::Unknown,
         }
+    }
+
+    /// What the catalog reader is doing.
+    pub fn catalog_state(&self) -> CatalogState {
+        self.catalog_state.lock().expect("not poisoned").clone()
+    }
+
+    /// Records what the catalog reader is doing.
+    pub(super) fn set_catalog_state(&self, state: CatalogState) {
+        *self.catalog_state.lock().expect("not poisoned") = state;
     }
 
     /// Whether a catalog snapshot is installed.

@@ -9,12 +9,18 @@
 //! database is marked not streaming, which under `replication = required` makes sessions forward its
 //! reads; each start bumps the global epoch and rereads the catalog, since writes and DDL made while
 //! nobody listened are unknown.
+//!
+//! A lost stream is retried at once, then after growing waits with jitter: up to half a second while
+//! the cause is one that passes (a connection lost, a server restarting), so a restarted server is
+//! followed again within a second of taking connections; up to 30 s for a refusal (a setting, a
+//! permission) that will not. A stream that ran healthily for a while starts the waits over.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
 use veneer_invalidation::commit::{Commit, Ddl};
+use veneer_invalidation::conn;
 use veneer_invalidation::replication::{self, Login, Plugin, Progress, Resumed, Sink};
 use veneer_invalidation::test_decoding::{KeySource, TableKeys};
 use veneer_invalidation::Source;
@@ -24,12 +30,22 @@ use super::slot;
 use super::Cache;
 use crate::upstream;
 
-/// First wait before reconnecting; doubled per failure up to [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_millis(250);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// The wait after the second failure in a row (the first is retried at once); doubled per failure
+/// up to [`PASSING_CAP`] or [`LASTING_CAP`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest wait after a failure that passes by itself (a lost connection, a restarting server).
+const PASSING_CAP: Duration = Duration::from_millis(500);
+/// Longest wait after a refusal that does not (a setting, a permission, a missing plugin).
+const LASTING_CAP: Duration = Duration::from_secs(30);
+/// A stream that ran this long before failing starts the waits over.
+const HEALTHY: Duration = Duration::from_secs(10);
 
 /// Makes slot names unique within the process (several proxies may run in one, as in the tests).
 static NEXT_SLOT: AtomicU64 = AtomicU64::new(0);
+
+/// Longest a stream's start may take after its login: creating a slot waits for the transactions in
+/// progress to end.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// WAL kept by a permanent slot while nobody followed it, past which its resumption is logged as a
 /// warning.
@@ -158,7 +174,9 @@ impl Sink for Apply<'_> {
 /// Follows `db`'s writes while it is wanted, until the cache is dropped or stops (the connection then
 /// closes and the server drops the temporary slot).
 pub async fn follow(cache: Weak<Cache>, db: Arc<Database>) {
-    let mut backoff = FIRST_BACKOFF;
+    let mut backoff = Backoff::default();
+    // When the stream was lost, for the status: the first failure of the outage.
+    let mut down_since = None;
     loop {
         db.demand.wanted().await;
         let Some((listeners, cap)) = cache
@@ -185,10 +203,12 @@ pub async fn follow(cache: Weak<Cache>, db: Arc<Database>) {
         };
         db.set_listener(Listener::Starting);
         let idle = strong.config.replication_idle_timeout;
+        let started = tokio::time::Instant::now();
         let failure = run(&strong, &db).await.err();
         drop(permit);
         let Some(failure) = failure else {
-            backoff = FIRST_BACKOFF;
+            backoff = Backoff::default();
+            down_since = None;
             let (state, why) = if db.demand.held() {
                 (Listener::Held, "a DROP DATABASE of it is running")
             } else {
@@ -201,21 +221,85 @@ pub async fn follow(cache: Weak<Cache>, db: Arc<Database>) {
             tracing::info!(database = %db.name, "replication stream stopped and slot released: {why}");
             continue;
         };
-        db.set_listener(Listener::Down(failure.clone()));
-        tracing::warn!(database = %db.name, error = %failure, retry_in = ?backoff,
+        if started.elapsed() >= HEALTHY {
+            backoff = Backoff::default();
+            down_since = None;
+        }
+        db.stream.failures.add(1);
+        let wait = backoff.next(failure.passing);
+        db.set_listener(Listener::Down {
+            why: failure.message.clone(),
+            since: *down_since.get_or_insert_with(SystemTime::now),
+            retry_at: tokio::time::Instant::now() + wait,
+        });
+        tracing::warn!(database = %db.name, error = %failure.message, retry_in = ?wait,
             "replication stream down: writes made outside the proxy are not followed until it is back");
         drop(strong);
         tokio::select! {
-            () = tokio::time::sleep(backoff) => {}
+            () = tokio::time::sleep(wait) => {}
             () = db.demand.released(idle) => {}
         }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Why a stream stopped, and whether the cause passes by itself.
+struct Failure {
+    message: String,
+    /// A lost connection or a server restarting or shutting down: retried quickly.
+    passing: bool,
+}
+
+impl From<crate::Error> for Failure {
+    fn from(e: crate::Error) -> Failure {
+        Failure {
+            message: e.to_string(),
+            passing: true,
+        }
+    }
+}
+
+impl From<conn::Error> for Failure {
+    fn from(e: conn::Error) -> Failure {
+        let passing = match &e {
+            conn::Error::Io(_) => true,
+            // Connection failures, and the server shutting down, starting or in recovery.
+            conn::Error::Server { code, .. } => code.starts_with("08") || code.starts_with("57P"),
+            conn::Error::Protocol(_) | conn::Error::Setup(_) => false,
+        };
+        Failure {
+            message: e.to_string(),
+            passing,
+        }
+    }
+}
+
+/// Waits between reconnections: none after the first failure, then growing, with jitter so that
+/// proxies that lost their streams together do not come back together.
+#[derive(Default)]
+struct Backoff {
+    failures: u32,
+}
+
+impl Backoff {
+    fn next(&mut self, passing: bool) -> Duration {
+        self.failures += 1;
+        if self.failures == 1 {
+            return Duration::ZERO;
+        }
+        let cap = if passing { PASSING_CAP } else { LASTING_CAP };
+        let grown = FIRST_BACKOFF.saturating_mul(1 << (self.failures - 2).min(16));
+        let jitter = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos())
+            % 400;
+        // 80 % to 120 % of the wait.
+        grown.min(cap).mul_f64(0.8 + f64::from(jitter) / 1000.0)
     }
 }
 
 /// One replication session: returns `Ok` when it was stopped because the database is no longer
 /// wanted (its slot is dropped by then), or why it failed.
-async fn run(cache: &Cache, db: &Database) -> Result<(), String> {
+async fn run(cache: &Cache, db: &Database) -> Result<(), Failure> {
     let permanent = cache.config.replication_slot.as_deref();
     let login = Login {
         user: cache.service.service_user.clone(),
@@ -236,11 +320,11 @@ async fn run(cache: &Cache, db: &Database) -> Result<(), String> {
             ),
         },
         permanent: permanent.is_some(),
+        login_timeout: cache.service.connect_timeout,
+        setup_timeout: SETUP_TIMEOUT,
     };
     let wanted = db.fence.wanted();
-    let connection = upstream::connect(&cache.service, cache.service_tls.as_ref())
-        .await
-        .map_err(|e| e.to_string())?;
+    let connection = upstream::connect(&cache.service, cache.service_tls.as_ref()).await?;
     let mut sink = Apply {
         cache,
         db,
@@ -256,7 +340,7 @@ async fn run(cache: &Cache, db: &Database) -> Result<(), String> {
     let stream = replication::follow(connection.stream, &login, &mut sink, stop, wanted);
     // Positions for read-your-writes are read while the stream runs, which is what makes them pass.
     tokio::select! {
-        followed = stream => followed.map_err(|e| e.to_string()),
+        followed = stream => followed.map_err(Failure::from),
         never = db.fence.settle(cache, db) => match never {},
         never = slot::watch(cache, db, &login.slot) => match never {},
     }

@@ -28,7 +28,7 @@ use veneer_config::{CacheConfig, Config, Replication};
 
 use crate::metrics::Meters;
 use catalog::Catalog;
-use database::Database;
+use database::{CatalogState, Database};
 use digest::Digest;
 
 /// The tier in use. Sessions only use the [`CacheStore`] trait, so another tier replaces this alias.
@@ -43,6 +43,9 @@ const MAX_SCOPES: usize = 100_000;
 
 /// Quiet time after DDL before the catalog is read again (see [`settle`]).
 const DDL_SETTLE: Duration = Duration::from_millis(50);
+
+/// Longest a catalog read may take before it counts as failed (and is tried again).
+const CATALOG_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Catalog reads that fail are retried at least this often.
 const CATALOG_RETRY: Duration = Duration::from_secs(5);
@@ -315,6 +318,7 @@ pub async fn report_usage(cache: Weak<Cache>) {
 /// when the cache stops or is dropped.
 async fn keep_catalog(cache: Weak<Cache>, db: Arc<Database>) {
     loop {
+        db.set_catalog_state(CatalogState::Idle);
         db.demand.wanted().await;
         let Some(idle) = cache.upgrade().map(|c| c.config.replication_idle_timeout) else {
             return;
@@ -334,7 +338,14 @@ async fn refresh_catalog(cache: &Weak<Cache>, db: &Database) {
             return;
         };
         let version = db.version();
-        let wait = match Catalog::load(&cache.service, cache.service_tls.as_ref(), &db.name).await {
+        if !db.has_catalog() {
+            db.set_catalog_state(CatalogState::Reading);
+        }
+        let load = Catalog::load(&cache.service, cache.service_tls.as_ref(), &db.name);
+        let loaded = tokio::time::timeout(CATALOG_TIMEOUT, load)
+            .await
+            .unwrap_or_else(|_| Err(crate::Error::catalog_timeout(&db.name, CATALOG_TIMEOUT)));
+        let wait = match loaded {
             Ok(catalog) => {
                 if failing {
                     tracing::info!(database = %db.name, "catalog read again: caching resumes");
@@ -348,6 +359,7 @@ async fn refresh_catalog(cache: &Weak<Cache>, db: &Database) {
                 }
             }
             Err(e) => {
+                db.set_catalog_state(CatalogState::Failing(e.to_string()));
                 if !failing {
                     tracing::warn!(database = %db.name, error = %e,
                         "cannot read the catalog: reads of this database are forwarded uncached until it can");

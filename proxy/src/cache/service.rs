@@ -10,6 +10,9 @@ use super::Cache;
 use crate::error::Error;
 use crate::upstream;
 
+/// Longest one of these queries may wait for its answer.
+const QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A lazily opened service login to one database.
 pub struct Service<'a> {
     cache: &'a Cache,
@@ -49,15 +52,26 @@ impl<'a> Service<'a> {
                 client
             }
         };
-        let rows = client.query(sql, params).await.map_err(|e| {
-            Error::service(
-                self.application,
-                &self.cache.service.service_user,
-                &self.db.name,
-                e,
-            )
-        })?;
+        // A query that gets no answer (a server stopped, a host gone) drops the connection.
+        let rows = tokio::time::timeout(QUERY_TIMEOUT, client.query(sql, params))
+            .await
+            .map_err(|_| {
+                self.failed(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {QUERY_TIMEOUT:?}"),
+                ))
+            })?
+            .map_err(|e| self.failed(e))?;
         self.client = Some(client);
         Ok(rows)
+    }
+
+    fn failed(&self, cause: impl std::error::Error + Send + Sync + 'static) -> Error {
+        Error::service(
+            self.application,
+            &self.cache.service.service_user,
+            &self.db.name,
+            cause,
+        )
     }
 }

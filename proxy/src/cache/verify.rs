@@ -34,6 +34,9 @@ use crate::wire::frame::frames;
 /// Samples waiting for the verifier; past this many, new ones are skipped (`busy`).
 const QUEUE: usize = 64;
 
+/// Longest a check may take, the wait for the stream included.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Longest wait for the replication stream to apply the check's WAL before the sample is skipped.
 const STREAM_WAIT: Duration = Duration::from_secs(10);
 
@@ -147,7 +150,10 @@ async fn run(cache: Weak<Cache>, mut samples: mpsc::Receiver<Sample>) {
                 }
             },
         };
-        match check(&cache, &mut conn, sample).await {
+        let checked = tokio::time::timeout(CHECK_TIMEOUT, check(&cache, &mut conn, sample))
+            .await
+            .unwrap_or_else(|_| Err(ConnError::silent("a check", CHECK_TIMEOUT)));
+        match checked {
             Ok(()) => {
                 sessions.insert(name, conn);
             }
@@ -165,16 +171,20 @@ async fn login(cache: &Cache, database: &str) -> Result<Conn<Stream>, String> {
         .await
         .map_err(|e| e.to_string())?;
     let mut conn = Conn::new(upstream.stream);
-    conn.login(
+    let params = [
+        ("database", database),
+        ("application_name", "veneer verify"),
+    ];
+    let logged_in = conn.login(
         &cache.service.service_user,
         cache.service.service_password.as_deref(),
-        &[
-            ("database", database),
-            ("application_name", "veneer verify"),
-        ],
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+        &params,
+    );
+    let limit = cache.service.connect_timeout;
+    tokio::time::timeout(limit, logged_in)
+        .await
+        .map_err(|_| ConnError::silent("the login", limit).to_string())?
+        .map_err(|e| e.to_string())?;
     Ok(conn)
 }
 

@@ -62,7 +62,10 @@ pub(super) struct SessionCache {
     /// A unit taken from the client buffer whose lookup is under way (kept across awaits).
     current: Option<Unit>,
     /// Set while an identical miss of another session is in flight: this one waits for it.
-    waiting: Option<watch::Receiver<()>>,
+    waiting: Option<(watch::Receiver<()>, tokio::time::Instant)>,
+    /// The identical miss this session waited for took longer than the wait allowed: the current
+    /// unit goes upstream itself.
+    flight_given_up: bool,
     /// The response being teed into the cache.
     fill: Option<Fill>,
     /// Statement and portal plans as forwarded (before the upstream confirms), for write tracking,
@@ -228,6 +231,7 @@ impl SessionCache {
             scope: None,
             current: None,
             waiting: None,
+            flight_given_up: false,
             fill: None,
             statements: NameMap::default(),
             portals: NameMap::default(),
@@ -298,13 +302,17 @@ impl SessionCache {
     }
 
     /// Whether the session waits for another session's identical miss.
-    pub(super) fn waiting(&mut self) -> Option<&mut watch::Receiver<()>> {
-        self.waiting.as_mut()
+    pub(super) fn waiting(&mut self) -> Option<(&mut watch::Receiver<()>, tokio::time::Instant)> {
+        self.waiting.as_mut().map(|(rx, deadline)| (rx, *deadline))
     }
 
     /// The identical miss this session waited for has ended: look again.
     pub(super) fn stop_waiting(&mut self) {
-        self.waiting = None;
+        if let Some((_, deadline)) = self.waiting.take() {
+            // The other session's miss may wait on its own client or a stuck upstream: past the
+            // bound, this one asks upstream itself.
+            self.flight_given_up = tokio::time::Instant::now() >= deadline;
+        }
     }
 
     /// Whether nothing of the session's is in flight, waiting or unsettled, so that its upstream
@@ -445,10 +453,15 @@ impl Session {
             return;
         }
         let c = self.cache.as_mut().expect("checked");
+        if std::mem::take(&mut c.flight_given_up) {
+            self.bypass("coalesced_miss_too_slow");
+            return;
+        }
         let guard = match cache.flight(&key) {
             Flight::Follower(rx) => {
                 cache.meters.coalesced.add(1);
-                c.waiting = Some(rx);
+                let deadline = tokio::time::Instant::now() + self.shared.config.connect_timeout;
+                c.waiting = Some((rx, deadline));
                 return;
             }
             Flight::Leader(guard) => guard,

@@ -278,8 +278,8 @@ impl Session {
                 let waiting = self.cache.as_mut().and_then(SessionCache::waiting);
                 let in_flight = waiting.is_some();
                 let mut flight_over = std::pin::pin!(async {
-                    if let Some(rx) = waiting {
-                        let _ = rx.changed().await;
+                    if let Some((rx, deadline)) = waiting {
+                        let _ = tokio::time::timeout_at(deadline, rx.changed()).await;
                     }
                 });
                 let wakes = &self.wakes;
