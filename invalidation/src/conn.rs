@@ -41,7 +41,13 @@ impl fmt::Display for Error {
                 message,
                 during,
             } => {
-                write!(f, "server refused {during}: {message} (SQLSTATE {code})")?;
+                // Class 57 is an operator's or a shutdown's doing, not a refusal of the request.
+                let verb = if code.starts_with("57") {
+                    "ended"
+                } else {
+                    "refused"
+                };
+                write!(f, "server {verb} {during}: {message} (SQLSTATE {code})")?;
                 match hint(code, message) {
                     Some(hint) => write!(f, "; {hint}"),
                     None => Ok(()),

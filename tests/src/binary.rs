@@ -195,6 +195,11 @@ impl VeneerProcess {
         self.addr
     }
 
+    /// The process id, to look at its file descriptors and memory in `/proc`.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("veneer is running")
+    }
+
     /// Everything printed so far.
     pub fn output(&self) -> String {
         self.lines.lock().expect("lines lock").join("\n")

@@ -924,3 +924,38 @@ async fn a_session_does_not_wait_without_bound_for_another_sessions_miss() {
     assert_eq!(answer.iter().filter(|m| m.tag() == b'D').count(), 20_000);
     drop(stuck);
 }
+
+/// Transactions sent as one query (`BEGIN; UPDATE ... RETURNING ...; COMMIT`, as a driver's batch
+/// or an app's multi-statement string) write their tables, not the schema: a steady stream of them
+/// keeps other reads cached and the written table fresh. They counted as DDL, and each one had the
+/// catalog read again, so the catalog never settled and every read was forwarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_of_multi_statement_writes_keeps_the_cache_on() {
+    setup(
+        "CREATE TABLE batched (id int PRIMARY KEY, v int NOT NULL); INSERT INTO batched VALUES (1, 0);
+         CREATE TABLE beside_batched (id int PRIMARY KEY, v int); INSERT INTO beside_batched VALUES (1, 1);",
+    )
+    .await;
+    let proxy = cached_proxy().await;
+    let writer = connect_as(proxy.addr(), "batched-writer").await;
+    let reader = connect_as(proxy.addr(), "batched-reader").await;
+    let beside = "SELECT v FROM beside_batched WHERE id = 1";
+    let (hits, mut beside_hits) = (figure(&reader, "hits").await, 0);
+    for round in 1..=40 {
+        writer
+            .simple_query("BEGIN; UPDATE batched SET v = v + 1 WHERE id = 1 RETURNING v; COMMIT")
+            .await
+            .unwrap();
+        let read = column(&reader, "SELECT v FROM batched WHERE id = 1").await;
+        assert_eq!(read, [Some(round.to_string())], "stale after write {round}");
+        let before = figure(&reader, "hits").await;
+        column(&reader, beside).await;
+        beside_hits += figure(&reader, "hits").await - before;
+    }
+    assert!(
+        beside_hits >= 35,
+        "{beside_hits} of 40 reads beside the writes were hits ({} hits in all): {:?}",
+        figure(&reader, "hits").await - hits,
+        status(&reader).await
+    );
+}

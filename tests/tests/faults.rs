@@ -270,3 +270,82 @@ async fn hit_ratio_after_a_stream_loss_with_each_slot_kind() {
     );
     run_direct("DROP TABLE warm").await;
 }
+
+/// While the stream is down, `SHOW VENEER STATUS` says since when, why (what ended the stream, in
+/// the server's words, and what the retries met since) and when the next retry is. Here the
+/// walsender is ended while the postmaster is paused, so each retry's login waits out the connect
+/// timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_names_the_cause_and_the_next_retry() {
+    let _turn = SERVER_FAULTS.lock().await;
+    let proxy = ProxyHandle::start_with(|s| {
+        s.connect_timeout = Some(Millis(Duration::from_secs(1)));
+    })
+    .await;
+    wait_cache_ready(proxy.addr()).await;
+    let client = connect_as(proxy.addr(), "faults-status").await;
+    let direct = direct_admin().await;
+    let paused = pg().pause();
+    let ended: i64 = scalar(
+        &direct,
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_replication",
+    )
+    .await;
+    assert_eq!(ended, 1, "one walsender");
+    let key = format!("database {DATABASE}");
+    let line = std::sync::Mutex::new(String::new());
+    let told = wait_for(STEP_TIMEOUT, || async {
+        let now = veneer_tests::cache::status(&client).await[&key].clone();
+        let told = now.contains("timed out");
+        *line.lock().unwrap() = now;
+        told
+    })
+    .await;
+    let line = line.into_inner().unwrap();
+    drop(paused);
+    assert!(told, "the status never named the retry's timeout: {line}");
+    let first = "(server ended streaming: terminating connection due to administrator command \
+                 (SQLSTATE 57P01); then: could not connect to upstream";
+    assert!(
+        line.contains("replication down since ") && line.contains(&format!(" UTC {first}")),
+        "{line}"
+    );
+    assert!(line.contains("; retrying "), "{line}");
+}
+
+/// The status says why a database's catalog cannot be read, and the cache serves once it can: here
+/// Veneer's own login may not connect to the database until it is granted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_names_why_the_catalog_is_not_read() {
+    let _turn = SERVER_FAULTS.lock().await;
+    let direct = veneer_tests::cache::own_database("faults_catalog").await;
+    run_direct("REVOKE CONNECT ON DATABASE faults_catalog FROM PUBLIC").await;
+    let proxy = ProxyHandle::start_with(|s| s.service_user = Some(SERVICE_USER.to_owned())).await;
+    let client = connect(&veneer_tests::cache::on(proxy.addr(), "faults_catalog"))
+        .await
+        .expect("a superuser may connect");
+    let line = std::sync::Mutex::new(String::new());
+    let told = wait_for(STEP_TIMEOUT, || async {
+        let now = veneer_tests::cache::status(&client).await["database faults_catalog"].clone();
+        let told = now.contains("catalog not read (");
+        *line.lock().unwrap() = now;
+        told
+    })
+    .await;
+    let line = line.into_inner().unwrap();
+    assert!(told, "{line}");
+    assert!(
+        line.starts_with("forwarded: catalog not read (")
+            && line.contains("permission denied for database")
+            && line.contains("); retrying"),
+        "{line}"
+    );
+    run_direct(&format!(
+        "GRANT CONNECT ON DATABASE faults_catalog TO {SERVICE_USER}"
+    ))
+    .await;
+    veneer_tests::cache::wait_database_cached(&client, "faults_catalog").await;
+    drop((client, direct));
+    proxy.shutdown().await.expect("clean shutdown");
+    run_direct("DROP DATABASE faults_catalog WITH (FORCE)").await;
+}

@@ -120,21 +120,53 @@ pub fn analyze(sql: &str) -> Analysis {
     match statements.as_slice() {
         [] => Analysis::other("empty query", false),
         [one] => analyze_statement(sql, one),
-        many => {
-            let writes = many
-                .iter()
-                .map(|s| analyze_statement(sql, s))
-                .any(|a| match a {
-                    Analysis::Read { .. } => false,
-                    Analysis::Write { .. } => true,
-                    Analysis::Other { may_write, .. } => may_write,
-                });
-            if writes {
-                Analysis::ddl("several statements in one query")
-            } else {
-                Analysis::other("several statements in one query", false)
+        many => several(many.iter().map(|s| analyze_statement(sql, s))),
+    }
+}
+
+/// What several statements sent as one query do together, never cached: DDL if any is, a write of
+/// every relation they name if any writes or calls a function (which may write), else nothing that
+/// writes. So `BEGIN; UPDATE ...; COMMIT` bumps its tables, not the database, and has the catalog
+/// read again only if it holds DDL: as DDL, a steady stream of such writes kept the catalog from
+/// ever being read, and every read forwarded.
+fn several(analyses: impl Iterator<Item = Analysis>) -> Analysis {
+    const REASON: &str = "several statements in one query";
+    let (mut relations, mut functions) = (BTreeSet::new(), BTreeSet::new());
+    let (mut writes, mut unplaced) = (false, false);
+    for analysis in analyses {
+        match analysis {
+            Analysis::Read {
+                relations: r,
+                functions: f,
+                ..
+            } => {
+                writes |= !f.is_empty();
+                relations.extend(r);
+                functions.extend(f);
             }
+            Analysis::Write {
+                relations: r,
+                functions: f,
+                ..
+            } => {
+                writes = true;
+                relations.extend(r);
+                functions.extend(f);
+            }
+            Analysis::Other { ddl: true, .. } => return Analysis::ddl(REASON),
+            Analysis::Other { may_write, .. } => unplaced |= may_write,
         }
+    }
+    if unplaced {
+        Analysis::other(REASON, true)
+    } else if writes {
+        Analysis::Write {
+            relations,
+            functions,
+            rows: None,
+        }
+    } else {
+        Analysis::other(REASON, false)
     }
 }
 
@@ -777,7 +809,42 @@ mod tests {
         assert!(!reason("EXPLAIN SELECT 1").1);
         assert!(reason("EXPLAIN ANALYZE DELETE FROM t").1);
         assert!(!reason("SELECT 1; SELECT 2").1);
-        assert!(reason("SELECT 1; DELETE FROM t").1);
+        assert!(reason("SELECT 1; CALL do_things()").1);
+    }
+
+    /// Several statements in one query write what their statements write: a transaction of writes
+    /// is not DDL (which has the catalog read again), and DDL among them still is.
+    #[test]
+    fn several_statements_write_what_each_writes() {
+        let name = |n: &str| Name {
+            schema: None,
+            name: n.to_owned(),
+        };
+        match analyze(
+            "BEGIN; UPDATE t SET v = v + 1 WHERE id = 1 RETURNING v; SELECT * FROM u; COMMIT",
+        ) {
+            Analysis::Write {
+                relations, rows, ..
+            } => {
+                assert_eq!(relations, [name("t"), name("u")].into());
+                assert_eq!(rows, None);
+            }
+            other => panic!("{other:?}"),
+        }
+        match analyze("SELECT 1; SELECT f(2)") {
+            Analysis::Write { functions, .. } => assert_eq!(functions, [name("f")].into()),
+            other => panic!("{other:?}"),
+        }
+        for ddl in [
+            "BEGIN; UPDATE t SET v = 1; CREATE TABLE x (a int); COMMIT",
+            "DELETE FROM t; SOMETHING odd",
+            "DELETE FROM t; CALL do_things()",
+        ] {
+            assert!(
+                matches!(analyze(ddl), Analysis::Other { ddl: true, .. }),
+                "{ddl}"
+            );
+        }
     }
 
     #[test]

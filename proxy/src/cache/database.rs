@@ -121,7 +121,8 @@ pub enum Listener {
     Streaming,
     /// Failed; retried with backoff.
     Down {
-        /// The cause, for the status.
+        /// The cause, for the status: what ended the stream, then (if another) what the last retry
+        /// met.
         why: String,
         /// When the stream was lost (the first failure of the outage).
         since: std::time::SystemTime,

@@ -175,8 +175,8 @@ impl Sink for Apply<'_> {
 /// closes and the server drops the temporary slot).
 pub async fn follow(cache: Weak<Cache>, db: Arc<Database>) {
     let mut backoff = Backoff::default();
-    // When the stream was lost, for the status: the first failure of the outage.
-    let mut down_since = None;
+    // When the stream was lost and why, for the status: the first failure of the outage.
+    let mut down_since: Option<(SystemTime, String)> = None;
     loop {
         db.demand.wanted().await;
         let Some((listeners, cap)) = cache
@@ -227,9 +227,15 @@ pub async fn follow(cache: Weak<Cache>, db: Arc<Database>) {
         }
         db.stream.failures.add(1);
         let wait = backoff.next(failure.passing);
+        let (since, first) =
+            down_since.get_or_insert_with(|| (SystemTime::now(), failure.message.clone()));
         db.set_listener(Listener::Down {
-            why: failure.message.clone(),
-            since: *down_since.get_or_insert_with(SystemTime::now),
+            why: if *first == failure.message {
+                first.clone()
+            } else {
+                format!("{first}; then: {}", failure.message)
+            },
+            since: *since,
             retry_at: tokio::time::Instant::now() + wait,
         });
         tracing::warn!(database = %db.name, error = %failure.message, retry_in = ?wait,
