@@ -256,7 +256,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         };
         self.drop_legacy_publication(login, sink).await?;
         let resumed = if login.permanent {
-            self.existing_slot(login).await?
+            self.existing_slot(login, sink).await?
         } else {
             None
         };
@@ -350,15 +350,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     /// The permanent slot of `login` as a previous stream left it, if it exists and can be resumed.
     /// A slot of this name that an older Veneer made with another plugin is dropped (it cannot be
-    /// resumed with this one), as if it had not been there.
-    async fn existing_slot(&mut self, login: &Login) -> Result<Option<Resumed>, Error> {
+    /// resumed with this one), as if it had not been there; so is one the server invalidated for
+    /// keeping more WAL than `max_slot_wal_keep_size` allows (it can never be resumed, and the stream
+    /// would be refused forever), which is reported.
+    async fn existing_slot<K: Sink>(
+        &mut self,
+        login: &Login,
+        sink: &mut K,
+    ) -> Result<Option<Resumed>, Error> {
         let name = &login.slot;
+        // wal_status is Postgres 13's; earlier servers cannot invalidate a slot.
+        let wal_status = if self.server_major >= 13 {
+            "wal_status"
+        } else {
+            "'reserved'"
+        };
         let rows = self
             .rows(
                 &format!(
                     "SELECT plugin, active::text, confirmed_flush_lsn::text, \
                        (pg_catalog.pg_current_wal_lsn() - restart_lsn)::int8::text, \
-                       (database = pg_catalog.current_database())::text, ({INSERTED_END})::text \
+                       (database = pg_catalog.current_database())::text, ({INSERTED_END})::text, \
+                       {wal_status} \
                      FROM pg_catalog.pg_replication_slots WHERE slot_name = {}",
                     escape_literal(name)
                 ),
@@ -383,12 +396,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                  same replication_slot prefix?)"
             )));
         }
-        if plugin != login.plugin.name() {
+        let lost = field(6) == "lost";
+        if plugin != login.plugin.name() || lost {
             self.simple(
                 &format!("DROP_REPLICATION_SLOT {}", escape_identifier(name)),
-                "dropping a slot of another plugin",
+                "dropping a slot that cannot be resumed",
             )
             .await?;
+            if lost {
+                sink.note(
+                    true,
+                    format!(
+                        "replication slot {name} was invalidated by the server (it kept more WAL \
+                         than max_slot_wal_keep_size while no stream followed it): made again, and \
+                         the cache of this database starts over"
+                    ),
+                );
+            }
             return Ok(None);
         }
         let confirmed = parse_lsn(&field(2))

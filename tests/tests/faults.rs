@@ -248,20 +248,7 @@ async fn hit_ratio_after_a_stream_loss_with_each_slot_kind() {
         drop(client);
         proxy.shutdown().await.expect("clean shutdown");
         if let Some(prefix) = slot {
-            // The walsender ends just after the proxy's shutdown; the slot is free from then on.
-            let drop = format!(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
-                 WHERE slot_name = '{prefix}_{DATABASE}' AND NOT active"
-            );
-            let dropped = wait_for(STEP_TIMEOUT, || async {
-                direct.simple_query(&drop).await.is_ok_and(|messages| {
-                    messages
-                        .iter()
-                        .any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
-                })
-            })
-            .await;
-            assert!(dropped, "the permanent slot stayed in use");
+            drop_slot(&direct, &format!("{prefix}_{DATABASE}")).await;
         }
     }
     assert!(
@@ -348,4 +335,58 @@ async fn the_status_names_why_the_catalog_is_not_read() {
     drop((client, direct));
     proxy.shutdown().await.expect("clean shutdown");
     run_direct("DROP DATABASE faults_catalog WITH (FORCE)").await;
+}
+
+/// A permanent slot the server invalidated (it kept more WAL than `max_slot_wal_keep_size` while no
+/// Veneer followed it) is made again, so the stream starts afresh: it was resumed, refused ("can no
+/// longer get changes from replication slot"), and the database's reads forwarded for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_slot_the_server_invalidated_is_made_again() {
+    let _turn = SERVER_FAULTS.lock().await;
+    let slot = format!("vlost_{DATABASE}");
+    let status_of =
+        format!("SELECT wal_status FROM pg_replication_slots WHERE slot_name = '{slot}'");
+    let start = || ProxyHandle::start_with(|s| s.replication_slot = Some("vlost".to_owned()));
+    let proxy = start().await;
+    wait_cache_ready(proxy.addr()).await;
+    proxy.shutdown().await.expect("clean shutdown");
+    let direct = direct_admin().await;
+    run_direct("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'").await;
+    run_direct("SELECT pg_reload_conf()").await;
+    run_direct("CREATE TABLE wal_filler (v int)").await;
+    let lost = wait_for(STEP_TIMEOUT, || async {
+        run_direct("INSERT INTO wal_filler VALUES (1); SELECT pg_switch_wal(); CHECKPOINT").await;
+        first(&direct, &status_of).await.as_deref() == Some("lost")
+    })
+    .await;
+    run_direct("ALTER SYSTEM RESET max_slot_wal_keep_size").await;
+    run_direct("SELECT pg_reload_conf()").await;
+    run_direct("DROP TABLE wal_filler").await;
+    assert!(lost, "the server did not invalidate the slot");
+    let proxy = start().await;
+    wait_cache_ready(proxy.addr()).await;
+    assert_eq!(
+        first(&direct, &status_of).await.as_deref(),
+        Some("reserved")
+    );
+    proxy.shutdown().await.expect("clean shutdown");
+    drop_slot(&direct, &slot).await;
+}
+
+/// Drops the permanent slot `name` once its stream has ended: its walsender exits just after the
+/// proxy's shutdown.
+async fn drop_slot(direct: &Client, name: &str) {
+    let drop = format!(
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+         WHERE slot_name = '{name}' AND NOT active"
+    );
+    let dropped = wait_for(STEP_TIMEOUT, || async {
+        direct.simple_query(&drop).await.is_ok_and(|messages| {
+            messages
+                .iter()
+                .any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+        })
+    })
+    .await;
+    assert!(dropped, "the permanent slot {name} stayed in use");
 }
