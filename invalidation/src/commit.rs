@@ -12,6 +12,10 @@ use crate::rows::RowSet;
 /// names of the tables the DDL changed, one per line, with a line `*` when it changed something else.
 pub const DDL_PREFIX: &str = "veneer.ddl";
 
+/// Prefix of the messages Veneer's event trigger emits at a GRANT, a REVOKE or a policy's DDL: no
+/// table's rows changed, but who may read what did, which Veneer checks at once.
+pub const PRIVILEGES_PREFIX: &str = "veneer.privileges";
+
 /// Rows of one table a transaction may change before the table counts as changed as a whole: the
 /// row-key buckets are shared by every table of a database, so bumping the keys of a large batch
 /// would evict much of every other table's point lookups along with them.
@@ -32,6 +36,9 @@ pub struct Commit {
     pub redefined: bool,
     /// DDL the transaction reported through Veneer's event trigger (see [`DDL_PREFIX`]).
     pub ddl: Option<Ddl>,
+    /// The transaction changed privileges or row-level security policies (see
+    /// [`PRIVILEGES_PREFIX`]).
+    pub privileges: bool,
     /// Rows inserted, updated or deleted.
     pub rows: u64,
     /// WAL position just past the commit.
@@ -61,6 +68,7 @@ pub(crate) struct Pending {
     whole: HashSet<String>,
     redefined: bool,
     ddl: Option<Ddl>,
+    privileges: bool,
     rows: u64,
 }
 
@@ -107,6 +115,11 @@ impl Pending {
         self.ddl.get_or_insert(Ddl::Unknown);
     }
 
+    /// A privileges notice of Veneer's event trigger (see [`PRIVILEGES_PREFIX`]).
+    pub(crate) fn note_privileges(&mut self) {
+        self.privileges = true;
+    }
+
     /// The transaction committed at `end_lsn`, at `commit_time`.
     pub(crate) fn commit(self, end_lsn: u64, commit_time: SystemTime) -> Commit {
         Commit {
@@ -115,6 +128,7 @@ impl Pending {
             whole: self.whole.into_iter().collect(),
             redefined: self.redefined,
             ddl: self.ddl,
+            privileges: self.privileges,
             rows: self.rows,
             end_lsn,
             commit_time,

@@ -43,6 +43,19 @@ impl TableGeneration {
     }
 }
 
+/// What one role may read and how names resolve for it, as a generation: bumped when its privileges,
+/// memberships or the row-level security that applies to it change, so that its sessions miss
+/// every result cached before while other roles keep theirs.
+#[derive(Debug, Default)]
+pub struct RoleGeneration(AtomicU64);
+
+impl RoleGeneration {
+    /// The value every result a session of the role reads depends on.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
 /// Where a bump came from, for the invalidation metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Source {
@@ -61,6 +74,9 @@ pub struct Generations {
     global: AtomicU64,
     tables: RwLock<HashMap<Arc<str>, Arc<TableGeneration>>>,
     rows: Box<[AtomicU64]>,
+    roles: RwLock<HashMap<Arc<str>, Arc<RoleGeneration>>>,
+    /// Bumped with every role's: what sessions that switched roles (`SET ROLE`) depend on.
+    any_role: AtomicU64,
 }
 
 impl Default for Generations {
@@ -70,6 +86,8 @@ impl Default for Generations {
             global: AtomicU64::new(0),
             tables: RwLock::default(),
             rows: (0..rows::ROW_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            roles: RwLock::default(),
+            any_role: AtomicU64::new(0),
         }
     }
 }
@@ -119,6 +137,27 @@ impl Generations {
     /// Something changed that the proxy cannot place: every cached result of the database misses.
     pub fn bump_global(&self) {
         bump(&self.global, self.tick());
+    }
+
+    /// The generation of role `name`, created on first use; sessions keep the `Arc`.
+    pub fn role(&self, name: &str) -> Arc<RoleGeneration> {
+        if let Some(r) = self.roles.read().expect("not poisoned").get(name) {
+            return Arc::clone(r);
+        }
+        let mut roles = self.roles.write().expect("not poisoned");
+        Arc::clone(roles.entry(Arc::from(name)).or_default())
+    }
+
+    /// What `role` may read changed: its sessions miss every result cached before.
+    pub fn bump_role(&self, role: &RoleGeneration) {
+        let v = self.tick();
+        bump(&role.0, v);
+        bump(&self.any_role, v);
+    }
+
+    /// The highest generation of any role: what a session that switched roles depends on.
+    pub fn any_role(&self) -> u64 {
+        self.any_role.load(Ordering::Acquire)
     }
 
     /// Every table the database has seen, for status and flushes.
@@ -197,6 +236,11 @@ mod tests {
         assert!(s2 != s1 && s2 != s0);
         g.bump_global();
         let s3 = deps.stamp(&g, None);
+        let (bob, alice) = (g.role("bob"), g.role("alice"));
+        let (b0, a0, any0) = (bob.get(), alice.get(), g.any_role());
+        g.bump_role(&bob);
+        assert!(bob.get() > b0 && g.any_role() > any0 && bob.get() > s3);
+        assert_eq!(alice.get(), a0, "another role's bump leaves a role alone");
         assert!(![s0, s1, s2].contains(&s3));
     }
 

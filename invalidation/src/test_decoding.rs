@@ -31,7 +31,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::commit::{Commit, Pending, DDL_PREFIX};
+use crate::commit::{Commit, Pending, DDL_PREFIX, PRIVILEGES_PREFIX};
 use crate::rows::{KeyType, RowKey, RowKeys, RowSet};
 
 /// What the catalog says of the rows of one table.
@@ -183,6 +183,9 @@ impl Decoder {
             Line::Truncate(tables) => tables.iter().for_each(|t| self.current.whole(t)),
             Line::Message { prefix, content } if prefix == DDL_PREFIX.as_bytes() => {
                 self.current.note_ddl(content);
+            }
+            Line::Message { prefix, .. } if prefix == PRIVILEGES_PREFIX.as_bytes() => {
+                self.current.note_privileges();
             }
             Line::Message { .. } | Line::Ignored => {}
             // Output this decoder cannot read may have changed anything.

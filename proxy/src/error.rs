@@ -113,6 +113,14 @@ impl Error {
         )
     }
 
+    /// A check of database `database`'s privileges went wrong in a way the server did not report.
+    pub fn privileges(database: &str, what: &str) -> Error {
+        Error::new(
+            Kind::Service,
+            format!("checking the privileges of database {database}: {what}"),
+        )
+    }
+
     /// The Prometheus endpoint could not start.
     pub fn metrics(
         addr: std::net::SocketAddr,

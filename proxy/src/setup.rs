@@ -33,7 +33,9 @@ const FOREIGN_SCHEMA: &str = "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespa
 
 /// The event trigger function and its two triggers. It runs as its owner (the superuser who ran the
 /// setup), so any role's DDL can emit the message. Tables are named one per line; anything whose
-/// reach on cached results cannot be told (a function replaced, a rename) adds a `*` line. It never
+/// reach on cached results cannot be told (a function replaced, a rename) adds a `*` line. A GRANT,
+/// a REVOKE or a policy's DDL emits a message of its own (`veneer.privileges`), which has Veneer
+/// check who may read what at once rather than at its next check. It never
 /// fails the DDL it reports: an error of its own reports `*` instead, and if even that fails, nothing
 /// (cached results then live up to their TTL, as without setup).
 const INSTALL: &str = r#"
@@ -42,11 +44,14 @@ CREATE OR REPLACE FUNCTION veneer.report_ddl() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $fn$
 DECLARE
     notice text := '';
+    privileges boolean := false;
     r record;
 BEGIN
     IF tg_event = 'sql_drop' THEN
         FOR r IN SELECT object_type, object_name FROM pg_event_trigger_dropped_objects() LOOP
-            IF r.object_type = 'table' THEN
+            IF r.object_type = 'policy' THEN
+                privileges := true;
+            ELSIF r.object_type = 'table' THEN
                 notice := notice || r.object_name || E'\n';
             ELSIF r.object_type NOT IN ('index', 'table column', 'table constraint', 'default value',
                     'sequence', 'type', 'trigger', 'rule', 'view', 'materialized view', 'toast table',
@@ -55,8 +60,13 @@ BEGIN
             END IF;
         END LOOP;
     ELSE
-        FOR r IN SELECT object_type, classid, objid FROM pg_event_trigger_ddl_commands() LOOP
-            IF r.object_type = 'table' AND r.classid = 'pg_class'::regclass THEN
+        FOR r IN SELECT command_tag, object_type, classid, objid FROM pg_event_trigger_ddl_commands() LOOP
+            IF r.command_tag IN ('GRANT', 'REVOKE') OR r.object_type = 'policy' THEN
+                privileges := true;
+            ELSIF r.command_tag = 'ALTER DEFAULT PRIVILEGES' THEN
+                -- Only objects created later are concerned.
+                NULL;
+            ELSIF r.object_type = 'table' AND r.classid = 'pg_class'::regclass THEN
                 notice := notice || (SELECT relname FROM pg_class WHERE oid = r.objid) || E'\n';
             ELSIF r.object_type NOT IN ('index', 'sequence', 'schema', 'view', 'materialized view',
                     'statistics object', 'policy', 'table constraint') THEN
@@ -72,6 +82,9 @@ BEGIN
     END IF;
     IF notice <> '' THEN
         PERFORM pg_logical_emit_message(true, 'veneer.ddl', notice);
+    END IF;
+    IF privileges THEN
+        PERFORM pg_logical_emit_message(true, 'veneer.privileges', '');
     END IF;
 EXCEPTION WHEN OTHERS THEN
     BEGIN

@@ -14,6 +14,7 @@ pub mod cache;
 pub mod client;
 pub mod fuzz;
 pub mod pg;
+pub mod privileges;
 pub mod proxy;
 pub mod raw;
 pub mod tls;

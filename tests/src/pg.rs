@@ -3,10 +3,11 @@
 //! Tests must never depend on a server the machine happens to run (it may be absent, another version,
 //! or configured differently), so the harness makes its own: `initdb` from the installed binaries into
 //! a temp dir, a kernel-chosen port, `wal_level=logical` for the invalidation issues to come, and one
-//! role per authentication method. When the tests run as root the server runs as `postgres`, since
-//! PostgreSQL refuses to run as root. The server is stopped when the test process exits: statics are
-//! never dropped, so this is an `atexit` handler, backed by a watchdog process for the case where the
-//! test process is killed and `atexit` never runs.
+//! role per authentication method; roles a test creates for itself log in by `trust` over TCP. When
+//! the tests run as root the server runs as `postgres`, since PostgreSQL refuses to run as root. The
+//! server is stopped when the test process exits: statics are never dropped, so this is an `atexit`
+//! handler, backed by a watchdog process for the case where the test process is killed and `atexit`
+//! never runs.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -249,7 +250,8 @@ impl PgServer {
              host all {PASSWORD_USER} 127.0.0.1/32 password\n\
              host all {SUPERUSER} 127.0.0.1/32 trust\n\
              host all {SERVICE_USER} 127.0.0.1/32 trust\n\
-             host replication all 127.0.0.1/32 trust\n"
+             host replication all 127.0.0.1/32 trust\n\
+             host all all 127.0.0.1/32 trust\n"
         );
         std::fs::write(data.join("pg_hba.conf"), hba).expect("write pg_hba.conf");
     }

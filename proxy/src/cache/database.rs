@@ -190,6 +190,8 @@ pub struct Database {
     pub stream: StreamMeters,
     /// Where its stream stands, for sessions waiting to read their writes' full effects.
     pub fence: Fence,
+    /// Who may read what, and the roles' settings.
+    pub privileges: super::privileges::Privileges,
     /// What the catalog reader is doing.
     catalog_state: std::sync::Mutex<CatalogState>,
     /// The server's timeline when a permanent slot's stream last started (0: not yet).
@@ -214,6 +216,7 @@ impl Database {
             listener: watch::channel(Listener::Idle).0,
             demand: Demand::default(),
             fence: Fence::default(),
+            privileges: Default::default(),
             timeline: std::sync::atomic::AtomicU32::new(0),
             catalog_state: std::sync::Mutex::new(CatalogState::Idle),
             published: std::sync::Mutex::new(None),
@@ -326,6 +329,8 @@ impl Database {
         *self.catalog.write().expect("not poisoned") = None;
         self.version.fetch_add(1, Ordering::AcqRel);
         self.reread.notify_one();
+        // DDL may be a GRANT, a REVOKE, a policy, an owner changed.
+        self.privileges.wake();
     }
 
     /// The plan of statement text `sql`, from the memo (by shape, computed into the caller's reused

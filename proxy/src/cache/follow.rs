@@ -128,6 +128,9 @@ impl Sink for Apply<'_> {
         if commit.ddl.is_some() || commit.redefined {
             self.db.catalog_changed();
         }
+        if commit.privileges {
+            self.db.privileges.wake();
+        }
         for name in &commit.changed {
             generations.bump_table(&generations.table(name));
         }

@@ -12,6 +12,7 @@ pub mod fence;
 mod follow;
 pub(crate) use follow::permanent_slot;
 pub mod point;
+pub mod privileges;
 mod service;
 mod slot;
 pub mod verify;
@@ -320,12 +321,17 @@ async fn keep_catalog(cache: Weak<Cache>, db: Arc<Database>) {
     loop {
         db.set_catalog_state(CatalogState::Idle);
         db.demand.wanted().await;
-        let Some(idle) = cache.upgrade().map(|c| c.config.replication_idle_timeout) else {
+        let Some(strong) = cache.upgrade() else {
             return;
         };
+        let idle = strong.config.replication_idle_timeout;
         tokio::select! {
             () = refresh_catalog(&cache, &db) => return,
-            () = db.demand.released(idle) => db.catalog_changed(),
+            never = privileges::watch(&strong, &db) => match never {},
+            () = db.demand.released(idle) => {
+                db.catalog_changed();
+                db.privileges.reset();
+            }
         }
     }
 }

@@ -30,6 +30,7 @@ use crate::cache::database::{Action, Attached, Bump, Database, Plan};
 use crate::cache::digest::{Digest, Shape};
 use crate::cache::fence::Wait;
 use crate::cache::point::{Bind, Declared, Values};
+use crate::cache::privileges::RoleSession;
 use crate::cache::verify::{self, Sample};
 use crate::cache::{Cache, DatabaseHold, Flight, FlightGuard};
 use crate::error::Error;
@@ -52,8 +53,14 @@ const READY_IN_BLOCK: &[u8] = b"Z\0\0\0\x05T";
 pub(super) struct SessionCache {
     cache: Arc<Cache>,
     db: Attached,
-    /// Database, role and startup parameters: the fixed part of the scope.
+    /// Database, role, the role's settings digest and startup parameters: the fixed part of the
+    /// scope.
     identity: Vec<u8>,
+    /// The session's role: its generation and settings (see [`crate::cache::privileges`]).
+    role: RoleSession,
+    /// The session switched roles (`SET ROLE`, `SET SESSION AUTHORIZATION`) in the settings its
+    /// scope was made for: its reads depend on every role's generation.
+    role_switched: bool,
     /// The startup parameters that are settings, as a check of a hit replays them (see
     /// [`crate::cache::verify`]); `None` when an `options` string holds more than `-c` settings.
     startup_settings: Option<Vec<(String, String)>>,
@@ -216,17 +223,22 @@ impl SessionCache {
         database: &str,
         params: &[(String, String)],
     ) -> SessionCache {
+        let db = cache.database(database).attach();
+        let role = db.privileges.attach(&db, user);
         let mut identity = Vec::new();
         put_fields(&mut identity, [database, user]);
+        identity.extend_from_slice(&role.settings().to_le_bytes());
         put_settings(
             &mut identity,
             params.iter().map(|(k, v)| (k, v)),
             &["user", "database"],
         );
         SessionCache {
-            db: cache.database(database).attach(),
+            db,
             cache,
             identity,
+            role,
+            role_switched: false,
             startup_settings: startup_settings(params),
             scope: None,
             current: None,
@@ -437,6 +449,15 @@ impl Session {
             self.bypass("replication_down");
             return;
         }
+        let c = self.cache.as_mut().expect("checked");
+        if !c.db.privileges.ready() {
+            self.bypass("privileges_not_checked");
+            return;
+        }
+        if c.role.uncertain() {
+            self.bypass("role_settings_changed");
+            return;
+        }
         if !self.cache.as_mut().expect("checked").fence_passed() {
             self.bypass("own_write_not_applied");
             return;
@@ -531,6 +552,7 @@ impl Session {
                 put_settings(&mut content, self.state.params.iter(), &[]);
                 content.push(0);
                 put_fields(&mut content, self.state.settings.history());
+                c.role_switched = self.state.settings.history().any(|sql| switches_role(sql));
                 let id = c.cache.scope(&content);
                 c.scope = Some((version, id));
                 id
@@ -540,7 +562,11 @@ impl Session {
         let What::Cacheable(candidate) = &unit.what else {
             unreachable!("keys are only made for cacheable units")
         };
-        let stamp = stamp(&candidate.plans, &candidate.keys, &c.db.generations);
+        let mut stamp =
+            stamp(&candidate.plans, &candidate.keys, &c.db.generations).max(c.role.generation());
+        if c.role_switched {
+            stamp = stamp.max(c.db.generations.any_role());
+        }
         CacheKey {
             scope,
             stamp,
@@ -1252,6 +1278,13 @@ fn note_write(c: &mut SessionCache, plan: &Plan, key: Option<Key>) {
             c.dropping = Some((name.clone(), c.readies_sent + 1));
         }
     }
+}
+
+/// Whether a `SET` statement of the session's settings history changes its role (`SET ROLE`, `SET
+/// SESSION AUTHORIZATION`, their `RESET`s), after which its privileges are another role's.
+fn switches_role(sql: &[u8]) -> bool {
+    let upper = sql.to_ascii_uppercase();
+    upper.windows(4).any(|w| w == b"ROLE") || upper.windows(13).any(|w| w == b"AUTHORIZATION")
 }
 
 /// A Parse message recreating `statement` as the unnamed statement.

@@ -1,0 +1,499 @@
+//! Who may read what, and what a name means, for the roles that read through the cache.
+//!
+//! Privileges, role memberships and attributes, row-level security and the settings a role or
+//! database gets from `ALTER ROLE/DATABASE … SET` are not in the replication stream, and a change
+//! made directly on the server reaches no session through Veneer. So Veneer checks them itself,
+//! every [`CHECK_INTERVAL`] (at once when its event trigger, installed by `veneer setup`, reports a
+//! GRANT, a REVOKE or a policy's DDL, or when such a statement passes through Veneer):
+//!
+//! - A **gate**, one small query: hashes of the ACLs, owners and row-level security of the tables
+//!   the cache has results of, their columns' ACLs and policies, every schema's ACL, every role's
+//!   attributes and memberships and the ACLs of functions that have one. Its cost grows with the
+//!   tables cached, not with the database.
+//! - When the gate moved, a **per-role check** of each role reading through Veneer: for each cached
+//!   table, whether the role may read it (or which columns), whether row-level security applies to
+//!   it and which policies; which functions it may execute. A role whose answers changed has its
+//!   generation bumped ([`veneer_invalidation::RoleGeneration`], part of every stamp its sessions
+//!   read): its sessions miss every result cached before, and other roles keep their hits. A
+//!   generation per role rather than one privilege epoch, because a GRANT to one role must not
+//!   empty the cache of all the others.
+//! - **Settings** from `pg_db_role_setting` (every role's, read whole: the table is small) give each
+//!   role a digest that is part of its sessions' scope, taken when a session starts, since Postgres
+//!   applies them at a session's start. A session that started while its role's settings changed
+//!   (between the two checks around the change) cannot tell which it got and stays off the cache.
+//!   Server-wide settings that change results, changed by `ALTER SYSTEM` and a reload, bump the
+//!   whole database.
+//!
+//! Until the first check has passed, and while checks fail, the database's reads are forwarded.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+use veneer_invalidation::RoleGeneration;
+
+use super::database::Database;
+use super::service::Service;
+use super::Cache;
+use crate::error::Error;
+
+/// How often privileges are checked without a notice: the bound, with the query's own time, on how
+/// long a change made directly on the server can go unnoticed.
+pub const CHECK_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Settings that change what a query returns or which relation a name means, and that Postgres does
+/// not report to the client (those it reports are in every session's scope already). Their
+/// server-wide values are watched; a session's own are in its scope through its `SET`s, its startup
+/// packet and its role's digest.
+const RESULT_SETTINGS: &[&str] = &[
+    "array_nulls",
+    "bytea_output",
+    "default_text_search_config",
+    "extra_float_digits",
+    "gin_fuzzy_search_limit",
+    "lc_messages",
+    "lc_monetary",
+    "lc_numeric",
+    "lc_time",
+    "quote_all_identifiers",
+    "row_security",
+    "search_path",
+    "timezone_abbreviations",
+    "transform_null_equals",
+    "xmlbinary",
+    "xmloption",
+];
+
+/// `(SELECT coalesce(sum(hashtext(<columns joined>)), 0) FROM <from>)`: an order-free hash of rows.
+fn sum_of(columns: &str, from: &str) -> String {
+    format!("(SELECT coalesce(sum(hashtext(concat_ws(',', {columns}))), 0) FROM {from})")
+}
+
+/// The gate's hash of everything that decides who may read the tables named by `$n` (an array of
+/// relation names): their ACLs, owners, schemas and row-level security, their columns' ACLs and
+/// their policies.
+fn gate(n: u8) -> String {
+    let tables = format!("c.relname = ANY(${n}) AND c.relkind IN ('r','p','v','m','f')");
+    format!(
+        "concat_ws('/', {}, {}, {})",
+        sum_of(
+            "c.oid, c.relowner, c.relacl, c.relrowsecurity, c.relforcerowsecurity, c.relnamespace",
+            &format!("pg_catalog.pg_class c WHERE {tables}")
+        ),
+        sum_of(
+            "a.attrelid, a.attnum, a.attacl",
+            &format!(
+                "pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
+                 WHERE {tables} AND a.attacl IS NOT NULL"
+            )
+        ),
+        sum_of(
+            "p.oid, p.polcmd, p.polpermissive, p.polroles, \
+             pg_catalog.pg_get_expr(p.polqual, p.polrelid)",
+            &format!(
+                "pg_catalog.pg_policy p JOIN pg_catalog.pg_class c ON c.oid = p.polrelid \
+                 WHERE {tables}"
+            )
+        ),
+    )
+}
+
+/// The gate (for the tables cached at the last check, then for those cached now), the parts that do
+/// not depend on the tables (schemas, roles, memberships, functions with an ACL), the server-wide
+/// settings, and every role's and the database's settings.
+fn check_sql() -> String {
+    let global = format!(
+        "concat_ws('/', {}, {}, {}, {})",
+        sum_of("n.oid, n.nspowner, n.nspacl", "pg_catalog.pg_namespace n"),
+        sum_of(
+            "r.oid, r.rolname, r.rolsuper, r.rolinherit, r.rolbypassrls",
+            "pg_catalog.pg_roles r"
+        ),
+        sum_of("m.roleid, m.member", "pg_catalog.pg_auth_members m"),
+        sum_of(
+            "p.oid, p.proowner, p.proacl",
+            "pg_catalog.pg_proc p WHERE p.proacl IS NOT NULL"
+        ),
+    );
+    format!(
+        "SELECT {}, {}, {global}, \
+           (SELECT string_agg(name || '=' || setting, ',' ORDER BY name) FROM pg_catalog.pg_settings \
+             WHERE name = ANY($3) \
+               AND source NOT IN ('database', 'user', 'database user', 'session', 'client')), \
+           (SELECT array_agg(concat_ws(E'\\t', s.setdatabase <> 0, coalesce(r.rolname, ''), \
+                   s.setconfig::text) ORDER BY s.setdatabase, s.setrole) \
+              FROM pg_catalog.pg_db_role_setting s LEFT JOIN pg_catalog.pg_roles r ON r.oid = s.setrole \
+             WHERE s.setdatabase IN (0, (SELECT oid FROM pg_catalog.pg_database \
+                                          WHERE datname = pg_catalog.current_database())))",
+        gate(1),
+        gate(2)
+    )
+}
+
+/// For each role named in `$1` and each table named in `$2`: a hash of whether the role may read
+/// it (else which columns), whether it may use its schema, whether row-level security applies to it
+/// and the policies that do; and for each role, under table oid 0, which functions with an ACL it
+/// may execute.
+const PER_ROLE_SQL: &str = "\
+SELECT r.rolname, c.oid::int8, hashtext(concat_ws('|', \
+         has_table_privilege(r.oid, c.oid, 'SELECT'), \
+         CASE WHEN NOT has_table_privilege(r.oid, c.oid, 'SELECT') THEN \
+           (SELECT string_agg(a.attnum::text, ',' ORDER BY a.attnum) FROM pg_catalog.pg_attribute a \
+             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+               AND has_column_privilege(r.oid, c.oid, a.attnum, 'SELECT')) END, \
+         has_schema_privilege(r.oid, c.relnamespace, 'USAGE'), \
+         c.relrowsecurity AND (c.relforcerowsecurity OR NOT pg_has_role(r.oid, c.relowner, 'USAGE')) \
+           AND NOT r.rolbypassrls AND NOT r.rolsuper, \
+         (SELECT string_agg(concat_ws(',', p.polname, p.polcmd, p.polpermissive, \
+                   pg_catalog.pg_get_expr(p.polqual, p.polrelid)), ';' ORDER BY p.polname) \
+            FROM pg_catalog.pg_policy p \
+           WHERE p.polrelid = c.oid \
+             AND EXISTS (SELECT 1 FROM unnest(p.polroles) pr \
+                          WHERE pr = 0 OR pg_has_role(r.oid, pr, 'USAGE')))))::int8 \
+  FROM pg_catalog.pg_roles r CROSS JOIN pg_catalog.pg_class c \
+ WHERE r.rolname = ANY($1) AND c.relname = ANY($2) AND c.relkind IN ('r','p','v','m','f') \
+UNION ALL \
+SELECT r.rolname, 0, coalesce((SELECT sum(hashtext(concat_ws(',', p.oid, \
+         has_function_privilege(r.oid, p.oid, 'EXECUTE')))) \
+    FROM pg_catalog.pg_proc p WHERE p.proacl IS NOT NULL), 0) \
+  FROM pg_catalog.pg_roles r WHERE r.rolname = ANY($1)";
+
+/// One database's watch over privileges and role settings.
+#[derive(Default)]
+pub struct Privileges {
+    /// Checks started so far: a session notes the count when it starts (see [`RoleSession`]).
+    checks: AtomicU64,
+    /// The last check passed: the database may be served from the cache.
+    ready: AtomicBool,
+    /// The roles reading through the cache, and every role's settings digest.
+    roles: Mutex<Roles>,
+    /// Wakes the checker early (a notice in the stream, a GRANT through Veneer).
+    wake: Notify,
+    /// Why the last check failed, for the status.
+    failure: Mutex<Option<String>>,
+    /// How long the last check took, in microseconds (the status shows it).
+    last_micros: AtomicU64,
+    /// What the checks know, kept while the database is not wanted so that the next check compares
+    /// with the last: a change made meanwhile is found like any other.
+    known: tokio::sync::Mutex<Known>,
+}
+
+#[derive(Default)]
+struct Roles {
+    /// Settings digest of roles with settings of their own; others have `default`.
+    digests: HashMap<String, u64>,
+    default: u64,
+    /// Roles with sessions through Veneer.
+    watched: HashMap<String, Arc<RoleWatch>>,
+}
+
+/// What the checker keeps about one role that reads through the cache.
+struct RoleWatch {
+    generation: Arc<RoleGeneration>,
+    /// The role's settings digest as last read.
+    settings: AtomicU64,
+    /// Checks at which its settings changed, with the digest after: a session that started around
+    /// one of them cannot tell which settings it got.
+    changes: Mutex<Vec<(u64, u64)>>,
+    /// Grows with `changes`, so sessions re-examine them only when there is something new.
+    changes_seen: AtomicU64,
+}
+
+/// A session's view of its role: what its cached reads depend on.
+pub struct RoleSession {
+    role: Arc<RoleWatch>,
+    /// The role's settings digest when the session started: part of its scope.
+    settings: u64,
+    /// Checks started before the session did.
+    started_after: u64,
+    /// `changes_seen` when the changes were last examined.
+    examined: u64,
+    /// The session started around a change of its role's settings.
+    uncertain: bool,
+}
+
+impl RoleSession {
+    /// The role's settings digest at the session's start, for its scope.
+    pub fn settings(&self) -> u64 {
+        self.settings
+    }
+
+    /// The role's generation, part of the stamp of every result the session reads.
+    pub fn generation(&self) -> u64 {
+        self.role.generation.get()
+    }
+
+    /// Whether the session cannot tell which of its role's settings it started with. One atomic load
+    /// unless a change came since the last call.
+    pub fn uncertain(&mut self) -> bool {
+        let seen = self.role.changes_seen.load(Ordering::Acquire);
+        if seen != self.examined {
+            self.examined = seen;
+            let changes = self.role.changes.lock().expect("not poisoned");
+            // A change found by check k happened after check k-1 read the catalog; a session that
+            // started before check k-1 did started before it. One that started later, with the
+            // digest from before the change, may have the settings from after.
+            self.uncertain |= changes
+                .iter()
+                .any(|&(k, after)| self.started_after + 1 >= k && self.settings != after);
+        }
+        self.uncertain
+    }
+}
+
+impl Privileges {
+    /// A session of `role` starts.
+    pub fn attach(&self, db: &Database, role: &str) -> RoleSession {
+        let mut roles = self.roles.lock().expect("not poisoned");
+        let digest = roles.digests.get(role).copied().unwrap_or(roles.default);
+        let watch = Arc::clone(roles.watched.entry(role.to_owned()).or_insert_with(|| {
+            Arc::new(RoleWatch {
+                generation: db.generations.role(role),
+                settings: AtomicU64::new(digest),
+                changes: Mutex::new(Vec::new()),
+                changes_seen: AtomicU64::new(0),
+            })
+        }));
+        drop(roles);
+        RoleSession {
+            settings: watch.settings.load(Ordering::Acquire),
+            examined: watch.changes_seen.load(Ordering::Acquire),
+            role: watch,
+            started_after: self.checks.load(Ordering::Acquire),
+            uncertain: false,
+        }
+    }
+
+    /// Whether the last check passed: until then, and after a failed one, reads are forwarded.
+    pub fn ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Checks at once: something that changes privileges passed through Veneer or the stream.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// The status line: how the checks go.
+    pub fn status(&self) -> String {
+        match &*self.failure.lock().expect("not poisoned") {
+            Some(e) => format!("privileges not checked ({e}); retrying"),
+            None if self.ready() => format!(
+                "privileges checked every {:.1} s: {} checks, the last took {:.1} ms",
+                CHECK_INTERVAL.as_secs_f64(),
+                self.checks.load(Ordering::Relaxed),
+                self.last_micros.load(Ordering::Relaxed) as f64 / 1000.0
+            ),
+            None => "privileges not checked yet".to_owned(),
+        }
+    }
+
+    /// Forgets the checks: the database is no longer wanted, and its next user starts them over.
+    pub fn reset(&self) {
+        self.ready.store(false, Ordering::Release);
+        *self.failure.lock().expect("not poisoned") = None;
+    }
+}
+
+/// What the checker knows between checks.
+#[derive(Default)]
+pub struct Known {
+    /// The gate's table part at the last check, and the tables (by name) it covered.
+    tables: Option<(String, Vec<String>)>,
+    /// Its part that does not depend on the tables.
+    global: Option<String>,
+    server_settings: Option<String>,
+    /// The roles the per-role answers cover.
+    roles: Vec<String>,
+    /// Each watched role's answers, per table oid (0: functions).
+    answers: HashMap<String, HashMap<i64, i64>>,
+}
+
+/// Checks `db`'s privileges every [`CHECK_INTERVAL`] and when woken; runs until cancelled.
+pub async fn watch(cache: &Cache, db: &Database) -> Infallible {
+    let mut known = db.privileges.known.lock().await;
+    let mut service = Service::new(cache, db, "veneer privileges");
+    loop {
+        let started = Instant::now();
+        match check(db, &mut service, &mut known).await {
+            Ok(()) => {
+                let took = started.elapsed().as_micros() as u64;
+                db.privileges.last_micros.store(took, Ordering::Relaxed);
+                *db.privileges.failure.lock().expect("not poisoned") = None;
+                db.privileges.ready.store(true, Ordering::Release);
+            }
+            Err(e) => {
+                if db.privileges.ready.swap(false, Ordering::AcqRel) {
+                    tracing::warn!(database = %db.name, error = %e,
+                        "cannot check privileges: reads of this database are forwarded uncached until it can");
+                }
+                *db.privileges.failure.lock().expect("not poisoned") = Some(e.to_string());
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(CHECK_INTERVAL) => {}
+            () = db.privileges.wake.notified() => {}
+        }
+    }
+}
+
+/// One check; see the module's documentation.
+async fn check(db: &Database, service: &mut Service<'_>, known: &mut Known) -> Result<(), Error> {
+    let k = db.privileges.checks.fetch_add(1, Ordering::AcqRel) + 1;
+    let mut tables: Vec<String> = db
+        .generations
+        .tables()
+        .into_iter()
+        .map(|(name, _)| name.to_string())
+        .collect();
+    tables.sort_unstable();
+    let mut roles: Vec<String> = {
+        let watched = db.privileges.roles.lock().expect("not poisoned");
+        watched.watched.keys().cloned().collect()
+    };
+    roles.sort_unstable();
+    let before = known
+        .tables
+        .as_ref()
+        .map_or_else(Vec::new, |(_, t)| t.clone());
+    let settings = RESULT_SETTINGS.to_vec();
+    let rows = service
+        .query(&check_sql(), &[&before, &tables, &settings])
+        .await?;
+    let row = rows
+        .first()
+        .ok_or_else(|| Error::privileges(&db.name, "the check returned no row"))?;
+    let (gate_before, gate_now, global): (String, String, String) =
+        (row.get(0), row.get(1), row.get(2));
+    let server_settings: Option<String> = row.get(3);
+    let role_settings: Option<Vec<String>> = row.get(4);
+
+    let first = known.global.is_none();
+    let changed = !first
+        && (known.global.as_deref() != Some(global.as_str())
+            || known
+                .tables
+                .as_ref()
+                .is_some_and(|(g, _)| *g != gate_before));
+    if !first && known.server_settings != server_settings {
+        tracing::info!(database = %db.name,
+            "server-wide settings that change results changed: every cached result of the database is dropped");
+        db.generations.bump_global();
+    }
+    settle_settings(db, k, &role_settings.unwrap_or_default(), first);
+
+    if first || changed || roles != known.roles || tables != before {
+        let rows = service.query(PER_ROLE_SQL, &[&roles, &tables]).await?;
+        let mut answers: HashMap<String, HashMap<i64, i64>> = HashMap::new();
+        for row in rows {
+            answers
+                .entry(row.get(0))
+                .or_default()
+                .insert(row.get(1), row.get(2));
+        }
+        settle_answers(db, known, &roles, answers, first);
+        known.roles = roles;
+    }
+    known.global = Some(global);
+    known.tables = Some((gate_now, tables));
+    known.server_settings = server_settings;
+    Ok(())
+}
+
+/// Compares each watched role's answers with the last ones. A role whose answer for a table it had
+/// one for changed is bumped. Results cached before a role or a table had answers may predate a
+/// change no check saw (one made before the table was first checked), so a role answered for the
+/// first time is bumped, and so is a table: its reads then miss once more, and from here on every
+/// change is seen.
+fn settle_answers(
+    db: &Database,
+    known: &mut Known,
+    roles: &[String],
+    mut answers: HashMap<String, HashMap<i64, i64>>,
+    first: bool,
+) {
+    let watched = db.privileges.roles.lock().expect("not poisoned");
+    let mut new_tables = std::collections::HashSet::new();
+    for role in roles {
+        let now = answers.remove(role).unwrap_or_default();
+        let moved = match known.answers.get(role) {
+            None => true,
+            Some(was) => {
+                new_tables.extend(now.keys().filter(|oid| !was.contains_key(oid)).copied());
+                was.iter().any(|(oid, hash)| now.get(oid) != Some(hash))
+            }
+        };
+        if let Some(watch) = watched.watched.get(role).filter(|_| moved && !first) {
+            tracing::info!(database = %db.name, role = %role,
+                "privileges, row-level security, memberships or attributes of the role changed, or it \
+                 is new: its cached results are dropped");
+            db.generations.bump_role(&watch.generation);
+        }
+        known.answers.insert(role.clone(), now);
+    }
+    drop(watched);
+    if first || new_tables.is_empty() {
+        return;
+    }
+    // The answers name tables by oid; results by name. A new oid's name is among the tables now
+    // watched that were not before, or a table re-created under an old name: bump those names.
+    let before: std::collections::HashSet<&str> = known
+        .tables
+        .as_ref()
+        .map(|(_, t)| t.iter().map(String::as_str).collect())
+        .unwrap_or_default();
+    for (name, table) in db.generations.tables() {
+        if !before.contains(&*name) {
+            db.generations.bump_table_epoch(&table);
+        }
+    }
+}
+
+/// Takes every role's settings digest from `rows` (`in_database<TAB>role<TAB>config`, the role
+/// empty for the database's own), recording, for the watched roles whose digest changed, that check
+/// `k` found it.
+fn settle_settings(db: &Database, k: u64, rows: &[String], first: bool) {
+    let mut database_level = String::new();
+    let mut own: HashMap<String, String> = HashMap::new();
+    for row in rows {
+        let mut parts = row.splitn(3, '\t');
+        let (Some(in_database), Some(role), Some(config)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        if role.is_empty() {
+            database_level.push_str(config);
+        } else {
+            let entry = own.entry(role.to_owned()).or_default();
+            entry.push_str(in_database);
+            entry.push_str(config);
+        }
+    }
+    let digest = |own: &str| {
+        let mut hasher = foldhash::quality::FixedState::with_seed(11).build_hasher();
+        hasher.write(database_level.as_bytes());
+        hasher.write_u8(0);
+        hasher.write(own.as_bytes());
+        // 0 stays free for "not read yet".
+        hasher.finish().max(1)
+    };
+    let default = digest("");
+    let digests: HashMap<String, u64> = own.iter().map(|(r, c)| (r.clone(), digest(c))).collect();
+    let mut roles = db.privileges.roles.lock().expect("not poisoned");
+    for (name, watch) in &roles.watched {
+        let now = digests.get(name).copied().unwrap_or(default);
+        if watch.settings.swap(now, Ordering::AcqRel) != now && !first {
+            tracing::info!(database = %db.name, role = %name,
+                "the role's settings changed: its new sessions get a scope of their own");
+            watch.changes.lock().expect("not poisoned").push((k, now));
+            watch.changes_seen.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+    roles.digests = digests;
+    roles.default = default;
+}
