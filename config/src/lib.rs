@@ -195,6 +195,13 @@ pub struct Settings {
     #[arg(long, env = "VENEER_CATALOG_REFRESH", value_name = "DURATION")]
     pub catalog_refresh: Option<Millis>,
 
+    /// How often the proxy checks, per database, who may read the tables it caches and the roles'
+    /// settings: the bound on how long a GRANT, REVOKE, policy or ALTER ROLE made directly on the
+    /// server goes unnoticed (with `veneer setup`, GRANT, REVOKE and policies are seen at once)
+    /// [default: 500ms].
+    #[arg(long, env = "VENEER_PRIVILEGE_CHECK", value_name = "DURATION")]
+    pub privilege_check: Option<Millis>,
+
     /// Role of Veneer's own upstream connections (catalog reads). Without a working login, reads
     /// are forwarded uncached [default: postgres].
     #[arg(long, env = "VENEER_SERVICE_USER", value_name = "ROLE")]
@@ -280,6 +287,8 @@ pub struct CacheConfig {
     pub rules: Vec<CacheRule>,
     /// Interval between catalog rereads.
     pub catalog_refresh: Duration,
+    /// How often privileges and role settings are checked.
+    pub privilege_check: Duration,
     /// Whether hits are served inside READ ONLY transaction blocks.
     pub read_only_transactions: bool,
     /// Whether point lookups and writes depend on row keys rather than whole tables.
@@ -403,6 +412,9 @@ impl Config {
                 catalog_refresh: s
                     .catalog_refresh
                     .map_or(Duration::from_secs(60), Into::into),
+                privilege_check: s
+                    .privilege_check
+                    .map_or(Duration::from_millis(500), Into::into),
                 read_only_transactions: s.cache_read_only_transactions.unwrap_or(false),
                 row_keys: s.cache_row_keys.unwrap_or(true),
                 replication: s.replication.unwrap_or(Replication::Required),
@@ -466,6 +478,9 @@ impl Config {
             if cache.catalog_refresh < Duration::from_secs(1) {
                 return Err(invalid("catalog_refresh", "must be at least 1s"));
             }
+            if cache.privilege_check < Duration::from_millis(50) {
+                return Err(invalid("privilege_check", "must be at least 50ms"));
+            }
             if let Some(prefix) = &cache.replication_slot {
                 let valid = prefix
                     .bytes()
@@ -525,6 +540,7 @@ impl Settings {
             max_result_bytes: self.max_result_bytes.or(lower.max_result_bytes),
             cache_rules: non_empty_or(self.cache_rules, lower.cache_rules),
             catalog_refresh: self.catalog_refresh.or(lower.catalog_refresh),
+            privilege_check: self.privilege_check.or(lower.privilege_check),
             replication: self.replication.or(lower.replication),
             verify_sample: self.verify_sample.or(lower.verify_sample),
             publication: self.publication.or(lower.publication),

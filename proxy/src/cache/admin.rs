@@ -211,13 +211,16 @@ async fn status(cache: &Cache) -> Vec<Vec<String>> {
         } else if !cache.serves(&db) {
             "forwarded: replication not following".to_owned()
         } else if !db.privileges.ready() {
-            format!("forwarded: {}", db.privileges.status())
+            format!(
+                "forwarded: {}",
+                db.privileges.status(cache.config.privilege_check)
+            )
         } else {
             "cached".to_owned()
         };
         let mut state = vec![serving, replication];
         if db.privileges.ready() {
-            state.push(db.privileges.status());
+            state.push(db.privileges.status(cache.config.privilege_check));
         }
         let outside = db.outside_publication();
         if !outside.is_empty() {

@@ -3,7 +3,7 @@
 //! Privileges, role memberships and attributes, row-level security and the settings a role or
 //! database gets from `ALTER ROLE/DATABASE … SET` are not in the replication stream, and a change
 //! made directly on the server reaches no session through Veneer. So Veneer checks them itself,
-//! every [`CHECK_INTERVAL`] (at once when its event trigger, installed by `veneer setup`, reports a
+//! every `privilege_check` (at once when its event trigger, installed by `veneer setup`, reports a
 //! GRANT, a REVOKE or a policy's DDL, or when such a statement passes through Veneer):
 //!
 //! - A **gate**, one small query: hashes of the ACLs, owners and row-level security of the tables
@@ -40,10 +40,6 @@ use super::database::Database;
 use super::service::Service;
 use super::Cache;
 use crate::error::Error;
-
-/// How often privileges are checked without a notice: the bound, with the query's own time, on how
-/// long a change made directly on the server can go unnoticed.
-pub const CHECK_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Settings that change what a query returns or which relation a name means, and that Postgres does
 /// not report to the client (those it reports are in every session's scope already). Their
@@ -278,13 +274,13 @@ impl Privileges {
         self.wake.notify_one();
     }
 
-    /// The status line: how the checks go.
-    pub fn status(&self) -> String {
+    /// The status line: how the checks go, made every `interval`.
+    pub fn status(&self, interval: Duration) -> String {
         match &*self.failure.lock().expect("not poisoned") {
             Some(e) => format!("privileges not checked ({e}); retrying"),
             None if self.ready() => format!(
                 "privileges checked every {:.1} s: {} checks, the last took {:.1} ms",
-                CHECK_INTERVAL.as_secs_f64(),
+                interval.as_secs_f64(),
                 self.checks.load(Ordering::Relaxed),
                 self.last_micros.load(Ordering::Relaxed) as f64 / 1000.0
             ),
@@ -313,7 +309,7 @@ pub struct Known {
     answers: HashMap<String, HashMap<i64, i64>>,
 }
 
-/// Checks `db`'s privileges every [`CHECK_INTERVAL`] and when woken; runs until cancelled.
+/// Checks `db`'s privileges every `privilege_check` and when woken; runs until cancelled.
 pub async fn watch(cache: &Cache, db: &Database) -> Infallible {
     let mut known = db.privileges.known.lock().await;
     let mut service = Service::new(cache, db, "veneer privileges");
@@ -335,7 +331,7 @@ pub async fn watch(cache: &Cache, db: &Database) -> Infallible {
             }
         }
         tokio::select! {
-            () = tokio::time::sleep(CHECK_INTERVAL) => {}
+            () = tokio::time::sleep(cache.config.privilege_check) => {}
             () = db.privileges.wake.notified() => {}
         }
     }
@@ -496,4 +492,52 @@ fn settle_settings(db: &Database, k: u64, rows: &[String], first: bool) {
     }
     roles.digests = digests;
     roles.default = default;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Check `k` starts, then reads `rows` of pg_db_role_setting.
+    fn check(db: &Database, k: u64, rows: &[&str]) {
+        db.privileges.checks.store(k, Ordering::Release);
+        let rows: Vec<String> = rows.iter().map(|r| r.to_string()).collect();
+        settle_settings(db, k, &rows, k == 1);
+    }
+
+    #[test]
+    fn sessions_that_started_around_a_change_of_their_roles_settings_are_uncertain() {
+        let db = Database::new("d".to_owned());
+        check(&db, 1, &[]);
+        let mut old = db.privileges.attach(&db, "bob");
+        let mut other = db.privileges.attach(&db, "alice");
+        check(&db, 2, &[]);
+        // The change commits after check 2 read the catalog; these sessions may or may not have it.
+        let mut during = db.privileges.attach(&db, "bob");
+        db.privileges.checks.store(3, Ordering::Release);
+        let mut racing = db.privileges.attach(&db, "bob");
+        check(&db, 3, &["false\tbob\t{search_path=s2}"]);
+        let mut after = db.privileges.attach(&db, "bob");
+        assert!(
+            !old.uncertain(),
+            "started before check 2 began: before the change"
+        );
+        assert!(during.uncertain() && racing.uncertain());
+        assert!(!after.uncertain());
+        assert_ne!(after.settings(), old.settings());
+        assert!(!other.uncertain());
+        assert_eq!(
+            other.settings(),
+            old.settings(),
+            "no settings: the default digest"
+        );
+        // A database-wide change reaches every role.
+        check(
+            &db,
+            4,
+            &["true\t\t{search_path=s3}", "false\tbob\t{search_path=s2}"],
+        );
+        let alice = db.privileges.attach(&db, "alice");
+        assert_ne!(alice.settings(), other.settings());
+    }
 }
