@@ -24,6 +24,9 @@ use std::sync::{Arc, RwLock};
 /// The generations of one table.
 #[derive(Debug, Default)]
 pub struct TableGeneration {
+    /// When the table was first seen, in the order of [`Generations::table`]'s first calls: what a
+    /// check that covered every table seen so far can be compared with.
+    seq: u64,
     /// Bumped by every change to the table; what queries that read the table as a whole depend on.
     any: AtomicU64,
     /// Bumped only by whole-table events (TRUNCATE, schema change, flush); what every query of the
@@ -40,6 +43,11 @@ impl TableGeneration {
     /// The value every query of the table depends on, point lookups included.
     pub fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Its place in the order tables were first seen (from 1).
+    pub fn seq(&self) -> u64 {
+        self.seq
     }
 }
 
@@ -77,6 +85,8 @@ pub struct Generations {
     roles: RwLock<HashMap<Arc<str>, Arc<RoleGeneration>>>,
     /// Bumped with every role's: what sessions that switched roles (`SET ROLE`) depend on.
     any_role: AtomicU64,
+    /// Tables seen so far (see [`TableGeneration::seq`]).
+    seen_tables: AtomicU64,
 }
 
 impl Default for Generations {
@@ -88,6 +98,7 @@ impl Default for Generations {
             rows: (0..rows::ROW_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             roles: RwLock::default(),
             any_role: AtomicU64::new(0),
+            seen_tables: AtomicU64::new(0),
         }
     }
 }
@@ -103,7 +114,12 @@ impl Generations {
             return Arc::clone(t);
         }
         let mut tables = self.tables.write().expect("not poisoned");
-        Arc::clone(tables.entry(Arc::from(name)).or_default())
+        Arc::clone(tables.entry(Arc::from(name)).or_insert_with(|| {
+            Arc::new(TableGeneration {
+                seq: self.seen_tables.fetch_add(1, Ordering::AcqRel) + 1,
+                ..Default::default()
+            })
+        }))
     }
 
     /// The global epoch, which every cached result depends on.
@@ -191,6 +207,16 @@ pub struct Dependencies {
 }
 
 impl Dependencies {
+    /// The latest [`TableGeneration::seq`] among the tables depended on.
+    pub fn newest_table(&self) -> u64 {
+        self.tables
+            .iter()
+            .chain(&self.point)
+            .map(|t| t.seq())
+            .max()
+            .unwrap_or(0)
+    }
+
     /// The stamp of a result read now: the highest generation among its dependencies and the global
     /// epoch. Every bump hands out a value above all earlier ones, so any bump of a dependency makes
     /// every later stamp differ from every earlier one. `row` is the bucket of the point lookup's

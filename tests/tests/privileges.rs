@@ -277,3 +277,25 @@ async fn new_sessions_read(
     );
     assert!(seen, "{what}: new sessions kept reading the old answer");
 }
+
+/// A REVOKE made right after a table's first reads: the check that first covers the table must not
+/// take the revoked state for how it always was. A table's results are stored only once a check
+/// covers it (its first reads wait the few milliseconds that takes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_right_after_a_tables_first_read_is_seen() {
+    create_roles(&["fr_bob"]).await;
+    run_direct(
+        "CREATE TABLE fr_acct (id int PRIMARY KEY, v int); INSERT INTO fr_acct VALUES (9, 1);
+         GRANT SELECT ON fr_acct TO fr_bob;",
+    )
+    .await;
+    let proxy = ProxyHandle::start().await;
+    wait_cache_ready(proxy.addr()).await;
+    let observer = observer(proxy.addr(), DATABASE).await;
+    let bob = session(proxy.addr(), "fr_bob", DATABASE).await;
+    let sql = "SELECT v FROM fr_acct WHERE id = 9";
+    warm(&observer, &bob, sql).await;
+    run_direct("REVOKE SELECT ON fr_acct FROM fr_bob").await;
+    let direct_bob = session(server(), "fr_bob", DATABASE).await;
+    until_refused_as_directly("REVOKE right after a first read", &direct_bob, &bob, sql).await;
+}

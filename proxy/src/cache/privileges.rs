@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use veneer_invalidation::RoleGeneration;
 
 use super::database::Database;
@@ -159,7 +159,6 @@ SELECT r.rolname, 0, coalesce((SELECT sum(hashtext(concat_ws(',', p.oid, \
   FROM pg_catalog.pg_roles r WHERE r.rolname = ANY($1)";
 
 /// One database's watch over privileges and role settings.
-#[derive(Default)]
 pub struct Privileges {
     /// Checks started so far: a session notes the count when it starts (see [`RoleSession`]).
     checks: AtomicU64,
@@ -176,6 +175,25 @@ pub struct Privileges {
     /// What the checks know, kept while the database is not wanted so that the next check compares
     /// with the last: a change made meanwhile is found like any other.
     known: tokio::sync::Mutex<Known>,
+    /// Every table seen up to this one (see `TableGeneration::seq`) is covered by the checks: a read
+    /// of a table seen later waits for a check before it is cached, since a change made to the
+    /// table before the check that first covers it could not be told from how it always was.
+    covered: watch::Sender<u64>,
+}
+
+impl Default for Privileges {
+    fn default() -> Self {
+        Privileges {
+            checks: AtomicU64::new(0),
+            ready: AtomicBool::new(false),
+            roles: Mutex::default(),
+            wake: Notify::new(),
+            failure: Mutex::new(None),
+            last_micros: AtomicU64::new(0),
+            known: tokio::sync::Mutex::default(),
+            covered: watch::channel(0).0,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -274,6 +292,21 @@ impl Privileges {
         self.wake.notify_one();
     }
 
+    /// Whether the checks cover every table seen up to `seq` (see [`Privileges::cover`]).
+    pub fn covers(&self, seq: u64) -> bool {
+        *self.covered.borrow() >= seq
+    }
+
+    /// Has a check cover the tables seen up to `seq`, waiting at most `limit`; whether it did. A
+    /// table's first reads wait for this once, for the few milliseconds a check takes.
+    pub async fn cover(&self, seq: u64, limit: Duration) -> bool {
+        let mut covered = self.covered.subscribe();
+        self.wake();
+        tokio::time::timeout(limit, covered.wait_for(|c| *c >= seq))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
     /// The status line: how the checks go, made every `interval`.
     pub fn status(&self, interval: Duration) -> String {
         match &*self.failure.lock().expect("not poisoned") {
@@ -305,6 +338,8 @@ pub struct Known {
     server_settings: Option<String>,
     /// The roles the per-role answers cover.
     roles: Vec<String>,
+    /// The check before this one found a change.
+    changed_before: bool,
     /// Each watched role's answers, per table oid (0: functions).
     answers: HashMap<String, HashMap<i64, i64>>,
 }
@@ -316,7 +351,8 @@ pub async fn watch(cache: &Cache, db: &Database) -> Infallible {
     loop {
         let started = Instant::now();
         match check(db, &mut service, &mut known).await {
-            Ok(()) => {
+            Ok(covered) => {
+                db.privileges.covered.send_replace(covered);
                 let took = started.elapsed().as_micros() as u64;
                 db.privileges.last_micros.store(took, Ordering::Relaxed);
                 *db.privileges.failure.lock().expect("not poisoned") = None;
@@ -337,15 +373,12 @@ pub async fn watch(cache: &Cache, db: &Database) -> Infallible {
     }
 }
 
-/// One check; see the module's documentation.
-async fn check(db: &Database, service: &mut Service<'_>, known: &mut Known) -> Result<(), Error> {
+/// One check (see the module's documentation); returns the newest table it covered.
+async fn check(db: &Database, service: &mut Service<'_>, known: &mut Known) -> Result<u64, Error> {
     let k = db.privileges.checks.fetch_add(1, Ordering::AcqRel) + 1;
-    let mut tables: Vec<String> = db
-        .generations
-        .tables()
-        .into_iter()
-        .map(|(name, _)| name.to_string())
-        .collect();
+    let seen = db.generations.tables();
+    let newest = seen.iter().map(|(_, t)| t.seq()).max().unwrap_or(0);
+    let mut tables: Vec<String> = seen.iter().map(|(name, _)| name.to_string()).collect();
     tables.sort_unstable();
     let mut roles: Vec<String> = {
         let watched = db.privileges.roles.lock().expect("not poisoned");
@@ -391,61 +424,43 @@ async fn check(db: &Database, service: &mut Service<'_>, known: &mut Known) -> R
                 .or_default()
                 .insert(row.get(1), row.get(2));
         }
-        settle_answers(db, known, &roles, answers, first);
+        settle_answers(db, known, &roles, answers, first, changed);
         known.roles = roles;
     }
+    known.changed_before = changed;
     known.global = Some(global);
     known.tables = Some((gate_now, tables));
     known.server_settings = server_settings;
-    Ok(())
+    Ok(newest)
 }
 
-/// Compares each watched role's answers with the last ones. A role whose answer for a table it had
-/// one for changed is bumped. Results cached before a role or a table had answers may predate a
-/// change no check saw (one made before the table was first checked), so a role answered for the
-/// first time is bumped, and so is a table: its reads then miss once more, and from here on every
-/// change is seen.
+/// Compares each watched role's answers with the last ones: a role whose answer for a table it had
+/// one for changed is bumped. A role answered for the first time is bumped when this check or the
+/// one before found a change: its first sessions may have cached results before the change, while
+/// the check before did not know the role yet. (A table's results wait for the first check that
+/// covers it: see [`Privileges::cover`].)
 fn settle_answers(
     db: &Database,
     known: &mut Known,
     roles: &[String],
     mut answers: HashMap<String, HashMap<i64, i64>>,
     first: bool,
+    changed: bool,
 ) {
     let watched = db.privileges.roles.lock().expect("not poisoned");
-    let mut new_tables = std::collections::HashSet::new();
     for role in roles {
         let now = answers.remove(role).unwrap_or_default();
         let moved = match known.answers.get(role) {
-            None => true,
-            Some(was) => {
-                new_tables.extend(now.keys().filter(|oid| !was.contains_key(oid)).copied());
-                was.iter().any(|(oid, hash)| now.get(oid) != Some(hash))
-            }
+            None => changed || known.changed_before,
+            Some(was) => was.iter().any(|(oid, hash)| now.get(oid) != Some(hash)),
         };
         if let Some(watch) = watched.watched.get(role).filter(|_| moved && !first) {
             tracing::info!(database = %db.name, role = %role,
-                "privileges, row-level security, memberships or attributes of the role changed, or it \
-                 is new: its cached results are dropped");
+                "privileges, row-level security, memberships or attributes of the role changed: its \
+                 cached results are dropped");
             db.generations.bump_role(&watch.generation);
         }
         known.answers.insert(role.clone(), now);
-    }
-    drop(watched);
-    if first || new_tables.is_empty() {
-        return;
-    }
-    // The answers name tables by oid; results by name. A new oid's name is among the tables now
-    // watched that were not before, or a table re-created under an old name: bump those names.
-    let before: std::collections::HashSet<&str> = known
-        .tables
-        .as_ref()
-        .map(|(_, t)| t.iter().map(String::as_str).collect())
-        .unwrap_or_default();
-    for (name, table) in db.generations.tables() {
-        if !before.contains(&*name) {
-            db.generations.bump_table_epoch(&table);
-        }
     }
 }
 

@@ -458,6 +458,18 @@ impl Session {
             self.bypass("role_settings_changed");
             return;
         }
+        let newest = match c.current.as_ref().map(|u| &u.what) {
+            Some(What::Cacheable(candidate)) => candidate.newest_table(),
+            _ => 0,
+        };
+        if !c.db.privileges.covers(newest) {
+            let db = Arc::clone(&c.db);
+            let limit = self.shared.config.connect_timeout;
+            if !db.privileges.cover(newest, limit).await {
+                self.bypass("privileges_not_checked");
+                return;
+            }
+        }
         if !self.cache.as_mut().expect("checked").fence_passed() {
             self.bypass("own_write_not_applied");
             return;
@@ -1030,6 +1042,19 @@ fn stamp(
 }
 
 impl Candidate {
+    /// The latest-seen table its cacheable plans read (see `TableGeneration::seq`).
+    fn newest_table(&self) -> u64 {
+        self.plans
+            .iter()
+            .flatten()
+            .filter_map(|p| match &p.action {
+                Action::Cache { dependencies, .. } => Some(dependencies.newest_table()),
+                Action::Forward { .. } => None,
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Adds a statement's plan and, when known, the row key it looks up; returns the plan's slot,
     /// or `None` when it is not cacheable or the unit runs too many.
     fn add(&mut self, plan: Arc<Plan>, key: Option<Key>) -> Option<usize> {
