@@ -26,7 +26,7 @@
 //!
 //! Until the first check has passed, and while checks fail, the database's reads are forwarded.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -71,11 +71,12 @@ fn sum_of(columns: &str, from: &str) -> String {
 
 /// The gate's hash of everything that decides who may read the tables named by `$n` (an array of
 /// relation names): their ACLs, owners, schemas and row-level security, their columns' ACLs and
-/// their policies.
+/// their policies. A sum over the tables, so that the hash of a set grows by the hash of the tables
+/// added to it.
 fn gate(n: u8) -> String {
     let tables = format!("c.relname = ANY(${n}) AND c.relkind IN ('r','p','v','m','f')");
     format!(
-        "concat_ws('/', {}, {}, {})",
+        "{} + 3 * {} + 5 * {}",
         sum_of(
             "c.oid, c.relowner, c.relacl, c.relrowsecurity, c.relforcerowsecurity, c.relnamespace",
             &format!("pg_catalog.pg_class c WHERE {tables}")
@@ -98,9 +99,9 @@ fn gate(n: u8) -> String {
     )
 }
 
-/// The gate (for the tables cached at the last check, then for those cached now), the parts that do
-/// not depend on the tables (schemas, roles, memberships, functions with an ACL), the server-wide
-/// settings, and every role's and the database's settings.
+/// The gate for the tables named by `$1`, the part that does not depend on the tables (schemas,
+/// roles, memberships, functions with an ACL), the server-wide settings named by `$2`, and every
+/// role's and the database's settings.
 fn check_sql() -> String {
     let global = format!(
         "concat_ws('/', {}, {}, {}, {})",
@@ -116,17 +117,16 @@ fn check_sql() -> String {
         ),
     );
     format!(
-        "SELECT {}, {}, {global}, \
+        "SELECT {}, {global}, \
            (SELECT string_agg(name || '=' || setting, ',' ORDER BY name) FROM pg_catalog.pg_settings \
-             WHERE name = ANY($3) \
+             WHERE name = ANY($2) \
                AND source NOT IN ('database', 'user', 'database user', 'session', 'client')), \
            (SELECT array_agg(concat_ws(E'\\t', s.setdatabase <> 0, coalesce(r.rolname, ''), \
                    s.setconfig::text) ORDER BY s.setdatabase, s.setrole) \
               FROM pg_catalog.pg_db_role_setting s LEFT JOIN pg_catalog.pg_roles r ON r.oid = s.setrole \
              WHERE s.setdatabase IN (0, (SELECT oid FROM pg_catalog.pg_database \
                                           WHERE datname = pg_catalog.current_database())))",
-        gate(1),
-        gate(2)
+        gate(1)
     )
 }
 
@@ -166,8 +166,10 @@ pub struct Privileges {
     ready: AtomicBool,
     /// The roles reading through the cache, and every role's settings digest.
     roles: Mutex<Roles>,
-    /// Wakes the checker early (a notice in the stream, a GRANT through Veneer).
+    /// Wakes the checker for a full check (a notice in the stream, a GRANT through Veneer).
     wake: Notify,
+    /// Wakes the checker to cover tables seen for the first time.
+    uncovered: Notify,
     /// Why the last check failed, for the status.
     failure: Mutex<Option<String>>,
     /// How long the last check took, in microseconds (the status shows it).
@@ -188,6 +190,7 @@ impl Default for Privileges {
             ready: AtomicBool::new(false),
             roles: Mutex::default(),
             wake: Notify::new(),
+            uncovered: Notify::new(),
             failure: Mutex::new(None),
             last_micros: AtomicU64::new(0),
             known: tokio::sync::Mutex::default(),
@@ -301,7 +304,7 @@ impl Privileges {
     /// table's first reads wait for this once, for the few milliseconds a check takes.
     pub async fn cover(&self, seq: u64, limit: Duration) -> bool {
         let mut covered = self.covered.subscribe();
-        self.wake();
+        self.uncovered.notify_one();
         tokio::time::timeout(limit, covered.wait_for(|c| *c >= seq))
             .await
             .is_ok_and(|r| r.is_ok())
@@ -331,32 +334,45 @@ impl Privileges {
 /// What the checker knows between checks.
 #[derive(Default)]
 pub struct Known {
-    /// The gate's table part at the last check, and the tables (by name) it covered.
-    tables: Option<(String, Vec<String>)>,
-    /// Its part that does not depend on the tables.
+    /// The tables (by name) the checks cover, and the gate's hash of them.
+    tables: HashSet<String>,
+    gate: i64,
+    /// The gate's part that does not depend on the tables; `None` before the first full check.
     global: Option<String>,
     server_settings: Option<String>,
     /// The roles the per-role answers cover.
-    roles: Vec<String>,
-    /// The check before this one found a change.
+    roles: HashSet<String>,
+    /// The full check before this one found a change.
     changed_before: bool,
     /// Each watched role's answers, per table oid (0: functions).
     answers: HashMap<String, HashMap<i64, i64>>,
 }
 
-/// Checks `db`'s privileges every `privilege_check` and when woken; runs until cancelled.
+/// Checks `db`'s privileges in full every `privilege_check` and when woken, and covers tables seen
+/// for the first time when asked; runs until cancelled.
 pub async fn watch(cache: &Cache, db: &Database) -> Infallible {
     let mut known = db.privileges.known.lock().await;
     let mut service = Service::new(cache, db, "veneer privileges");
+    let mut next_full = tokio::time::Instant::now();
+    let mut full_wanted = false;
     loop {
         let started = Instant::now();
-        match check(db, &mut service, &mut known).await {
+        let full = std::mem::take(&mut full_wanted) || tokio::time::Instant::now() >= next_full;
+        let checked = if full {
+            next_full = tokio::time::Instant::now() + cache.config.privilege_check;
+            full_check(db, &mut service, &mut known).await
+        } else {
+            cover(db, &mut service, &mut known).await
+        };
+        match checked {
             Ok(covered) => {
                 db.privileges.covered.send_replace(covered);
-                let took = started.elapsed().as_micros() as u64;
-                db.privileges.last_micros.store(took, Ordering::Relaxed);
-                *db.privileges.failure.lock().expect("not poisoned") = None;
-                db.privileges.ready.store(true, Ordering::Release);
+                if full {
+                    let took = started.elapsed().as_micros() as u64;
+                    db.privileges.last_micros.store(took, Ordering::Relaxed);
+                    *db.privileges.failure.lock().expect("not poisoned") = None;
+                    db.privileges.ready.store(true, Ordering::Release);
+                }
             }
             Err(e) => {
                 if db.privileges.ready.swap(false, Ordering::AcqRel) {
@@ -364,50 +380,73 @@ pub async fn watch(cache: &Cache, db: &Database) -> Infallible {
                         "cannot check privileges: reads of this database are forwarded uncached until it can");
                 }
                 *db.privileges.failure.lock().expect("not poisoned") = Some(e.to_string());
+                // Retried in full, after the interval.
+                next_full = tokio::time::Instant::now() + cache.config.privilege_check;
             }
         }
         tokio::select! {
-            () = tokio::time::sleep(cache.config.privilege_check) => {}
-            () = db.privileges.wake.notified() => {}
+            () = tokio::time::sleep_until(next_full) => {}
+            () = db.privileges.wake.notified() => full_wanted = true,
+            () = db.privileges.uncovered.notified() => {}
         }
     }
 }
 
-/// One check (see the module's documentation); returns the newest table it covered.
-async fn check(db: &Database, service: &mut Service<'_>, known: &mut Known) -> Result<u64, Error> {
-    let k = db.privileges.checks.fetch_add(1, Ordering::AcqRel) + 1;
+/// Brings the tables seen since the last check under the checks: adds their gate hash to the known
+/// one and the known roles' answers for them. Returns the newest table covered.
+async fn cover(db: &Database, service: &mut Service<'_>, known: &mut Known) -> Result<u64, Error> {
     let seen = db.generations.tables();
     let newest = seen.iter().map(|(_, t)| t.seq()).max().unwrap_or(0);
-    let mut tables: Vec<String> = seen.iter().map(|(name, _)| name.to_string()).collect();
-    tables.sort_unstable();
-    let mut roles: Vec<String> = {
-        let watched = db.privileges.roles.lock().expect("not poisoned");
-        watched.watched.keys().cloned().collect()
-    };
-    roles.sort_unstable();
-    let before = known
-        .tables
-        .as_ref()
-        .map_or_else(Vec::new, |(_, t)| t.clone());
-    let settings = RESULT_SETTINGS.to_vec();
+    let new: Vec<String> = seen
+        .iter()
+        .map(|(name, _)| name.to_string())
+        .filter(|name| !known.tables.contains(name))
+        .collect();
+    if new.is_empty() {
+        return Ok(newest);
+    }
     let rows = service
-        .query(&check_sql(), &[&before, &tables, &settings])
+        .query(&format!("SELECT {}", gate(1)), &[&new])
         .await?;
+    let gate: i64 = rows
+        .first()
+        .ok_or_else(|| Error::privileges(&db.name, "the gate returned no row"))?
+        .get(0);
+    let roles: Vec<&String> = known.roles.iter().collect();
+    for row in service.query(PER_ROLE_SQL, &[&roles, &new]).await? {
+        let role: String = row.get(0);
+        known
+            .answers
+            .entry(role)
+            .or_default()
+            .insert(row.get(1), row.get(2));
+    }
+    known.gate = known.gate.wrapping_add(gate);
+    known.tables.extend(new);
+    Ok(newest)
+}
+
+/// One full check (see the module's documentation); returns the newest table covered.
+async fn full_check(
+    db: &Database,
+    service: &mut Service<'_>,
+    known: &mut Known,
+) -> Result<u64, Error> {
+    let k = db.privileges.checks.fetch_add(1, Ordering::AcqRel) + 1;
+    let newest = cover(db, service, known).await?;
+    let tables: Vec<&String> = known.tables.iter().collect();
+    let settings = RESULT_SETTINGS.to_vec();
+    let rows = service.query(&check_sql(), &[&tables, &settings]).await?;
     let row = rows
         .first()
         .ok_or_else(|| Error::privileges(&db.name, "the check returned no row"))?;
-    let (gate_before, gate_now, global): (String, String, String) =
-        (row.get(0), row.get(1), row.get(2));
-    let server_settings: Option<String> = row.get(3);
-    let role_settings: Option<Vec<String>> = row.get(4);
+    let (gate, global): (i64, String) = (row.get(0), row.get(1));
+    let server_settings: Option<String> = row.get(2);
+    let role_settings: Option<Vec<String>> = row.get(3);
 
     let first = known.global.is_none();
-    let changed = !first
-        && (known.global.as_deref() != Some(global.as_str())
-            || known
-                .tables
-                .as_ref()
-                .is_some_and(|(g, _)| *g != gate_before));
+    let changed =
+        !first && (known.global.as_deref() != Some(global.as_str()) || known.gate != gate);
     if !first && known.server_settings != server_settings {
         tracing::info!(database = %db.name,
             "server-wide settings that change results changed: every cached result of the database is dropped");
@@ -415,8 +454,22 @@ async fn check(db: &Database, service: &mut Service<'_>, known: &mut Known) -> R
     }
     settle_settings(db, k, &role_settings.unwrap_or_default(), first);
 
-    if first || changed || roles != known.roles || tables != before {
-        let rows = service.query(PER_ROLE_SQL, &[&roles, &tables]).await?;
+    let roles: Vec<String> = {
+        let watched = db.privileges.roles.lock().expect("not poisoned");
+        watched.watched.keys().cloned().collect()
+    };
+    // On a change every role is asked again; otherwise only roles never asked.
+    let asked: Vec<String> = if first || changed {
+        roles.clone()
+    } else {
+        roles
+            .iter()
+            .filter(|r| !known.roles.contains(*r))
+            .cloned()
+            .collect()
+    };
+    if !asked.is_empty() {
+        let rows = service.query(PER_ROLE_SQL, &[&asked, &tables]).await?;
         let mut answers: HashMap<String, HashMap<i64, i64>> = HashMap::new();
         for row in rows {
             answers
@@ -424,12 +477,12 @@ async fn check(db: &Database, service: &mut Service<'_>, known: &mut Known) -> R
                 .or_default()
                 .insert(row.get(1), row.get(2));
         }
-        settle_answers(db, known, &roles, answers, first, changed);
-        known.roles = roles;
+        settle_answers(db, known, &asked, answers, first, changed);
     }
+    known.roles.extend(roles);
     known.changed_before = changed;
     known.global = Some(global);
-    known.tables = Some((gate_now, tables));
+    known.gate = gate;
     known.server_settings = server_settings;
     Ok(newest)
 }
