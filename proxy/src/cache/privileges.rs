@@ -9,7 +9,9 @@
 //! - A **gate**, one small query: hashes of the ACLs, owners and row-level security of the tables
 //!   the cache has results of, their columns' ACLs and policies, every schema's ACL, every role's
 //!   attributes and memberships and the ACLs of functions that have one. Its cost grows with the
-//!   tables cached, not with the database.
+//!   tables cached, not with the database; when it takes long, checks come less often (at most a
+//!   twentieth of the server's time). A table seen for the first time is brought under the gate by
+//!   a small query of its own before any of its results is stored (its first read waits for it).
 //! - When the gate moved, a **per-role check** of each role reading through Veneer: for each cached
 //!   table, whether the role may read it (or which columns), whether row-level security applies to
 //!   it and which policies; which functions it may execute. A role whose answers changed has its
@@ -310,8 +312,11 @@ impl Privileges {
             .is_ok_and(|r| r.is_ok())
     }
 
-    /// The status line: how the checks go, made every `interval`.
-    pub fn status(&self, interval: Duration) -> String {
+    /// The status line: how the checks go, made every `privilege_check` or, when they take long,
+    /// less often (see [`MAX_SHARE`]).
+    pub fn status(&self, privilege_check: Duration) -> String {
+        let took = Duration::from_micros(self.last_micros.load(Ordering::Relaxed));
+        let interval = interval(privilege_check, took);
         match &*self.failure.lock().expect("not poisoned") {
             Some(e) => format!("privileges not checked ({e}); retrying"),
             None if self.ready() => format!(
@@ -359,8 +364,10 @@ pub async fn watch(cache: &Cache, db: &Database) -> Infallible {
         let started = Instant::now();
         let full = std::mem::take(&mut full_wanted) || tokio::time::Instant::now() >= next_full;
         let checked = if full {
-            next_full = tokio::time::Instant::now() + cache.config.privilege_check;
-            full_check(db, &mut service, &mut known).await
+            let result = full_check(db, &mut service, &mut known).await;
+            next_full = tokio::time::Instant::now()
+                + interval(cache.config.privilege_check, started.elapsed());
+            result
         } else {
             cover(db, &mut service, &mut known).await
         };
@@ -390,6 +397,16 @@ pub async fn watch(cache: &Cache, db: &Database) -> Infallible {
             () = db.privileges.uncovered.notified() => {}
         }
     }
+}
+
+/// Full checks take at most this share of the server's time (one core): with very many tables
+/// cached, a check takes long enough that the interval grows past `privilege_check`.
+const MAX_SHARE: u32 = 20;
+
+/// The wait before the next full check, after one that took `took`: `privilege_check`, or longer
+/// when checks take long (see [`MAX_SHARE`]).
+fn interval(privilege_check: Duration, took: Duration) -> Duration {
+    privilege_check.max(took * MAX_SHARE)
 }
 
 /// Brings the tables seen since the last check under the checks: adds their gate hash to the known
