@@ -16,6 +16,7 @@ pub mod pool;
 pub mod server;
 pub mod session;
 pub mod setup;
+pub mod shared;
 pub mod sql_bytes;
 pub mod stream;
 pub mod tls;

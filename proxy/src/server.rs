@@ -9,7 +9,6 @@ use std::time::Instant;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
-use tokio_rustls::{TlsAcceptor, TlsConnector};
 use veneer_config::Config;
 
 use crate::cache::Cache;
@@ -19,41 +18,11 @@ use crate::handshake::{self, Hello};
 use crate::metrics::Meters;
 use crate::pool::Pool;
 use crate::session::{End, Session};
+use crate::shared::{Phase, Shared};
 use crate::stream::Stream;
 use crate::upstream;
 use crate::wire::authored::{error_response, sqlstate, Severity};
 use crate::wire::startup::StartupMessage;
-
-/// Where the proxy is in its life; sessions watch it to know when to close.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Phase {
-    /// Serving.
-    Running,
-    /// Shutdown requested: no new clients; sessions close as soon as they are idle.
-    Draining,
-    /// The drain time is over: every session closes now.
-    Terminating,
-}
-
-/// State every session task shares.
-pub struct Shared {
-    /// The settings in force.
-    pub config: Config,
-    /// Client TLS, when a certificate is configured.
-    tls: Option<TlsAcceptor>,
-    /// Upstream TLS, built once for every session; `None` under upstream_tls = disable.
-    upstream_tls: Option<TlsConnector>,
-    /// Backend keys of live sessions, for routing CancelRequests.
-    pub cancels: CancelRegistry,
-    /// One permit per client session: the max_client_connections cap.
-    slots: Arc<Semaphore>,
-    /// The query-result cache; `None` when caching is off.
-    pub cache: Option<Arc<Cache>>,
-    /// Upstream connections kept between clients of the same trust login.
-    pub pool: Arc<Pool>,
-    /// Metric handles.
-    pub meters: Arc<Meters>,
-}
 
 /// A bound proxy, ready to run.
 pub struct Proxy {

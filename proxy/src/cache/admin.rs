@@ -12,7 +12,6 @@ use veneer_invalidation::Source;
 
 use super::database::{CatalogState, Listener};
 use super::Cache;
-use crate::session::TxStatus;
 use crate::wire::authored::{error_response, Severity};
 
 /// An administrative command.
@@ -83,9 +82,10 @@ fn fold_identifier(word: &str) -> String {
     }
 }
 
-/// Runs `command` and returns the complete reply, ReadyForQuery included. `admin` says whether the
-/// session may run privileged commands (a superuser, or a role in admin_users).
-pub async fn answer(cache: &Cache, command: &Command, admin: bool, tx: TxStatus) -> Bytes {
+/// Runs `command` and returns the complete reply, ReadyForQuery (with the session's `tx` status)
+/// included. `admin` says whether the session may run privileged commands (a superuser, or a role
+/// in admin_users).
+pub async fn answer(cache: &Cache, command: &Command, admin: bool, tx: TransactionStatus) -> Bytes {
     let mut out = BytesMut::new();
     if command.privileged() && !admin {
         out.put(error_response(
@@ -120,12 +120,7 @@ pub async fn answer(cache: &Cache, command: &Command, admin: bool, tx: TxStatus)
             )),
         }
     }
-    let status = match tx {
-        TxStatus::Idle => TransactionStatus::Idle,
-        TxStatus::InBlock => TransactionStatus::Transaction,
-        TxStatus::Failed => TransactionStatus::Error,
-    };
-    encode(&mut out, &ReadyForQuery::new(status));
+    encode(&mut out, &ReadyForQuery::new(tx));
     out.freeze()
 }
 

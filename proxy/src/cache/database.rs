@@ -269,6 +269,15 @@ impl Database {
         Attached(Arc::clone(self))
     }
 
+    /// The database as the privilege checks see it.
+    pub fn watched(&self) -> super::privileges::Watched<'_> {
+        super::privileges::Watched {
+            name: &self.name,
+            generations: &self.generations,
+            privileges: &self.privileges,
+        }
+    }
+
     /// The database may no longer be the one cached results came from (it was dropped, perhaps
     /// re-created): every result becomes unreachable and the catalog is read again.
     pub(super) fn reset(&self) {

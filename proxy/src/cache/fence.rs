@@ -21,7 +21,6 @@ use tokio::sync::{watch, Notify};
 use veneer_invalidation::replication::INSERTED_END;
 use veneer_invalidation::Generations;
 
-use super::database::Database;
 use super::service::Service;
 use super::Cache;
 use crate::error::Error;
@@ -116,8 +115,8 @@ impl Fence {
 
     /// Reads positions for the tickets taken, over a login of `service_user` to `db`; runs until
     /// dropped (with the stream it serves). Failed reads are retried: their tickets wait meanwhile.
-    pub async fn settle(&self, cache: &Cache, db: &Database) -> Infallible {
-        let mut service = Service::new(cache, db, "veneer fence");
+    pub async fn settle(&self, cache: &Cache, database: &str) -> Infallible {
+        let mut service = Service::new(cache, database, "veneer fence");
         let mut waiting: Vec<Arc<Ticket>> = Vec::new();
         loop {
             if waiting.is_empty() {
@@ -135,7 +134,7 @@ impl Fence {
                     self.want(lsn);
                 }
                 Err(e) => {
-                    tracing::warn!(database = %db.name, error = %e, retry_in = ?RETRY,
+                    tracing::warn!(database = %database, error = %e, retry_in = ?RETRY,
                         "could not read the WAL position for read-your-writes: sessions that \
                          wrote stay off the cache until it is read");
                     tokio::time::sleep(RETRY).await;

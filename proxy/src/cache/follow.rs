@@ -350,7 +350,7 @@ async fn run(cache: &Cache, db: &Database) -> Result<(), Failure> {
     // Positions for read-your-writes are read while the stream runs, which is what makes them pass.
     tokio::select! {
         followed = stream => followed.map_err(Failure::from),
-        never = db.fence.settle(cache, db) => match never {},
+        never = db.fence.settle(cache, &db.name) => match never {},
         never = slot::watch(cache, db, &login.slot) => match never {},
     }
 }

@@ -327,7 +327,7 @@ async fn keep_catalog(cache: Weak<Cache>, db: Arc<Database>) {
         let idle = strong.config.replication_idle_timeout;
         tokio::select! {
             () = refresh_catalog(&cache, &db) => return,
-            never = privileges::watch(&strong, &db) => match never {},
+            never = privileges::watch(&strong, db.watched()) => match never {},
             () = db.demand.released(idle) => {
                 db.catalog_changed();
                 db.privileges.reset();

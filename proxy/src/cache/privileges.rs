@@ -33,12 +33,11 @@ use std::convert::Infallible;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
-use veneer_invalidation::RoleGeneration;
+use veneer_invalidation::{Generations, RoleGeneration};
 
-use super::database::Database;
 use super::service::Service;
 use super::Cache;
 use crate::error::Error;
@@ -102,8 +101,8 @@ fn gate(n: u8) -> String {
 }
 
 /// The gate for the tables named by `$1`, the part that does not depend on the tables (schemas,
-/// roles, memberships, functions with an ACL), the server-wide settings named by `$2`, and every
-/// role's and the database's settings.
+/// roles, memberships, functions with an ACL), the server-wide settings named by `$2`, every role's
+/// and the database's settings, and the microseconds the server spent on it so far.
 fn check_sql() -> String {
     let global = format!(
         "concat_ws('/', {}, {}, {}, {})",
@@ -127,7 +126,9 @@ fn check_sql() -> String {
                    s.setconfig::text) ORDER BY s.setdatabase, s.setrole) \
               FROM pg_catalog.pg_db_role_setting s LEFT JOIN pg_catalog.pg_roles r ON r.oid = s.setrole \
              WHERE s.setdatabase IN (0, (SELECT oid FROM pg_catalog.pg_database \
-                                          WHERE datname = pg_catalog.current_database())))",
+                                          WHERE datname = pg_catalog.current_database()))), \
+           (extract(epoch FROM pg_catalog.clock_timestamp() - pg_catalog.statement_timestamp()) \
+              * 1000000)::int8",
         gate(1)
     )
 }
@@ -174,7 +175,8 @@ pub struct Privileges {
     uncovered: Notify,
     /// Why the last check failed, for the status.
     failure: Mutex<Option<String>>,
-    /// How long the last check took, in microseconds (the status shows it).
+    /// How long the last full check's gate took the server, in microseconds: what the interval
+    /// between checks stretches by (see [`MAX_SHARE`]), and the status shows.
     last_micros: AtomicU64,
     /// What the checks know, kept while the database is not wanted so that the next check compares
     /// with the last: a change made meanwhile is found like any other.
@@ -266,12 +268,12 @@ impl RoleSession {
 
 impl Privileges {
     /// A session of `role` starts.
-    pub fn attach(&self, db: &Database, role: &str) -> RoleSession {
+    pub fn attach(&self, generations: &Generations, role: &str) -> RoleSession {
         let mut roles = self.roles.lock().expect("not poisoned");
         let digest = roles.digests.get(role).copied().unwrap_or(roles.default);
         let watch = Arc::clone(roles.watched.entry(role.to_owned()).or_insert_with(|| {
             Arc::new(RoleWatch {
-                generation: db.generations.role(role),
+                generation: generations.role(role),
                 settings: AtomicU64::new(digest),
                 changes: Mutex::new(Vec::new()),
                 changes_seen: AtomicU64::new(0),
@@ -320,7 +322,7 @@ impl Privileges {
         match &*self.failure.lock().expect("not poisoned") {
             Some(e) => format!("privileges not checked ({e}); retrying"),
             None if self.ready() => format!(
-                "privileges checked every {:.1} s: {} checks, the last took {:.1} ms",
+                "privileges checked every {:.1} s: {} checks, the last took the server {:.1} ms",
                 interval.as_secs_f64(),
                 self.checks.load(Ordering::Relaxed),
                 self.last_micros.load(Ordering::Relaxed) as f64 / 1000.0
@@ -353,20 +355,30 @@ pub struct Known {
     answers: HashMap<String, HashMap<i64, i64>>,
 }
 
+/// One database as the checks see it.
+#[derive(Clone, Copy)]
+pub struct Watched<'a> {
+    /// Its name.
+    pub name: &'a str,
+    /// Its generations, where roles and the database are bumped.
+    pub generations: &'a Generations,
+    /// Its privileges' state.
+    pub privileges: &'a Privileges,
+}
+
 /// Checks `db`'s privileges in full every `privilege_check` and when woken, and covers tables seen
 /// for the first time when asked; runs until cancelled.
-pub async fn watch(cache: &Cache, db: &Database) -> Infallible {
+pub async fn watch(cache: &Cache, db: Watched<'_>) -> Infallible {
     let mut known = db.privileges.known.lock().await;
-    let mut service = Service::new(cache, db, "veneer privileges");
+    let mut service = Service::new(cache, db.name, "veneer privileges");
     let mut next_full = tokio::time::Instant::now();
     let mut full_wanted = false;
     loop {
-        let started = Instant::now();
         let full = std::mem::take(&mut full_wanted) || tokio::time::Instant::now() >= next_full;
         let checked = if full {
             let result = full_check(db, &mut service, &mut known).await;
-            next_full = tokio::time::Instant::now()
-                + interval(cache.config.privilege_check, started.elapsed());
+            let took = Duration::from_micros(db.privileges.last_micros.load(Ordering::Relaxed));
+            next_full = tokio::time::Instant::now() + interval(cache.config.privilege_check, took);
             result
         } else {
             cover(db, &mut service, &mut known).await
@@ -375,8 +387,6 @@ pub async fn watch(cache: &Cache, db: &Database) -> Infallible {
             Ok(covered) => {
                 db.privileges.covered.send_replace(covered);
                 if full {
-                    let took = started.elapsed().as_micros() as u64;
-                    db.privileges.last_micros.store(took, Ordering::Relaxed);
                     *db.privileges.failure.lock().expect("not poisoned") = None;
                     db.privileges.ready.store(true, Ordering::Release);
                 }
@@ -400,7 +410,8 @@ pub async fn watch(cache: &Cache, db: &Database) -> Infallible {
 }
 
 /// Full checks take at most this share of the server's time (one core): with very many tables
-/// cached, a check takes long enough that the interval grows past `privilege_check`.
+/// cached, a check takes the server long enough that the interval grows past `privilege_check`.
+/// The server's own time, not the time Veneer waited, so that a busy proxy does not stretch it.
 const MAX_SHARE: u32 = 20;
 
 /// The wait before the next full check, after one that took `took`: `privilege_check`, or longer
@@ -411,7 +422,11 @@ fn interval(privilege_check: Duration, took: Duration) -> Duration {
 
 /// Brings the tables seen since the last check under the checks: adds their gate hash to the known
 /// one and the known roles' answers for them. Returns the newest table covered.
-async fn cover(db: &Database, service: &mut Service<'_>, known: &mut Known) -> Result<u64, Error> {
+async fn cover(
+    db: Watched<'_>,
+    service: &mut Service<'_>,
+    known: &mut Known,
+) -> Result<u64, Error> {
     let seen = db.generations.tables();
     let newest = seen.iter().map(|(_, t)| t.seq()).max().unwrap_or(0);
     let new: Vec<String> = seen
@@ -427,7 +442,7 @@ async fn cover(db: &Database, service: &mut Service<'_>, known: &mut Known) -> R
         .await?;
     let gate: i64 = rows
         .first()
-        .ok_or_else(|| Error::privileges(&db.name, "the gate returned no row"))?
+        .ok_or_else(|| Error::privileges(db.name, "the gate returned no row"))?
         .get(0);
     let roles: Vec<&String> = known.roles.iter().collect();
     for row in service.query(PER_ROLE_SQL, &[&roles, &new]).await? {
@@ -445,7 +460,7 @@ async fn cover(db: &Database, service: &mut Service<'_>, known: &mut Known) -> R
 
 /// One full check (see the module's documentation); returns the newest table covered.
 async fn full_check(
-    db: &Database,
+    db: Watched<'_>,
     service: &mut Service<'_>,
     known: &mut Known,
 ) -> Result<u64, Error> {
@@ -456,10 +471,14 @@ async fn full_check(
     let rows = service.query(&check_sql(), &[&tables, &settings]).await?;
     let row = rows
         .first()
-        .ok_or_else(|| Error::privileges(&db.name, "the check returned no row"))?;
+        .ok_or_else(|| Error::privileges(db.name, "the check returned no row"))?;
     let (gate, global): (i64, String) = (row.get(0), row.get(1));
     let server_settings: Option<String> = row.get(2);
     let role_settings: Option<Vec<String>> = row.get(3);
+    let server_micros: i64 = row.get(4);
+    db.privileges
+        .last_micros
+        .store(server_micros.max(0) as u64, Ordering::Relaxed);
 
     let first = known.global.is_none();
     let changed =
@@ -510,7 +529,7 @@ async fn full_check(
 /// the check before did not know the role yet. (A table's results wait for the first check that
 /// covers it: see [`Privileges::cover`].)
 fn settle_answers(
-    db: &Database,
+    db: Watched<'_>,
     known: &mut Known,
     roles: &[String],
     mut answers: HashMap<String, HashMap<i64, i64>>,
@@ -537,7 +556,7 @@ fn settle_answers(
 /// Takes every role's settings digest from `rows` (`in_database<TAB>role<TAB>config`, the role
 /// empty for the database's own), recording, for the watched roles whose digest changed, that check
 /// `k` found it.
-fn settle_settings(db: &Database, k: u64, rows: &[String], first: bool) {
+fn settle_settings(db: Watched<'_>, k: u64, rows: &[String], first: bool) {
     let mut database_level = String::new();
     let mut own: HashMap<String, String> = HashMap::new();
     for row in rows {
@@ -583,26 +602,44 @@ fn settle_settings(db: &Database, k: u64, rows: &[String], first: bool) {
 mod tests {
     use super::*;
 
+    struct Db {
+        generations: Generations,
+        privileges: Privileges,
+    }
+
+    impl Db {
+        fn watched(&self) -> Watched<'_> {
+            Watched {
+                name: "d",
+                generations: &self.generations,
+                privileges: &self.privileges,
+            }
+        }
+    }
+
     /// Check `k` starts, then reads `rows` of pg_db_role_setting.
-    fn check(db: &Database, k: u64, rows: &[&str]) {
+    fn check(db: &Db, k: u64, rows: &[&str]) {
         db.privileges.checks.store(k, Ordering::Release);
         let rows: Vec<String> = rows.iter().map(|r| r.to_string()).collect();
-        settle_settings(db, k, &rows, k == 1);
+        settle_settings(db.watched(), k, &rows, k == 1);
     }
 
     #[test]
     fn sessions_that_started_around_a_change_of_their_roles_settings_are_uncertain() {
-        let db = Database::new("d".to_owned());
+        let db = Db {
+            generations: Generations::default(),
+            privileges: Privileges::default(),
+        };
         check(&db, 1, &[]);
-        let mut old = db.privileges.attach(&db, "bob");
-        let mut other = db.privileges.attach(&db, "alice");
+        let mut old = db.privileges.attach(&db.generations, "bob");
+        let mut other = db.privileges.attach(&db.generations, "alice");
         check(&db, 2, &[]);
         // The change commits after check 2 read the catalog; these sessions may or may not have it.
-        let mut during = db.privileges.attach(&db, "bob");
+        let mut during = db.privileges.attach(&db.generations, "bob");
         db.privileges.checks.store(3, Ordering::Release);
-        let mut racing = db.privileges.attach(&db, "bob");
+        let mut racing = db.privileges.attach(&db.generations, "bob");
         check(&db, 3, &["false\tbob\t{search_path=s2}"]);
-        let mut after = db.privileges.attach(&db, "bob");
+        let mut after = db.privileges.attach(&db.generations, "bob");
         assert!(
             !old.uncertain(),
             "started before check 2 began: before the change"
@@ -622,7 +659,7 @@ mod tests {
             4,
             &["true\t\t{search_path=s3}", "false\tbob\t{search_path=s2}"],
         );
-        let alice = db.privileges.attach(&db, "alice");
+        let alice = db.privileges.attach(&db.generations, "alice");
         assert_ne!(alice.settings(), other.settings());
     }
 }

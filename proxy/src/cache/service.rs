@@ -5,7 +5,6 @@
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row};
 
-use super::database::Database;
 use super::Cache;
 use crate::error::Error;
 use crate::upstream;
@@ -16,18 +15,19 @@ const QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// A lazily opened service login to one database.
 pub struct Service<'a> {
     cache: &'a Cache,
-    db: &'a Database,
+    /// The database it logs in to.
+    database: &'a str,
     /// Its application_name, which tells the server's views what it is for.
     application: &'static str,
     client: Option<Client>,
 }
 
 impl<'a> Service<'a> {
-    /// A connection to `db` named `application`, not opened yet.
-    pub fn new(cache: &'a Cache, db: &'a Database, application: &'static str) -> Service<'a> {
+    /// A connection to `database` named `application`, not opened yet.
+    pub fn new(cache: &'a Cache, database: &'a str, application: &'static str) -> Service<'a> {
         Service {
             cache,
-            db,
+            database,
             application,
             client: None,
         }
@@ -45,7 +45,7 @@ impl<'a> Service<'a> {
                 let (client, _driver) = upstream::service_login(
                     &self.cache.service,
                     self.cache.service_tls.as_ref(),
-                    &self.db.name,
+                    self.database,
                     self.application,
                 )
                 .await?;
@@ -70,7 +70,7 @@ impl<'a> Service<'a> {
         Error::service(
             self.application,
             &self.cache.service.service_user,
-            &self.db.name,
+            self.database,
             cause,
         )
     }

@@ -19,7 +19,7 @@ const RETAINED: &str = "SELECT (pg_catalog.pg_current_wal_lsn() - restart_lsn)::
 
 /// Records the WAL slot `slot` of `db` retains every [`CHECK_EVERY`]; runs until dropped.
 pub async fn watch(cache: &Cache, db: &Database, slot: &str) -> Infallible {
-    let mut service = Service::new(cache, db, "veneer slot watch");
+    let mut service = Service::new(cache, &db.name, "veneer slot watch");
     let mut every = tokio::time::interval(CHECK_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

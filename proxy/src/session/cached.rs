@@ -224,7 +224,7 @@ impl SessionCache {
         params: &[(String, String)],
     ) -> SessionCache {
         let db = cache.database(database).attach();
-        let role = db.privileges.attach(&db, user);
+        let role = db.privileges.attach(&db.generations, user);
         let mut identity = Vec::new();
         put_fields(&mut identity, [database, user]);
         identity.extend_from_slice(&role.settings().to_le_bytes());
@@ -436,7 +436,8 @@ impl Session {
         };
         if let What::Admin(command) = &unit.what {
             let command = command.clone();
-            let reply = admin::answer(&cache, &command, self.is_admin(), self.state.tx).await;
+            let reply =
+                admin::answer(&cache, &command, self.is_admin(), self.state.tx.wire()).await;
             self.to_client.push(reply);
             self.cache.as_mut().expect("checked").current = None;
             return;

@@ -32,7 +32,7 @@ pub use state::{SessionState, TxStatus};
 
 use crate::cancel::Registration;
 use crate::error::{Error, Kind};
-use crate::server::{Phase, Shared};
+use crate::shared::{Phase, Shared};
 use crate::stream::{ReadHalf, Stream, WriteHalf};
 use crate::upstream::Upstream;
 use crate::wire::authored::{error_response, sqlstate, Severity, TERMINATE};

@@ -32,6 +32,18 @@ pub enum TxStatus {
     Failed,
 }
 
+impl TxStatus {
+    /// The status as a ReadyForQuery message carries it.
+    pub fn wire(self) -> pgwire::messages::response::TransactionStatus {
+        use pgwire::messages::response::TransactionStatus;
+        match self {
+            TxStatus::Idle => TransactionStatus::Idle,
+            TxStatus::InBlock => TransactionStatus::Transaction,
+            TxStatus::Failed => TransactionStatus::Error,
+        }
+    }
+}
+
 /// A prepared statement known to the session (protocol-level Parse).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PreparedStatement {
