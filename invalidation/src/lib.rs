@@ -24,9 +24,10 @@ use std::sync::{Arc, RwLock};
 /// The generations of one table.
 #[derive(Debug, Default)]
 pub struct TableGeneration {
-    /// When the table was first seen, in the order of [`Generations::table`]'s first calls: what a
-    /// check that covered every table seen so far can be compared with.
-    seq: u64,
+    /// When a cacheable read first depended on the table ([`Generations::read_table`]), in that
+    /// order, from 1; 0 until then. What a check that covered every table read so far can be
+    /// compared with.
+    seq: AtomicU64,
     /// Bumped by every change to the table; what queries that read the table as a whole depend on.
     any: AtomicU64,
     /// Bumped only by whole-table events (TRUNCATE, schema change, flush); what every query of the
@@ -45,9 +46,9 @@ impl TableGeneration {
         self.epoch.load(Ordering::Acquire)
     }
 
-    /// Its place in the order tables were first seen (from 1).
+    /// Its place in the order tables were first read (from 1; 0: never read).
     pub fn seq(&self) -> u64 {
-        self.seq
+        self.seq.load(Ordering::Acquire)
     }
 }
 
@@ -85,8 +86,8 @@ pub struct Generations {
     roles: RwLock<HashMap<Arc<str>, Arc<RoleGeneration>>>,
     /// Bumped with every role's: what sessions that switched roles (`SET ROLE`) depend on.
     any_role: AtomicU64,
-    /// Tables seen so far (see [`TableGeneration::seq`]).
-    seen_tables: AtomicU64,
+    /// Tables read so far (see [`TableGeneration::seq`]).
+    read_tables: AtomicU64,
 }
 
 impl Default for Generations {
@@ -98,7 +99,7 @@ impl Default for Generations {
             rows: (0..rows::ROW_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             roles: RwLock::default(),
             any_role: AtomicU64::new(0),
-            seen_tables: AtomicU64::new(0),
+            read_tables: AtomicU64::new(0),
         }
     }
 }
@@ -114,12 +115,20 @@ impl Generations {
             return Arc::clone(t);
         }
         let mut tables = self.tables.write().expect("not poisoned");
-        Arc::clone(tables.entry(Arc::from(name)).or_insert_with(|| {
-            Arc::new(TableGeneration {
-                seq: self.seen_tables.fetch_add(1, Ordering::AcqRel) + 1,
-                ..Default::default()
-            })
-        }))
+        Arc::clone(tables.entry(Arc::from(name)).or_default())
+    }
+
+    /// [`Generations::table`], for a cacheable read that depends on it: the first such read gives
+    /// the table its place in [`TableGeneration::seq`].
+    pub fn read_table(&self, name: &str) -> Arc<TableGeneration> {
+        let table = self.table(name);
+        if table.seq() == 0 {
+            let next = self.read_tables.fetch_add(1, Ordering::AcqRel) + 1;
+            let _ = table
+                .seq
+                .compare_exchange(0, next, Ordering::AcqRel, Ordering::Acquire);
+        }
+        table
     }
 
     /// The global epoch, which every cached result depends on.
@@ -262,6 +271,9 @@ mod tests {
         assert!(s2 != s1 && s2 != s0);
         g.bump_global();
         let s3 = deps.stamp(&g, None);
+        assert_eq!(c.seq(), 0, "written, never read");
+        let (r1, r2) = (g.read_table("c"), g.read_table("a"));
+        assert!(r1.seq() > 0 && r2.seq() > r1.seq() && g.read_table("c").seq() == r1.seq());
         let (bob, alice) = (g.role("bob"), g.role("alice"));
         let (b0, a0, any0) = (bob.get(), alice.get(), g.any_role());
         g.bump_role(&bob);

@@ -493,7 +493,7 @@ impl Database {
                         let dependencies = match &point {
                             Some(p) => Dependencies {
                                 tables: Vec::new(),
-                                point: Some(self.generations.table(p.table())),
+                                point: Some(self.generations.read_table(p.table())),
                             },
                             None => Dependencies {
                                 tables: self.tables(&relations, catalog),
@@ -565,7 +565,7 @@ impl Database {
         names.dedup();
         names
             .into_iter()
-            .map(|name| self.generations.table(name))
+            .map(|name| self.generations.read_table(name))
             .collect()
     }
 }

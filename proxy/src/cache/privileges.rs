@@ -10,7 +10,7 @@
 //!   the cache has results of, their columns' ACLs and policies, every schema's ACL, every role's
 //!   attributes and memberships and the ACLs of functions that have one. Its cost grows with the
 //!   tables cached, not with the database; when it takes long, checks come less often (at most a
-//!   twentieth of the server's time). A table seen for the first time is brought under the gate by
+//!   twentieth of the server's time). A table read for the first time is brought under the gate by
 //!   a small query of its own before any of its results is stored (its first read waits for it).
 //! - When the gate moved, a **per-role check** of each role reading through Veneer: for each cached
 //!   table, whether the role may read it (or which columns), whether row-level security applies to
@@ -134,8 +134,9 @@ fn check_sql() -> String {
 }
 
 /// For each role named in `$1` and each table named in `$2`: a hash of whether the role may read
-/// it (else which columns), whether it may use its schema, whether row-level security applies to it
-/// and the policies that do; and for each role, under table oid 0, which functions with an ACL it
+/// it (else which columns), whether it may use its schema, and, when it may read some of it,
+/// whether row-level security applies to it and the policies that do (a table a role cannot read
+/// at all has no results of the role's to narrow); and for each role, under table oid 0, which functions with an ACL it
 /// may execute.
 const PER_ROLE_SQL: &str = "\
 SELECT r.rolname, c.oid::int8, hashtext(concat_ws('|', \
@@ -145,14 +146,15 @@ SELECT r.rolname, c.oid::int8, hashtext(concat_ws('|', \
              WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
                AND has_column_privilege(r.oid, c.oid, a.attnum, 'SELECT')) END, \
          has_schema_privilege(r.oid, c.relnamespace, 'USAGE'), \
-         c.relrowsecurity AND (c.relforcerowsecurity OR NOT pg_has_role(r.oid, c.relowner, 'USAGE')) \
-           AND NOT r.rolbypassrls AND NOT r.rolsuper, \
-         (SELECT string_agg(concat_ws(',', p.polname, p.polcmd, p.polpermissive, \
-                   pg_catalog.pg_get_expr(p.polqual, p.polrelid)), ';' ORDER BY p.polname) \
-            FROM pg_catalog.pg_policy p \
-           WHERE p.polrelid = c.oid \
-             AND EXISTS (SELECT 1 FROM unnest(p.polroles) pr \
-                          WHERE pr = 0 OR pg_has_role(r.oid, pr, 'USAGE')))))::int8 \
+         CASE WHEN has_any_column_privilege(r.oid, c.oid, 'SELECT') THEN concat_ws('|', \
+           c.relrowsecurity AND (c.relforcerowsecurity OR NOT pg_has_role(r.oid, c.relowner, 'USAGE')) \
+             AND NOT r.rolbypassrls AND NOT r.rolsuper, \
+           (SELECT string_agg(concat_ws(',', p.polname, p.polcmd, p.polpermissive, \
+                     pg_catalog.pg_get_expr(p.polqual, p.polrelid)), ';' ORDER BY p.polname) \
+              FROM pg_catalog.pg_policy p \
+             WHERE p.polrelid = c.oid \
+               AND EXISTS (SELECT 1 FROM unnest(p.polroles) pr \
+                            WHERE pr = 0 OR pg_has_role(r.oid, pr, 'USAGE')))) END))::int8 \
   FROM pg_catalog.pg_roles r CROSS JOIN pg_catalog.pg_class c \
  WHERE r.rolname = ANY($1) AND c.relname = ANY($2) AND c.relkind IN ('r','p','v','m','f') \
 UNION ALL \
@@ -171,7 +173,7 @@ pub struct Privileges {
     roles: Mutex<Roles>,
     /// Wakes the checker for a full check (a notice in the stream, a GRANT through Veneer).
     wake: Notify,
-    /// Wakes the checker to cover tables seen for the first time.
+    /// Wakes the checker to cover tables read for the first time.
     uncovered: Notify,
     /// Why the last check failed, for the status.
     failure: Mutex<Option<String>>,
@@ -181,8 +183,8 @@ pub struct Privileges {
     /// What the checks know, kept while the database is not wanted so that the next check compares
     /// with the last: a change made meanwhile is found like any other.
     known: tokio::sync::Mutex<Known>,
-    /// Every table seen up to this one (see `TableGeneration::seq`) is covered by the checks: a read
-    /// of a table seen later waits for a check before it is cached, since a change made to the
+    /// Every table read up to this one (see `TableGeneration::seq`) is covered by the checks: a
+    /// read of a table read for the first time later waits for a check before it is cached, since a change made to the
     /// table before the check that first covers it could not be told from how it always was.
     covered: watch::Sender<u64>,
 }
@@ -299,12 +301,12 @@ impl Privileges {
         self.wake.notify_one();
     }
 
-    /// Whether the checks cover every table seen up to `seq` (see [`Privileges::cover`]).
+    /// Whether the checks cover every table read up to `seq` (see [`Privileges::cover`]).
     pub fn covers(&self, seq: u64) -> bool {
         *self.covered.borrow() >= seq
     }
 
-    /// Has a check cover the tables seen up to `seq`, waiting at most `limit`; whether it did. A
+    /// Has a check cover the tables read up to `seq`, waiting at most `limit`; whether it did. A
     /// table's first reads wait for this once, for the few milliseconds a check takes.
     pub async fn cover(&self, seq: u64, limit: Duration) -> bool {
         let mut covered = self.covered.subscribe();
@@ -366,7 +368,7 @@ pub struct Watched<'a> {
     pub privileges: &'a Privileges,
 }
 
-/// Checks `db`'s privileges in full every `privilege_check` and when woken, and covers tables seen
+/// Checks `db`'s privileges in full every `privilege_check` and when woken, and covers tables read
 /// for the first time when asked; runs until cancelled.
 pub async fn watch(cache: &Cache, db: Watched<'_>) -> Infallible {
     let mut known = db.privileges.known.lock().await;
@@ -420,16 +422,22 @@ fn interval(privilege_check: Duration, took: Duration) -> Duration {
     privilege_check.max(took * MAX_SHARE)
 }
 
-/// Brings the tables seen since the last check under the checks: adds their gate hash to the known
+/// Brings the tables read since the last check under the checks: adds their gate hash to the known
 /// one and the known roles' answers for them. Returns the newest table covered.
 async fn cover(
     db: Watched<'_>,
     service: &mut Service<'_>,
     known: &mut Known,
 ) -> Result<u64, Error> {
-    let seen = db.generations.tables();
-    let newest = seen.iter().map(|(_, t)| t.seq()).max().unwrap_or(0);
-    let new: Vec<String> = seen
+    // Tables the stream or writes named but no cacheable read depends on have no results to guard.
+    let read: Vec<_> = db
+        .generations
+        .tables()
+        .into_iter()
+        .filter(|(_, t)| t.seq() > 0)
+        .collect();
+    let newest = read.iter().map(|(_, t)| t.seq()).max().unwrap_or(0);
+    let new: Vec<String> = read
         .iter()
         .map(|(name, _)| name.to_string())
         .filter(|name| !known.tables.contains(name))

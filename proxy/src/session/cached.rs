@@ -1043,7 +1043,7 @@ fn stamp(
 }
 
 impl Candidate {
-    /// The latest-seen table its cacheable plans read (see `TableGeneration::seq`).
+    /// The table its cacheable plans read that was read first the latest (see `TableGeneration::seq`).
     fn newest_table(&self) -> u64 {
         self.plans
             .iter()
