@@ -125,6 +125,16 @@ pub async fn own_database(name: &str) -> Conn {
         .unwrap_or_else(|e| panic!("connect to {name}: {e:?}"))
 }
 
+/// [`own_database`], then `setup` run on it (its tables, its rows).
+pub async fn own_database_with(name: &str, setup: &str) -> Conn {
+    let direct = own_database(name).await;
+    direct
+        .batch_execute(setup)
+        .await
+        .unwrap_or_else(|e| panic!("set-up of {name}: {e:?}"));
+    direct
+}
+
 /// A superuser connection configuration for database `name` at `addr`.
 pub fn on(addr: SocketAddr, name: &str) -> tokio_postgres::Config {
     let mut config = crate::client::config(addr, crate::SUPERUSER, None, "veneer-tests");

@@ -158,6 +158,11 @@ impl PgServer {
     }
 
     fn start_postmaster(&self) {
+        self.pg_ctl_start(&["-w", "-t", "60"]);
+    }
+
+    /// `pg_ctl start` with the server log, plus `wait` (whether and how long to wait).
+    fn pg_ctl_start(&self, wait: &[&str]) {
         let log = self.base.join("server.log");
         self.run_as_server_user(
             "pg_ctl start",
@@ -166,7 +171,8 @@ impl PgServer {
                 .arg(self.data_dir())
                 .arg("-l")
                 .arg(&log)
-                .args(["-w", "-t", "60", "start"]),
+                .args(wait)
+                .arg("start"),
         );
     }
 
@@ -190,16 +196,7 @@ impl PgServer {
     /// of their own: every session of the binary is ended.
     pub fn restart(&self, mode: &str) {
         self.stop(mode);
-        let log = self.base.join("server.log");
-        self.run_as_server_user(
-            "pg_ctl start",
-            self.server_command("pg_ctl")
-                .arg("-D")
-                .arg(self.data_dir())
-                .arg("-l")
-                .arg(&log)
-                .args(["-W", "start"]),
-        );
+        self.pg_ctl_start(&["-W"]);
     }
 
     fn stop(&self, mode: &str) {

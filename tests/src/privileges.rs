@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
-use crate::cache::{figure, run_direct, status};
+use crate::cache::{figure, run_direct, status, wait_cache_ready};
 use crate::client::{config, connect, wait_for, Conn};
-use crate::pg::{pg, SUPERUSER};
+use crate::pg::{pg, DATABASE, SUPERUSER};
+use crate::proxy::ProxyHandle;
 
 /// How soon a change made directly must show through Veneer: the check runs every 0.5 s; the
 /// rest is slack for a loaded machine (the figures are printed).
@@ -19,6 +20,36 @@ pub const BOUND: Duration = Duration::from_secs(5);
 pub async fn create_roles(names: &[&str]) {
     for name in names {
         run_direct(&format!("CREATE ROLE {name} LOGIN")).await;
+    }
+}
+
+/// A proxy in front of the test database with an observer session and one session of each of a
+/// test's roles through it.
+pub struct Scene {
+    /// The proxy, caching reads of [`DATABASE`].
+    pub proxy: ProxyHandle,
+    /// A superuser session through it, to read its figures.
+    pub observer: Conn,
+    /// A session of each role, in the order given.
+    pub sessions: Vec<Conn>,
+}
+
+/// Creates login roles `roles`, runs `setup` on the test database, starts a proxy and opens the
+/// sessions of a [`Scene`].
+pub async fn scene(roles: &[&str], setup: &str) -> Scene {
+    create_roles(roles).await;
+    run_direct(setup).await;
+    let proxy = ProxyHandle::start().await;
+    wait_cache_ready(proxy.addr()).await;
+    let observer = observer(proxy.addr(), DATABASE).await;
+    let mut sessions = Vec::new();
+    for role in roles {
+        sessions.push(session(proxy.addr(), role, DATABASE).await);
+    }
+    Scene {
+        proxy,
+        observer,
+        sessions,
     }
 }
 

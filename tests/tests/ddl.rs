@@ -5,7 +5,7 @@
 //! A test binary of its own: the setup installs the trigger in every database of its server.
 
 use veneer_tests::cache::{
-    figure, first, on, own_database, status, until_seen, wait_database_cached,
+    figure, first, on, own_database, own_database_with, status, until_seen, wait_database_cached,
 };
 use veneer_tests::*;
 
@@ -28,15 +28,9 @@ async fn setup() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ddl_made_elsewhere_invalidates_once_set_up() {
     setup().await;
-    let direct = own_database("ddl_db").await;
-    direct
-        .batch_execute(
-            "SET synchronous_commit = on;
+    let direct = own_database_with("ddl_db", "SET synchronous_commit = on;
              CREATE TABLE items (id int PRIMARY KEY, v text); INSERT INTO items VALUES (1, 'a'), (2, 'b');
-             CREATE FUNCTION tag(int) RETURNS text IMMUTABLE LANGUAGE sql AS 'SELECT ''old'' || $1';",
-        )
-        .await
-        .unwrap();
+             CREATE FUNCTION tag(int) RETURNS text IMMUTABLE LANGUAGE sql AS 'SELECT ''old'' || $1';",).await;
     let proxy = ProxyHandle::start().await;
     let client = connect(&on(proxy.addr(), "ddl_db")).await.unwrap();
     wait_database_cached(&client, "ddl_db").await;
@@ -162,16 +156,14 @@ async fn a_streamed_transaction_of_a_chosen_publication_invalidates_at_its_commi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ddl_that_changes_what_the_stream_sees_is_followed_once_set_up() {
     setup().await;
-    let direct = own_database("ddl_blind").await;
-    direct
-        .batch_execute(
-            "SET synchronous_commit = on;
+    let direct = own_database_with(
+        "ddl_blind",
+        "SET synchronous_commit = on;
              CREATE TABLE becomes (id int PRIMARY KEY, v int); INSERT INTO becomes VALUES (1, 1);
              CREATE TABLE parent (id int, v int); INSERT INTO parent VALUES (1, 1);
              CREATE TABLE kid (id int, v int); INSERT INTO kid VALUES (2, 2);",
-        )
-        .await
-        .unwrap();
+    )
+    .await;
     let proxy = ProxyHandle::start().await;
     let client = connect(&on(proxy.addr(), "ddl_blind")).await.unwrap();
     wait_database_cached(&client, "ddl_blind").await;

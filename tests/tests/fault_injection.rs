@@ -317,7 +317,7 @@ async fn write(run: Arc<Run>, target: SocketAddr, id: i32) {
             };
             match result {
                 Ok(messages) => {
-                    let value = rows(&messages)[0].parse().expect("a counter");
+                    let value = counter_value(&messages);
                     let acked_at = Instant::now();
                     run.acked
                         .lock()
@@ -378,7 +378,7 @@ async fn read(run: Arc<Run>, veneer: SocketAddr, seed: u64) {
                 } else {
                     let sql = format!("SELECT v FROM fi_counter WHERE id = {id}");
                     let messages = client.simple_query(&sql).await?;
-                    Ok(rows(&messages)[0].parse().expect("a counter"))
+                    Ok(counter_value(&messages))
                 }
             };
             let Some(result) = run.answered("a counter read", read).await else {
@@ -558,14 +558,12 @@ impl Footprint {
     }
 }
 
-fn rows(messages: &[SimpleQueryMessage]) -> Vec<String> {
-    messages
-        .iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
-            _ => None,
-        })
-        .collect()
+/// The first column of the first row of a simple query's answer: a counter.
+fn counter_value(messages: &[SimpleQueryMessage]) -> i64 {
+    veneer_tests::client::simple_rows(messages)[0][0]
+        .as_deref()
+        .and_then(|v| v.parse().ok())
+        .expect("a counter")
 }
 
 fn status_figure(messages: &[SimpleQueryMessage], name: &str) -> Option<u64> {

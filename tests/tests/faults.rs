@@ -15,6 +15,24 @@ use veneer_tests::*;
 /// The tests of this binary stop or pause the one server they share: one at a time.
 static SERVER_FAULTS: Mutex<()> = Mutex::const_new(());
 
+/// A proxy that gives up on a silent server after 1 s.
+async fn short_connect_timeout_proxy() -> ProxyHandle {
+    ProxyHandle::start_with(|s| {
+        s.connect_timeout = Some(Millis(Duration::from_secs(1)));
+    })
+    .await
+}
+
+/// Ends every walsender (`direct`: a superuser session straight to the server), as an operator or
+/// a failover does; returns how many there were.
+async fn end_walsenders(direct: &Client) -> i64 {
+    scalar(
+        direct,
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_replication",
+    )
+    .await
+}
+
 /// A server that takes connections and never answers (here: its postmaster stopped; in the field: a
 /// server restarting, or a host gone silent) leaves a new client with FATAL 08001 within the connect
 /// timeout, not waiting forever: the TLS negotiation with the upstream was not bounded, and that was
@@ -22,10 +40,7 @@ static SERVER_FAULTS: Mutex<()> = Mutex::const_new(());
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_never_answers_gets_the_client_an_error_in_time() {
     let _turn = SERVER_FAULTS.lock().await;
-    let proxy = ProxyHandle::start_with(|s| {
-        s.connect_timeout = Some(Millis(Duration::from_secs(1)));
-    })
-    .await;
+    let proxy = short_connect_timeout_proxy().await;
     let paused = pg().pause();
     let started = Instant::now();
     let login = config(proxy.addr(), SUPERUSER, None, "faults-silent");
@@ -107,11 +122,7 @@ async fn inject(fault: Fault) -> (Instant, Instant) {
         Fault::WalsenderTerminated => {
             let direct = direct_admin().await;
             let at = Instant::now();
-            let ended: i64 = scalar(
-                &direct,
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_replication",
-            )
-            .await;
+            let ended = end_walsenders(&direct).await;
             assert!(ended >= 1, "no walsender to terminate");
             return (at, at);
         }
@@ -223,11 +234,7 @@ async fn hit_ratio_after_a_stream_loss_with_each_slot_kind() {
             figure(&client, "hits").await,
             figure(&client, "misses").await,
         );
-        let ended: i64 = scalar(
-            &direct,
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_replication",
-        )
-        .await;
+        let ended = end_walsenders(&direct).await;
         assert_eq!(ended, 1, "one walsender");
         let window = Instant::now();
         let mut reads = 0u64;
@@ -265,19 +272,12 @@ async fn hit_ratio_after_a_stream_loss_with_each_slot_kind() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_names_the_cause_and_the_next_retry() {
     let _turn = SERVER_FAULTS.lock().await;
-    let proxy = ProxyHandle::start_with(|s| {
-        s.connect_timeout = Some(Millis(Duration::from_secs(1)));
-    })
-    .await;
+    let proxy = short_connect_timeout_proxy().await;
     wait_cache_ready(proxy.addr()).await;
     let client = connect_as(proxy.addr(), "faults-status").await;
     let direct = direct_admin().await;
     let paused = pg().pause();
-    let ended: i64 = scalar(
-        &direct,
-        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_replication",
-    )
-    .await;
+    let ended = end_walsenders(&direct).await;
     assert_eq!(ended, 1, "one walsender");
     let key = format!("database {DATABASE}");
     let line = std::sync::Mutex::new(String::new());

@@ -7,7 +7,7 @@
 
 use tokio_postgres::Client;
 use veneer_tests::cache::{
-    figure, first, on, own_database, until_seen, wait_database_cached, write_applied,
+    figure, first, on, own_database_with, until_seen, wait_database_cached, write_applied,
 };
 use veneer_tests::*;
 
@@ -32,15 +32,13 @@ async fn publications(client: &Client) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tables_without_a_primary_key_stay_writable_for_everyone() {
-    let direct = own_database("fp_nopk").await;
-    direct
-        .batch_execute(
-            "SET synchronous_commit = on;
+    let direct = own_database_with(
+        "fp_nopk",
+        "SET synchronous_commit = on;
              CREATE TABLE before_start (a int, b text); INSERT INTO before_start VALUES (1, 'x');
              CREATE TABLE keyed (a int PRIMARY KEY, b text); INSERT INTO keyed VALUES (1, 'x');",
-        )
-        .await
-        .unwrap();
+    )
+    .await;
     let proxy = ProxyHandle::start().await;
     let client = connect(&on(proxy.addr(), "fp_nopk")).await.unwrap();
     wait_database_cached(&client, "fp_nopk").await;
@@ -100,14 +98,12 @@ async fn tables_without_a_primary_key_stay_writable_for_everyone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_older_veneers_publication_is_dropped_and_others_are_left_alone() {
-    let legacy = own_database("fp_legacy").await;
-    legacy
-        .batch_execute(
-            "CREATE TABLE nopk (a int, b text); INSERT INTO nopk VALUES (1, 'x');
+    let legacy = own_database_with(
+        "fp_legacy",
+        "CREATE TABLE nopk (a int, b text); INSERT INTO nopk VALUES (1, 'x');
              CREATE PUBLICATION veneer FOR ALL TABLES;",
-        )
-        .await
-        .unwrap();
+    )
+    .await;
     let refused = legacy
         .batch_execute("UPDATE nopk SET b = 'y'")
         .await
@@ -116,14 +112,12 @@ async fn an_older_veneers_publication_is_dropped_and_others_are_left_alone() {
         format!("{refused:?}").contains("replica identity"),
         "{refused:?}"
     );
-    let users = own_database("fp_users").await;
-    users
-        .batch_execute(
-            "CREATE PUBLICATION veneer FOR ALL TABLES WITH (publish = 'insert');
+    let users = own_database_with(
+        "fp_users",
+        "CREATE PUBLICATION veneer FOR ALL TABLES WITH (publish = 'insert');
              CREATE PUBLICATION app FOR ALL TABLES;",
-        )
-        .await
-        .unwrap();
+    )
+    .await;
     let proxy = ProxyHandle::start().await;
     for database in ["fp_legacy", "fp_users"] {
         let client = connect(&on(proxy.addr(), database)).await.unwrap();
@@ -143,15 +137,13 @@ async fn an_older_veneers_publication_is_dropped_and_others_are_left_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_login_without_superuser_follows_writes_by_row() {
-    let direct = own_database("fp_service").await;
-    direct
-        .batch_execute(
-            "SET synchronous_commit = on;
+    let direct = own_database_with(
+        "fp_service",
+        "SET synchronous_commit = on;
              CREATE TABLE acct (id int PRIMARY KEY, v int);
              INSERT INTO acct SELECT g, g FROM generate_series(1, 3) g;",
-        )
-        .await
-        .unwrap();
+    )
+    .await;
     let superuser: bool = scalar(
         &direct,
         &format!("SELECT rolsuper FROM pg_roles WHERE rolname = '{SERVICE_USER}'"),

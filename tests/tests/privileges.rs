@@ -3,26 +3,26 @@
 //! through Veneer what it gets directly (Postgres's own refusal, its narrowed rows, another table),
 //! and roles the change did not concern keep their hits. Each test has roles and tables of its own.
 
-use veneer_tests::cache::{own_database, run_direct, wait_cache_ready, wait_database_cached};
+use veneer_tests::cache::{own_database_with, run_direct, wait_cache_ready, wait_database_cached};
 use veneer_tests::privileges::*;
 use veneer_tests::*;
 
 /// The case of the issue: `REVOKE SELECT ON acct FROM bob`, made directly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoke_made_directly_refuses_the_role_and_spares_the_others() {
-    create_roles(&["rv_bob", "rv_alice"]).await;
-    run_direct(
+    let Scene {
+        proxy,
+        observer,
+        sessions,
+    } = scene(
+        &["rv_bob", "rv_alice"],
         "CREATE TABLE rv_acct (id int PRIMARY KEY, v int); INSERT INTO rv_acct VALUES (9, 2354);
          GRANT SELECT ON rv_acct TO rv_bob, rv_alice;",
     )
     .await;
-    let proxy = ProxyHandle::start().await;
-    wait_cache_ready(proxy.addr()).await;
-    let observer = observer(proxy.addr(), DATABASE).await;
-    let (bob, alice) = (
-        session(proxy.addr(), "rv_bob", DATABASE).await,
-        session(proxy.addr(), "rv_alice", DATABASE).await,
-    );
+    let Ok([bob, alice]) = <[Conn; 2]>::try_from(sessions) else {
+        unreachable!("two roles")
+    };
     let sql = "SELECT v FROM rv_acct WHERE id = 9";
     warm_checked(&observer, &[&bob, &alice], DATABASE, sql).await;
     run_direct("REVOKE SELECT ON rv_acct FROM rv_bob").await;
@@ -37,19 +37,19 @@ async fn a_revoke_made_directly_refuses_the_role_and_spares_the_others() {
 /// A column-level REVOKE: the column read is refused; the role's other reads and other roles go on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_column_revoke_made_directly_refuses_that_column() {
-    create_roles(&["col_bob", "col_alice"]).await;
-    run_direct(
+    let Scene {
+        proxy: _proxy,
+        observer,
+        sessions,
+    } = scene(
+        &["col_bob", "col_alice"],
         "CREATE TABLE col_acct (id int PRIMARY KEY, v int, w int); INSERT INTO col_acct VALUES (9, 1, 2);
          GRANT SELECT (id, v, w) ON col_acct TO col_bob; GRANT SELECT ON col_acct TO col_alice;",
     )
     .await;
-    let proxy = ProxyHandle::start().await;
-    wait_cache_ready(proxy.addr()).await;
-    let observer = observer(proxy.addr(), DATABASE).await;
-    let (bob, alice) = (
-        session(proxy.addr(), "col_bob", DATABASE).await,
-        session(proxy.addr(), "col_alice", DATABASE).await,
-    );
+    let Ok([bob, alice]) = <[Conn; 2]>::try_from(sessions) else {
+        unreachable!("two roles")
+    };
     let sql = "SELECT v FROM col_acct WHERE id = 9";
     warm_checked(&observer, &[&bob, &alice], DATABASE, sql).await;
     run_direct("REVOKE SELECT (v) ON col_acct FROM col_bob").await;
@@ -68,20 +68,20 @@ async fn a_column_revoke_made_directly_refuses_that_column() {
 /// it are gone through Veneer too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_membership_revoked_directly_takes_its_privileges_along() {
-    create_roles(&["mem_bob", "mem_alice"]).await;
-    run_direct(
+    let Scene {
+        proxy: _proxy,
+        observer,
+        sessions,
+    } = scene(
+        &["mem_bob", "mem_alice"],
         "CREATE ROLE mem_readers NOLOGIN; GRANT mem_readers TO mem_bob, mem_alice;
          CREATE TABLE mem_acct (id int PRIMARY KEY, v int); INSERT INTO mem_acct VALUES (9, 7);
          GRANT SELECT ON mem_acct TO mem_readers;",
     )
     .await;
-    let proxy = ProxyHandle::start().await;
-    wait_cache_ready(proxy.addr()).await;
-    let observer = observer(proxy.addr(), DATABASE).await;
-    let (bob, alice) = (
-        session(proxy.addr(), "mem_bob", DATABASE).await,
-        session(proxy.addr(), "mem_alice", DATABASE).await,
-    );
+    let Ok([bob, alice]) = <[Conn; 2]>::try_from(sessions) else {
+        unreachable!("two roles")
+    };
     let sql = "SELECT v FROM mem_acct WHERE id = 9";
     warm_checked(&observer, &[&bob, &alice], DATABASE, sql).await;
     run_direct("REVOKE mem_readers FROM mem_bob").await;
@@ -95,20 +95,20 @@ async fn a_membership_revoked_directly_takes_its_privileges_along() {
 /// its hits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn row_level_security_enabled_and_narrowed_directly_narrows_the_rows() {
-    create_roles(&["rls_bob", "rls_owner"]).await;
-    run_direct(
+    let Scene {
+        proxy: _proxy,
+        observer,
+        sessions,
+    } = scene(
+        &["rls_bob", "rls_owner"],
         "CREATE TABLE rls_acct (id int PRIMARY KEY, v int);
          INSERT INTO rls_acct SELECT g, g FROM generate_series(1, 10) g;
          ALTER TABLE rls_acct OWNER TO rls_owner; GRANT SELECT ON rls_acct TO rls_bob;",
     )
     .await;
-    let proxy = ProxyHandle::start().await;
-    wait_cache_ready(proxy.addr()).await;
-    let observer = observer(proxy.addr(), DATABASE).await;
-    let (bob, owner) = (
-        session(proxy.addr(), "rls_bob", DATABASE).await,
-        session(proxy.addr(), "rls_owner", DATABASE).await,
-    );
+    let Ok([bob, owner]) = <[Conn; 2]>::try_from(sessions) else {
+        unreachable!("two roles")
+    };
     let direct_bob = session(server(), "rls_bob", DATABASE).await;
     let sql = "SELECT count(*) FROM rls_acct";
     warm_checked(&observer, &[&bob, &owner], DATABASE, sql).await;
@@ -135,8 +135,12 @@ async fn row_level_security_enabled_and_narrowed_directly_narrows_the_rows() {
 /// are narrowed by its policies from then on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nobypassrls_made_directly_narrows_the_rows() {
-    create_roles(&["byp_bob", "byp_alice"]).await;
-    run_direct(
+    let Scene {
+        proxy,
+        observer,
+        sessions,
+    } = scene(
+        &["byp_bob", "byp_alice"],
         "ALTER ROLE byp_bob BYPASSRLS;
          CREATE TABLE byp_acct (id int PRIMARY KEY, v int);
          INSERT INTO byp_acct SELECT g, g FROM generate_series(1, 10) g;
@@ -145,13 +149,9 @@ async fn nobypassrls_made_directly_narrows_the_rows() {
          GRANT SELECT ON byp_acct TO byp_bob, byp_alice;",
     )
     .await;
-    let proxy = ProxyHandle::start().await;
-    wait_cache_ready(proxy.addr()).await;
-    let observer = observer(proxy.addr(), DATABASE).await;
-    let (bob, alice) = (
-        session(proxy.addr(), "byp_bob", DATABASE).await,
-        session(proxy.addr(), "byp_alice", DATABASE).await,
-    );
+    let Ok([bob, alice]) = <[Conn; 2]>::try_from(sessions) else {
+        unreachable!("two roles")
+    };
     let sql = "SELECT count(*) FROM byp_acct";
     warm_checked(&observer, &[&bob, &alice], DATABASE, sql).await;
     assert_eq!(rows(&bob, sql).await.unwrap(), [[Some("10".to_owned())]]);
@@ -168,8 +168,12 @@ async fn nobypassrls_made_directly_narrows_the_rows() {
 /// answers; another role keeps its hits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_role_search_path_set_directly_resolves_names_as_postgres_does() {
-    create_roles(&["sp_bob", "sp_alice"]).await;
-    run_direct(
+    let Scene {
+        proxy,
+        observer,
+        sessions,
+    } = scene(
+        &["sp_bob", "sp_alice"],
         "CREATE SCHEMA sp_other; CREATE TABLE sp_acct (id int PRIMARY KEY, v int);
          CREATE TABLE sp_other.sp_acct (id int PRIMARY KEY, v int);
          INSERT INTO sp_acct VALUES (9, 2354); INSERT INTO sp_other.sp_acct VALUES (9, -1);
@@ -177,13 +181,9 @@ async fn a_role_search_path_set_directly_resolves_names_as_postgres_does() {
          GRANT SELECT ON sp_acct, sp_other.sp_acct TO sp_bob, sp_alice;",
     )
     .await;
-    let proxy = ProxyHandle::start().await;
-    wait_cache_ready(proxy.addr()).await;
-    let observer = observer(proxy.addr(), DATABASE).await;
-    let (old_bob, alice) = (
-        session(proxy.addr(), "sp_bob", DATABASE).await,
-        session(proxy.addr(), "sp_alice", DATABASE).await,
-    );
+    let Ok([old_bob, alice]) = <[Conn; 2]>::try_from(sessions) else {
+        unreachable!("two roles")
+    };
     let sql = "SELECT v FROM sp_acct WHERE id = 9";
     warm_checked(&observer, &[&old_bob, &alice], DATABASE, sql).await;
     run_direct("ALTER ROLE sp_bob SET search_path = sp_other, public").await;
@@ -219,17 +219,15 @@ async fn a_role_search_path_set_directly_resolves_names_as_postgres_does() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_search_path_set_directly_resolves_names_as_postgres_does() {
     create_roles(&["dsp_bob"]).await;
-    let owner = own_database("priv_dsp").await;
-    owner
-        .batch_execute(
-            "CREATE SCHEMA dsp_other; CREATE TABLE dsp_acct (id int PRIMARY KEY, v int);
+    let owner = own_database_with(
+        "priv_dsp",
+        "CREATE SCHEMA dsp_other; CREATE TABLE dsp_acct (id int PRIMARY KEY, v int);
              CREATE TABLE dsp_other.dsp_acct (id int PRIMARY KEY, v int);
              INSERT INTO dsp_acct VALUES (9, 2354); INSERT INTO dsp_other.dsp_acct VALUES (9, -1);
              GRANT USAGE ON SCHEMA dsp_other TO dsp_bob;
              GRANT SELECT ON dsp_acct, dsp_other.dsp_acct TO dsp_bob;",
-        )
-        .await
-        .unwrap();
+    )
+    .await;
     let proxy = ProxyHandle::start().await;
     let observer = observer(proxy.addr(), "priv_dsp").await;
     wait_database_cached(&observer, "priv_dsp").await;

@@ -4,8 +4,8 @@
 use std::time::{Duration, Instant};
 
 use veneer_tests::cache::{
-    applied, figure, first, lose_stream, on, own_database, run_direct as setup, status, until_seen,
-    wait_cache_ready, wait_database_cached, write_applied,
+    applied, figure, first, lose_stream, on, own_database, own_database_with, run_direct as setup,
+    status, until_seen, wait_cache_ready, wait_database_cached, write_applied,
 };
 use veneer_tests::*;
 
@@ -77,11 +77,11 @@ async fn writes_made_elsewhere_invalidate_what_they_touched() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_stream_never_serves_a_stale_answer() {
     // A database of its own, so that killing its stream disturbs no other test.
-    let direct = own_database("repl_loss").await;
-    direct
-        .batch_execute("CREATE TABLE repl_loss (id int PRIMARY KEY, v int); INSERT INTO repl_loss VALUES (1, 0);")
-        .await
-        .unwrap();
+    let direct = own_database_with(
+        "repl_loss",
+        "CREATE TABLE repl_loss (id int PRIMARY KEY, v int); INSERT INTO repl_loss VALUES (1, 0);",
+    )
+    .await;
     let proxy = ProxyHandle::start().await;
     let client = connect(&on(proxy.addr(), "repl_loss")).await.unwrap();
     wait_database_cached(&client, "repl_loss").await;
@@ -117,15 +117,13 @@ async fn a_lost_stream_never_serves_a_stale_answer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_permanent_slot_resumes_without_emptying_the_cache() {
-    let direct = own_database("repl_perm").await;
-    direct
-        .batch_execute(
-            "CREATE TABLE kept (id int PRIMARY KEY, v int); INSERT INTO kept VALUES (1, 0);
+    let direct = own_database_with(
+        "repl_perm",
+        "CREATE TABLE kept (id int PRIMARY KEY, v int); INSERT INTO kept VALUES (1, 0);
              CREATE TABLE written (id int PRIMARY KEY, v int); INSERT INTO written VALUES (1, 0);
              CREATE TABLE bulk (id int PRIMARY KEY);",
-        )
-        .await
-        .unwrap();
+    )
+    .await;
     let slot = "SELECT count(*) FROM pg_replication_slots \
                 WHERE slot_name = 'vtest_repl_perm' AND NOT temporary";
     let start = || ProxyHandle::start_with(|s| s.replication_slot = Some("vtest".to_owned()));
@@ -236,17 +234,15 @@ async fn temporary_slots_go_with_the_proxy() {
 }
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tables_outside_a_chosen_publication_are_reported_as_ttl_only() {
-    let direct = own_database("repl_subset").await;
-    direct
-        .batch_execute(
-            "CREATE TABLE t_in (id int PRIMARY KEY, v int); INSERT INTO t_in VALUES (1, 0);
+    let direct = own_database_with(
+        "repl_subset",
+        "CREATE TABLE t_in (id int PRIMARY KEY, v int); INSERT INTO t_in VALUES (1, 0);
              CREATE TABLE t_out (id int PRIMARY KEY, v int); INSERT INTO t_out VALUES (1, 0);
              CREATE TABLE t_rows (id int PRIMARY KEY, v int); INSERT INTO t_rows VALUES (1, 0);
              CREATE TABLE t_cols (id int PRIMARY KEY, v int); INSERT INTO t_cols VALUES (1, 0);
              CREATE PUBLICATION chosen FOR TABLE t_in, t_rows WHERE (id > 100), t_cols (id)",
-        )
-        .await
-        .unwrap();
+    )
+    .await;
     let chosen = |s: &mut veneer_config::Settings| s.publication = Some("chosen".to_owned());
     let proxy = ProxyHandle::start_with(chosen).await;
     let client = connect(&on(proxy.addr(), "repl_subset")).await.unwrap();
@@ -290,10 +286,7 @@ async fn tables_outside_a_chosen_publication_are_reported_as_ttl_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trigger_and_cascade_effects_are_never_stale() {
-    let direct = own_database("repl_effects").await;
-    direct
-        .batch_execute(
-            "SET synchronous_commit = on;
+    let direct = own_database_with("repl_effects", "SET synchronous_commit = on;
              CREATE TABLE parent (id int PRIMARY KEY, v int);
              CREATE TABLE child (id int PRIMARY KEY, parent_id int REFERENCES parent ON DELETE CASCADE);
              CREATE TABLE audit (id int PRIMARY KEY, n int); INSERT INTO audit VALUES (1, 0);
@@ -302,10 +295,7 @@ async fn trigger_and_cascade_effects_are_never_stale() {
                'BEGIN UPDATE audit SET n = n + 1 WHERE id = 1; RETURN NEW; END';
              CREATE TRIGGER count_update AFTER UPDATE ON parent FOR EACH ROW EXECUTE FUNCTION count_update();
              INSERT INTO parent SELECT g, 0 FROM generate_series(1, 40) g;
-             INSERT INTO child SELECT g, g FROM generate_series(1, 40) g;",
-        )
-        .await
-        .unwrap();
+             INSERT INTO child SELECT g, g FROM generate_series(1, 40) g;",).await;
     let proxy = ProxyHandle::start().await;
     let writer = connect(&on(proxy.addr(), "repl_effects")).await.unwrap();
     let other = connect(&on(proxy.addr(), "repl_effects")).await.unwrap();
@@ -380,14 +370,12 @@ async fn trigger_and_cascade_effects_are_never_stale() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_writes_made_elsewhere_are_each_seen_and_stay_seen() {
-    let direct = own_database("repl_lag").await;
-    direct
-        .batch_execute(
-            "SET synchronous_commit = on;
+    let direct = own_database_with(
+        "repl_lag",
+        "SET synchronous_commit = on;
              CREATE TABLE counter (id int PRIMARY KEY, n int); INSERT INTO counter VALUES (1, 0);",
-        )
-        .await
-        .unwrap();
+    )
+    .await;
     let proxy = ProxyHandle::start().await;
     let client = connect(&on(proxy.addr(), "repl_lag")).await.unwrap();
     wait_database_cached(&client, "repl_lag").await;
@@ -498,16 +486,10 @@ fn percentiles(mut lags: Vec<Duration>) -> String {
 /// from the cache once the catalog has been read again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unlogged_tables_are_not_cached_without_a_ttl_rule() {
-    let direct = own_database("repl_unlogged").await;
-    direct
-        .batch_execute(
-            "SET synchronous_commit = on;
+    let direct = own_database_with("repl_unlogged", "SET synchronous_commit = on;
              CREATE UNLOGGED TABLE scratch (id int PRIMARY KEY, v int); INSERT INTO scratch VALUES (1, 1);
              CREATE TABLE becomes (id int PRIMARY KEY, v int); INSERT INTO becomes VALUES (1, 1);
-             CREATE UNLOGGED TABLE ruled (id int PRIMARY KEY, v int); INSERT INTO ruled VALUES (1, 1);",
-        )
-        .await
-        .unwrap();
+             CREATE UNLOGGED TABLE ruled (id int PRIMARY KEY, v int); INSERT INTO ruled VALUES (1, 1);",).await;
     let proxy = ProxyHandle::start_with(|s| {
         s.catalog_refresh = Some(veneer_config::Millis(Duration::from_secs(1)));
         s.cache_rules = vec!["table:ruled=1h".parse().unwrap()];
@@ -550,14 +532,12 @@ async fn unlogged_tables_are_not_cached_without_a_ttl_rule() {
 /// changes) are followed like any other: the stream does not skip other origins.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_under_a_replication_origin_are_followed() {
-    let direct = own_database("repl_origin").await;
-    direct
-        .batch_execute(
-            "CREATE TABLE applied (id int PRIMARY KEY, v int); INSERT INTO applied VALUES (1, 1);
+    let direct = own_database_with(
+        "repl_origin",
+        "CREATE TABLE applied (id int PRIMARY KEY, v int); INSERT INTO applied VALUES (1, 1);
              SELECT pg_replication_origin_create('upstream_server');",
-        )
-        .await
-        .unwrap();
+    )
+    .await;
     let proxy = ProxyHandle::start().await;
     let client = connect(&on(proxy.addr(), "repl_origin")).await.unwrap();
     wait_database_cached(&client, "repl_origin").await;

@@ -6,7 +6,7 @@
 
 use std::process::Command;
 
-use veneer_tests::cache::{first, on, own_database, wait_database_cached};
+use veneer_tests::cache::{first, on, own_database_with, wait_database_cached};
 use veneer_tests::*;
 
 /// `cp -a`, which keeps the server user's ownership and modes.
@@ -27,14 +27,12 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_restored_to_an_earlier_state_serves_nothing_newer() {
-    let direct = own_database("restored").await;
-    direct
-        .batch_execute(
-            "CREATE TABLE acct (id int PRIMARY KEY, v int); INSERT INTO acct VALUES (1, 1);
+    let direct = own_database_with(
+        "restored",
+        "CREATE TABLE acct (id int PRIMARY KEY, v int); INSERT INTO acct VALUES (1, 1);
              CHECKPOINT;",
-        )
-        .await
-        .unwrap();
+    )
+    .await;
     drop(direct);
     let proxy = ProxyHandle::start_with(|s| s.replication_slot = Some("rs".to_owned())).await;
     let client = connect(&on(proxy.addr(), "restored")).await.unwrap();

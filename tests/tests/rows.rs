@@ -4,7 +4,9 @@
 //! stream has applied it.
 
 use veneer_config::Replication;
-use veneer_tests::cache::{figure, first, on, own_database, wait_database_cached, write_applied};
+use veneer_tests::cache::{
+    figure, first, on, own_database_with, wait_database_cached, write_applied,
+};
 use veneer_tests::*;
 
 /// Reads `sql` through `client`, which must answer `expected` from the cache.
@@ -29,15 +31,13 @@ async fn warm(client: &tokio_postgres::Client, sqls: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_to_one_row_leaves_other_rows_cached() {
-    let direct = own_database("rows_pk").await;
-    direct
-        .batch_execute(
-            "CREATE TABLE acct (id int PRIMARY KEY, v text);
+    let direct = own_database_with(
+        "rows_pk",
+        "CREATE TABLE acct (id int PRIMARY KEY, v text);
              INSERT INTO acct SELECT g, 'v' || g FROM generate_series(1, 10) g;
              SET synchronous_commit = on",
-        )
-        .await
-        .unwrap();
+    )
+    .await;
     let proxy = ProxyHandle::start().await;
     let client = connect(&on(proxy.addr(), "rows_pk")).await.unwrap();
     wait_database_cached(&client, "rows_pk").await;
@@ -111,10 +111,9 @@ async fn a_write_to_one_row_leaves_other_rows_cached() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_of_every_kind_and_partitioned_tables_stay_fresh() {
-    let direct = own_database("rows_kinds").await;
-    direct
-        .batch_execute(
-            "CREATE TABLE person (email text, name text);
+    let direct = own_database_with(
+        "rows_kinds",
+        "CREATE TABLE person (email text, name text);
              ALTER TABLE person REPLICA IDENTITY FULL;
              INSERT INTO person VALUES ('a@x', 'Ann'), ('b@x', 'Bob');
              CREATE TABLE tagged (id uuid PRIMARY KEY, v int);
@@ -127,9 +126,8 @@ async fn keys_of_every_kind_and_partitioned_tables_stay_fresh() {
              CREATE TABLE parted_high PARTITION OF parted FOR VALUES FROM (100) TO (200);
              INSERT INTO parted VALUES (1, 'one'), (150, 'many');
              SET synchronous_commit = on",
-        )
-        .await
-        .unwrap();
+    )
+    .await;
     let proxy = ProxyHandle::start().await;
     let client = connect(&on(proxy.addr(), "rows_kinds")).await.unwrap();
     wait_database_cached(&client, "rows_kinds").await;
@@ -182,14 +180,12 @@ async fn keys_of_every_kind_and_partitioned_tables_stay_fresh() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_through_the_proxy_invalidate_their_rows_without_the_stream() {
-    let direct = own_database("rows_through").await;
-    direct
-        .batch_execute(
-            "CREATE TABLE item (id bigint PRIMARY KEY, v text);
+    let _direct = own_database_with(
+        "rows_through",
+        "CREATE TABLE item (id bigint PRIMARY KEY, v text);
              INSERT INTO item SELECT g, 'v' || g FROM generate_series(1, 5) g;",
-        )
-        .await
-        .unwrap();
+    )
+    .await;
     // No stream: only the proxy's own write path keeps the cache fresh.
     let proxy = ProxyHandle::start_with(|s| s.replication = Some(Replication::Off)).await;
     let client = connect(&on(proxy.addr(), "rows_through")).await.unwrap();

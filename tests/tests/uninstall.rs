@@ -4,7 +4,7 @@
 //! A test binary of its own: setup and uninstall act on every database of the server.
 
 use tokio_postgres::Client;
-use veneer_tests::cache::{on, own_database, wait_database_cached};
+use veneer_tests::cache::{on, own_database, own_database_with, wait_database_cached};
 use veneer_tests::*;
 
 /// Counts of what Veneer may have left in the database `client` is connected to: event triggers,
@@ -29,11 +29,11 @@ async fn uninstall_removes_what_veneer_created_and_nothing_else() {
     ours.batch_execute("CREATE PUBLICATION veneer FOR ALL TABLES")
         .await
         .unwrap();
-    let theirs = own_database("un_theirs").await;
-    theirs
-        .batch_execute("CREATE SCHEMA veneer; CREATE TABLE veneer.keep (v int)")
-        .await
-        .unwrap();
+    let theirs = own_database_with(
+        "un_theirs",
+        "CREATE SCHEMA veneer; CREATE TABLE veneer.keep (v int)",
+    )
+    .await;
     let setup = binary::operate("setup", &[]).await;
     assert!(
         setup

@@ -187,6 +187,8 @@ pub struct Privileges {
     /// read of a table read for the first time later waits for a check before it is cached, since a change made to the
     /// table before the check that first covers it could not be told from how it always was.
     covered: watch::Sender<u64>,
+    /// `covered`'s value, read by every cacheable read with one atomic load (no lock).
+    covered_now: AtomicU64,
 }
 
 impl Default for Privileges {
@@ -201,6 +203,7 @@ impl Default for Privileges {
             last_micros: AtomicU64::new(0),
             known: tokio::sync::Mutex::default(),
             covered: watch::channel(0).0,
+            covered_now: AtomicU64::new(0),
         }
     }
 }
@@ -303,7 +306,7 @@ impl Privileges {
 
     /// Whether the checks cover every table read up to `seq` (see [`Privileges::cover`]).
     pub fn covers(&self, seq: u64) -> bool {
-        *self.covered.borrow() >= seq
+        self.covered_now.load(Ordering::Acquire) >= seq
     }
 
     /// Has a check cover the tables read up to `seq`, waiting at most `limit`; whether it did. A
@@ -349,11 +352,9 @@ pub struct Known {
     /// The gate's part that does not depend on the tables; `None` before the first full check.
     global: Option<String>,
     server_settings: Option<String>,
-    /// The roles the per-role answers cover.
-    roles: HashSet<String>,
     /// The full check before this one found a change.
     changed_before: bool,
-    /// Each watched role's answers, per table oid (0: functions).
+    /// Each role asked so far, with its answers per table oid (0: functions).
     answers: HashMap<String, HashMap<i64, i64>>,
 }
 
@@ -387,6 +388,7 @@ pub async fn watch(cache: &Cache, db: Watched<'_>) -> Infallible {
         };
         match checked {
             Ok(covered) => {
+                db.privileges.covered_now.store(covered, Ordering::Release);
                 db.privileges.covered.send_replace(covered);
                 if full {
                     *db.privileges.failure.lock().expect("not poisoned") = None;
@@ -452,14 +454,10 @@ async fn cover(
         .first()
         .ok_or_else(|| Error::privileges(db.name, "the gate returned no row"))?
         .get(0);
-    let roles: Vec<&String> = known.roles.iter().collect();
-    for row in service.query(PER_ROLE_SQL, &[&roles, &new]).await? {
-        let role: String = row.get(0);
-        known
-            .answers
-            .entry(role)
-            .or_default()
-            .insert(row.get(1), row.get(2));
+    let roles: Vec<&String> = known.answers.keys().collect();
+    let rows = service.query(PER_ROLE_SQL, &[&roles, &new]).await?;
+    for (role, answers) in answers_of(rows) {
+        known.answers.entry(role).or_default().extend(answers);
     }
     known.gate = known.gate.wrapping_add(gate);
     known.tables.extend(new);
@@ -508,27 +506,31 @@ async fn full_check(
     } else {
         roles
             .iter()
-            .filter(|r| !known.roles.contains(*r))
+            .filter(|r| !known.answers.contains_key(*r))
             .cloned()
             .collect()
     };
     if !asked.is_empty() {
         let rows = service.query(PER_ROLE_SQL, &[&asked, &tables]).await?;
-        let mut answers: HashMap<String, HashMap<i64, i64>> = HashMap::new();
-        for row in rows {
-            answers
-                .entry(row.get(0))
-                .or_default()
-                .insert(row.get(1), row.get(2));
-        }
-        settle_answers(db, known, &asked, answers, first, changed);
+        settle_answers(db, known, &asked, answers_of(rows), first, changed);
     }
-    known.roles.extend(roles);
     known.changed_before = changed;
     known.global = Some(global);
     known.gate = gate;
     known.server_settings = server_settings;
     Ok(newest)
+}
+
+/// The rows of [`PER_ROLE_SQL`], by role and table oid.
+fn answers_of(rows: Vec<tokio_postgres::Row>) -> HashMap<String, HashMap<i64, i64>> {
+    let mut answers: HashMap<String, HashMap<i64, i64>> = HashMap::new();
+    for row in rows {
+        answers
+            .entry(row.get(0))
+            .or_default()
+            .insert(row.get(1), row.get(2));
+    }
+    answers
 }
 
 /// Compares each watched role's answers with the last ones: a role whose answer for a table it had
