@@ -19,7 +19,7 @@ use moka::future::Cache;
 use moka::notification::RemovalCause;
 use moka::Expiry;
 
-use crate::{CacheKey, CacheStore, Usage};
+use crate::{CacheKey, CacheStore, Scope, Usage};
 
 /// What one entry costs on the heap beyond its key and response bytes: moka's entry, deque and
 /// timer-wheel nodes and its share of the hash table, the `Bytes` headers, and the allocator's own
@@ -29,7 +29,7 @@ const ENTRY_OVERHEAD: usize = 576;
 
 /// Where a request's answer is kept: everything in its [`CacheKey`] but the stamp.
 struct Slot {
-    scope: u64,
+    scope: Scope,
     request: Bytes,
     definition: Bytes,
 }
@@ -51,17 +51,17 @@ impl Slot {
 /// that a hit looks the slot up with the key's own bytes instead of building a `Slot` (two `Bytes`
 /// clones and drops on every lookup).
 trait SlotView: Sync {
-    fn parts(&self) -> (u64, &[u8], &[u8]);
+    fn parts(&self) -> (Scope, &[u8], &[u8]);
 }
 
 impl SlotView for Slot {
-    fn parts(&self) -> (u64, &[u8], &[u8]) {
+    fn parts(&self) -> (Scope, &[u8], &[u8]) {
         (self.scope, &self.request, &self.definition)
     }
 }
 
 impl SlotView for CacheKey {
-    fn parts(&self) -> (u64, &[u8], &[u8]) {
+    fn parts(&self) -> (Scope, &[u8], &[u8]) {
         (self.scope, &self.request, &self.definition)
     }
 }
@@ -194,7 +194,7 @@ impl CacheStore for EmbeddedStore {
         self.cache.insert(Slot::owned(&key), entry).await;
     }
 
-    fn clear(&self) {
+    async fn clear(&self) {
         self.cache.invalidate_all();
     }
 
@@ -216,7 +216,7 @@ mod tests {
 
     fn key(n: u64) -> CacheKey {
         CacheKey {
-            scope: 1,
+            scope: Scope([1; 16]),
             stamp: n,
             request: Bytes::from(format!("Q select {n}")),
             definition: Bytes::new(),
@@ -237,7 +237,7 @@ mod tests {
     async fn a_stored_key_keeps_no_larger_buffer_alive() {
         let buffer = Bytes::from(vec![b'Q'; 16 * 1024]);
         let sliced = CacheKey {
-            scope: 1,
+            scope: Scope([1; 16]),
             stamp: 1,
             request: buffer.slice(..80),
             definition: buffer.slice(80..100),
@@ -287,7 +287,7 @@ mod tests {
         assert!(store.usage().await.evictions > 0);
         // A hot request, written after every few reads: each write moves it to a new stamp.
         let hot = |stamp| CacheKey {
-            scope: 2,
+            scope: Scope([2; 16]),
             stamp,
             request: Bytes::from_static(b"Q hot row"),
             definition: Bytes::new(),

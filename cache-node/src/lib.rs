@@ -1,11 +1,16 @@
 //! Veneer's cache tier: what a stored result is keyed by, the [`CacheStore`] trait every tier
-//! implements, and the embedded tier ([`EmbeddedStore`], moka) that is the default.
+//! implements, the embedded tier ([`EmbeddedStore`], moka) that is the default, the remote tiers
+//! ([`remote`]: the sharded `veneer-cache-node` tier, Redis, Valkey, Redis Cluster) and the
+//! `veneer-cache-node` server itself ([`node`]).
 //!
 //! Stores are dumb on purpose. Freshness lives in the key (its generation stamp, see
 //! `veneer-invalidation`), so a store never scans or invalidates by predicate: it maps keys to the
 //! stored response bytes, bounds its memory and expires entries at their TTL.
 
 mod embedded;
+pub mod key;
+pub mod remote;
+mod tier;
 
 use std::future::Future;
 use std::time::Duration;
@@ -13,13 +18,15 @@ use std::time::Duration;
 use bytes::Bytes;
 
 pub use embedded::EmbeddedStore;
+pub use key::{Namespace, Scope};
+pub use tier::Tier;
 
 /// What a stored response answers. Two requests share an entry only when every field is equal, which
 /// is when Postgres would have sent both the same bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CacheKey {
-    /// Database, role and output-affecting settings, interned by the proxy.
-    pub scope: u64,
+    /// Database, role and output-affecting settings, by content.
+    pub scope: Scope,
     /// The generations the result depends on, read before the request went upstream.
     pub stamp: u64,
     /// The client's request exactly as sent: a Query message, or an extended-protocol run up to Sync
@@ -54,8 +61,9 @@ pub trait CacheStore: Send + Sync + 'static {
     fn put(&self, key: CacheKey, response: Bytes, ttl: Duration)
         -> impl Future<Output = ()> + Send;
 
-    /// Drops every entry (they are already unreachable after a global bump; this frees the memory).
-    fn clear(&self);
+    /// Drops every entry of this proxy's (they are already unreachable after a global bump; this
+    /// frees the memory). Entries others keep in a shared tier stay.
+    fn clear(&self) -> impl Future<Output = ()> + Send;
 
     /// Current usage, with pending bookkeeping applied first so the figures are exact.
     fn usage(&self) -> impl Future<Output = Usage> + Send;

@@ -54,14 +54,14 @@ fn heap_in_use() -> isize {
 async fn entries_are_weighed_at_what_they_cost() {
     // A point read's request and answer, a mid-sized pair, a large answer.
     for (request_len, response_len) in [(100, 16_000), (70, 80), (200, 1_000)] {
-        let entries = 20_000;
+        let entries: u32 = 20_000;
         let store = EmbeddedStore::new(1 << 40);
         let before = heap_in_use();
         for n in 0..entries {
             let mut request = format!("Q{n:08}").into_bytes();
             request.resize(request_len, b' ');
             let key = CacheKey {
-                scope: 1,
+                scope: veneer_cache_node::Scope([1; 16]),
                 stamp: 0,
                 request: request.into(),
                 definition: Bytes::new(),

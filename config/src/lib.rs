@@ -15,7 +15,8 @@ use clap::{CommandFactory, Parser};
 use serde::Deserialize;
 
 pub use values::{
-    CacheRule, Endpoint, HostPort, LogFormat, Millis, Replication, RuleTarget, Ttl, UpstreamTls,
+    CacheRule, CacheTier, Endpoint, HostPort, LogFormat, Millis, Replication, RuleTarget, Ttl,
+    UpstreamTls,
 };
 
 /// Every setting, as given by one source (CLI and environment, or the TOML file). `None` means "not
@@ -112,6 +113,55 @@ pub struct Settings {
     /// Memory the cache may hold: stored result bytes plus a per-entry overhead [default: 268435456].
     #[arg(long, env = "VENEER_CACHE_MAX_BYTES", value_name = "BYTES")]
     pub cache_max_bytes: Option<u64>,
+
+    /// Where results are stored: embedded (in this process), nodes (veneer-cache-node servers listed
+    /// in cache_nodes), redis (Redis, Valkey, ElastiCache or MemoryDB URLs in cache_nodes) or
+    /// redis-cluster (the cluster's seed URLs in cache_nodes) [default: embedded].
+    #[arg(long, env = "VENEER_CACHE_TIER", value_name = "TIER")]
+    pub cache_tier: Option<CacheTier>,
+
+    /// The remote tier's servers: host:port of each veneer-cache-node, or redis:// and rediss:// URLs
+    /// (with user and password, e.g. rediss://user:secret@host:6379) for redis and redis-cluster.
+    /// Separate with , on the command line and in the environment variable; in the file, a list.
+    #[arg(
+        long,
+        env = "VENEER_CACHE_NODES",
+        value_name = "ADDRS",
+        value_delimiter = ','
+    )]
+    #[serde(default)]
+    pub cache_nodes: Vec<String>,
+
+    /// Further nodes each result is also written to (nodes and redis tiers): a lookup whose node is
+    /// down reads the next one instead of missing [default: 0].
+    #[arg(long, env = "VENEER_CACHE_REPLICAS", value_name = "N")]
+    pub cache_replicas: Option<usize>,
+
+    /// Memory of the near cache, the embedded store in front of a remote tier that answers hot
+    /// results without a network hop; 0 turns it off [default: 0].
+    #[arg(long, env = "VENEER_CACHE_NEAR_BYTES", value_name = "BYTES")]
+    pub cache_near_bytes: Option<u64>,
+
+    /// Longest a lookup waits for a remote tier: a slower answer counts as a miss (and a node that
+    /// keeps missing it is marked down) [default: 5ms].
+    #[arg(long, env = "VENEER_CACHE_TIER_TIMEOUT", value_name = "DURATION")]
+    pub cache_tier_timeout: Option<Millis>,
+
+    /// Secret that authenticates (and with cache_encrypt, encrypts) results stored in a remote tier:
+    /// an entry written without it is a miss. Proxies sharing a tier need the same one [default: a
+    /// random secret per process].
+    #[arg(
+        long,
+        env = "VENEER_CACHE_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub cache_secret: Option<String>,
+
+    /// Encrypt results stored in a remote tier (ChaCha20-Poly1305 under cache_secret), so whoever
+    /// can read the tier cannot read the rows [default: false].
+    #[arg(long, env = "VENEER_CACHE_ENCRYPT", value_name = "BOOL")]
+    pub cache_encrypt: Option<bool>,
 
     /// How long a result is kept when no rule or hint says otherwise. Writes through the proxy
     /// invalidate at once; this bounds how long a write made elsewhere can go unseen [default: 60s].
@@ -277,8 +327,10 @@ pub struct Config {
 /// Settings of the query-result cache.
 #[derive(Debug, Clone)]
 pub struct CacheConfig {
-    /// Bound on the memory the cache holds.
+    /// Bound on the memory the cache holds (the embedded tier).
     pub max_bytes: u64,
+    /// Where results are stored.
+    pub tier: TierConfig,
     /// TTL of results no rule or hint covers.
     pub default_ttl: Duration,
     /// Largest result stored.
@@ -305,6 +357,25 @@ pub struct CacheConfig {
     pub replication_listeners: usize,
     /// How long a database's background work outlives its last client.
     pub replication_idle_timeout: Duration,
+}
+
+/// Where results are stored, and how a remote tier is reached.
+#[derive(Debug, Clone)]
+pub struct TierConfig {
+    /// The kind of tier.
+    pub kind: CacheTier,
+    /// Its servers (empty for the embedded tier).
+    pub nodes: Vec<String>,
+    /// Further nodes each result is written to.
+    pub replicas: usize,
+    /// Bytes of the near cache in front of a remote tier; 0: none.
+    pub near_bytes: u64,
+    /// Longest a lookup waits for the remote tier.
+    pub timeout: Duration,
+    /// Secret of the values' MAC (and encryption); `None`: random per process.
+    pub secret: Option<String>,
+    /// Whether values are encrypted too.
+    pub encrypt: bool,
 }
 
 /// Files of the certificate offered to clients.
@@ -404,6 +475,17 @@ impl Config {
             workers: s.workers,
             cache: s.cache.unwrap_or(true).then(|| CacheConfig {
                 max_bytes: s.cache_max_bytes.unwrap_or(256 << 20),
+                tier: TierConfig {
+                    kind: s.cache_tier.unwrap_or(CacheTier::Embedded),
+                    nodes: s.cache_nodes,
+                    replicas: s.cache_replicas.unwrap_or(0),
+                    near_bytes: s.cache_near_bytes.unwrap_or(0),
+                    timeout: s
+                        .cache_tier_timeout
+                        .map_or(Duration::from_millis(5), Into::into),
+                    secret: s.cache_secret,
+                    encrypt: s.cache_encrypt.unwrap_or(false),
+                },
                 default_ttl: s
                     .cache_default_ttl
                     .map_or(Duration::from_secs(60), Into::into),
@@ -475,6 +557,7 @@ impl Config {
             if cache.max_bytes < 1 << 20 {
                 return Err(invalid("cache_max_bytes", "must be at least 1048576"));
             }
+            cache.tier.check()?;
             if cache.catalog_refresh < Duration::from_secs(1) {
                 return Err(invalid("catalog_refresh", "must be at least 1s"));
             }
@@ -498,6 +581,55 @@ impl Config {
                     "must be at least 1 (set replication = off to follow no database)",
                 ));
             }
+        }
+        Ok(())
+    }
+}
+
+impl TierConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        let remote = self.kind != CacheTier::Embedded;
+        if remote && self.nodes.is_empty() {
+            return Err(invalid(
+                "cache_nodes",
+                "the remote cache_tier needs at least one server",
+            ));
+        }
+        if !remote && !self.nodes.is_empty() {
+            return Err(invalid(
+                "cache_nodes",
+                "is only used with cache_tier = nodes, redis or redis-cluster",
+            ));
+        }
+        for node in &self.nodes {
+            let url = node.starts_with("redis://") || node.starts_with("rediss://");
+            match self.kind {
+                CacheTier::Nodes if node.parse::<HostPort>().is_err() => {
+                    return Err(ConfigError::Invalid {
+                        key: "cache_nodes",
+                        problem: format!("'{node}' is not host:port"),
+                    })
+                }
+                CacheTier::Redis | CacheTier::RedisCluster if !url => {
+                    return Err(ConfigError::Invalid {
+                        key: "cache_nodes",
+                        problem: format!("'{node}' is not a redis:// or rediss:// URL"),
+                    })
+                }
+                _ => {}
+            }
+        }
+        if self.replicas >= self.nodes.len().max(1) && self.replicas > 0 {
+            return Err(invalid(
+                "cache_replicas",
+                "must be fewer than the nodes in cache_nodes",
+            ));
+        }
+        if self.timeout.is_zero() {
+            return Err(invalid("cache_tier_timeout", "must be longer than 0"));
+        }
+        if self.secret.as_deref().is_some_and(|s| s.len() < 16) {
+            return Err(invalid("cache_secret", "must be at least 16 characters"));
         }
         Ok(())
     }
@@ -536,6 +668,13 @@ impl Settings {
             workers: self.workers.or(lower.workers),
             cache: self.cache.or(lower.cache),
             cache_max_bytes: self.cache_max_bytes.or(lower.cache_max_bytes),
+            cache_tier: self.cache_tier.or(lower.cache_tier),
+            cache_nodes: non_empty_or(self.cache_nodes, lower.cache_nodes),
+            cache_replicas: self.cache_replicas.or(lower.cache_replicas),
+            cache_near_bytes: self.cache_near_bytes.or(lower.cache_near_bytes),
+            cache_tier_timeout: self.cache_tier_timeout.or(lower.cache_tier_timeout),
+            cache_secret: self.cache_secret.or(lower.cache_secret),
+            cache_encrypt: self.cache_encrypt.or(lower.cache_encrypt),
             cache_default_ttl: self.cache_default_ttl.or(lower.cache_default_ttl),
             max_result_bytes: self.max_result_bytes.or(lower.max_result_bytes),
             cache_rules: non_empty_or(self.cache_rules, lower.cache_rules),

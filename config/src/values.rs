@@ -234,3 +234,17 @@ word_enum!(
         Off = "off",
     }
 );
+
+word_enum!(
+    /// Where cached results are stored.
+    CacheTier {
+        /// In the proxy's own memory.
+        Embedded = "embedded",
+        /// A sharded tier of `veneer-cache-node`s, each key on one node (and `cache_replicas` more).
+        Nodes = "nodes",
+        /// Redis, Valkey, ElastiCache or MemoryDB servers (several are sharded like nodes).
+        Redis = "redis",
+        /// A Redis (or Valkey) Cluster: hash slots, redirections and replicas are the cluster's.
+        RedisCluster = "redis-cluster",
+    }
+);

@@ -89,7 +89,7 @@ fn hit(c: &mut Criterion) {
             same_encoding: &|| true,
         });
         CacheKey {
-            scope: 1,
+            scope: veneer_cache_node::Scope([1; 16]),
             stamp: dependencies.stamp(&db.generations, row),
             request: request.clone(),
             definition: Bytes::new(),

@@ -33,6 +33,8 @@ pub enum Kind {
     Service,
     /// The metrics endpoint could not be started.
     Metrics,
+    /// The remote cache tier's configuration cannot be used.
+    Tier,
 }
 
 impl Error {
@@ -52,6 +54,11 @@ impl Error {
     /// The listener could not bind.
     pub fn bind(addr: std::net::SocketAddr, cause: std::io::Error) -> Error {
         Error::new(Kind::Bind, format!("cannot listen on {addr}")).with_cause(cause)
+    }
+
+    /// The remote cache tier cannot be set up; the message names the setting and server.
+    pub fn tier(message: String) -> Error {
+        Error::new(Kind::Tier, message)
     }
 
     /// TLS setup failed; the message names the file or peer.
@@ -140,7 +147,12 @@ impl Error {
             Kind::UpstreamConnect => Some(sqlstate::CONNECTION_REJECTED),
             Kind::UpstreamIo => Some(sqlstate::CONNECTION_FAILURE),
             Kind::ClientProtocol => Some(sqlstate::PROTOCOL_VIOLATION),
-            Kind::Bind | Kind::Tls | Kind::ClientIo | Kind::Service | Kind::Metrics => None,
+            Kind::Bind
+            | Kind::Tls
+            | Kind::ClientIo
+            | Kind::Service
+            | Kind::Metrics
+            | Kind::Tier => None,
         }
     }
 }

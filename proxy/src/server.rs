@@ -43,14 +43,15 @@ impl Proxy {
             .await
             .map_err(|e| Error::bind(config.listen, e))?;
         let meters = Arc::new(Meters::default());
-        let cache = config.cache.clone().map(|c| {
-            Arc::new(Cache::new(
+        let cache = match config.cache.clone() {
+            Some(c) => Some(Arc::new(Cache::new(
                 c,
                 config.clone(),
                 upstream_tls.clone(),
                 Arc::clone(&meters),
-            ))
-        });
+            )?)),
+            None => None,
+        };
         if let Some(cache) = &cache {
             tokio::spawn(crate::cache::report_usage(Arc::downgrade(cache)));
         }

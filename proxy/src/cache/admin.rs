@@ -101,7 +101,7 @@ pub async fn answer(cache: &Cache, command: &Command, admin: bool, tx: Transacti
             }
             Command::Queries => result_set(&mut out, &QUERY_COLUMNS, &queries(cache)),
             Command::FlushAll => {
-                cache.flush_all();
+                cache.flush_all().await;
                 cache.meters.invalidation(Source::Admin);
                 complete(&mut out, "VENEER FLUSH");
             }

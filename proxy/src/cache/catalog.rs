@@ -64,7 +64,14 @@ pub struct Catalog {
     /// reports a change under the partition (or the root) that holds the row, while a query may
     /// read any member, so a read of one depends on all of them.
     families: HashMap<String, Vec<String>>,
+    /// The server's system identifier and timeline: the namespace of a remote tier's keys.
+    pub server: (u64, u32),
 }
+
+/// Which server this is (readable by any role), for the namespace of a remote tier's keys.
+const SERVER: &str =
+    "SELECT system_identifier::text, (SELECT timeline_id FROM pg_control_checkpoint()) \
+     FROM pg_control_system()";
 
 /// Built-in STABLE functions whose result changes without any write: the clock, the session's own
 /// identity, and the catalog (which writes through the proxy do not bump). Other stable built-ins
@@ -168,14 +175,18 @@ impl Catalog {
             let columns = client.query(COLUMNS, &[]).await?;
             let links = client.query(INHERITANCE, &[]).await?;
             let cascades = client.query(CASCADES, &[]).await?;
-            Ok::<_, tokio_postgres::Error>((relations, functions, columns, links, cascades))
+            let server = client.query_one(SERVER, &[]).await?;
+            Ok::<_, tokio_postgres::Error>((relations, functions, columns, links, cascades, server))
         };
         let result = read.await;
         drop(client);
         let _ = driver.await;
-        let (relations, functions, columns, links, cascades) = result
+        let (relations, functions, columns, links, cascades, server) = result
             .map_err(|e| Error::service("catalog read", &config.service_user, database, e))?;
         let mut catalog = Catalog::default();
+        let system: String = server.get(0);
+        let timeline: i32 = server.get(1);
+        catalog.server = (system.parse().unwrap_or(0), timeline as u32);
         for row in relations {
             let (name, schema, kind, persistence): (String, String, String, String) =
                 (row.get(0), row.get(1), row.get(2), row.get(3));

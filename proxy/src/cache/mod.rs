@@ -18,13 +18,12 @@ mod slot;
 pub mod verify;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsConnector;
-use veneer_cache_node::{CacheKey, CacheStore, EmbeddedStore};
+use veneer_cache_node::{CacheKey, CacheStore, Namespace, Tier};
 use veneer_config::{CacheConfig, Config, Replication};
 
 use crate::metrics::Meters;
@@ -32,15 +31,8 @@ use catalog::Catalog;
 use database::{CatalogState, Database};
 use digest::Digest;
 
-/// The tier in use. Sessions only use the [`CacheStore`] trait, so another tier replaces this alias.
-pub type Store = EmbeddedStore;
-
 /// Query shapes tracked at most; further shapes share one "other" entry.
 const MAX_DIGESTS: usize = 10_000;
-
-/// Distinct scopes remembered at most; past it the table starts over with fresh ids, which only
-/// stops sharing between sessions until they meet again.
-const MAX_SCOPES: usize = 100_000;
 
 /// Quiet time after DDL before the catalog is read again (see [`settle`]).
 const DDL_SETTLE: Duration = Duration::from_millis(50);
@@ -87,7 +79,10 @@ pub struct Cache {
     /// Its settings.
     pub config: CacheConfig,
     /// Where results are stored.
-    pub store: Store,
+    pub store: Tier,
+    /// What this process's stamps are comparable with: a random value per process, since
+    /// generations start afresh with it (part of a remote tier's namespace).
+    origin: u64,
     /// Statistics per query shape.
     pub digests: Digests,
     /// When the proxy started, for the status.
@@ -97,8 +92,6 @@ pub struct Cache {
     /// Checks a sample of the hits against the server (`verify_sample`), when on.
     pub verifier: Option<verify::Verifier>,
     databases: Mutex<HashMap<String, Arc<Database>>>,
-    scopes: Mutex<HashMap<Vec<u8>, u64>>,
-    next_scope: AtomicU64,
     flights: Mutex<HashMap<CacheKey, watch::Receiver<()>>>,
     /// Permits for replication streams running at once (`replication_listeners`).
     listeners: Arc<Semaphore>,
@@ -147,30 +140,36 @@ impl Drop for FlightGuard {
 }
 
 impl Cache {
-    /// A cache with `config`; `service` and `tls` make Veneer's own catalog connections.
+    /// A cache with `config`; `service` and `tls` make Veneer's own catalog connections. Fails when
+    /// the remote tier's addresses cannot be used.
     pub fn new(
         config: CacheConfig,
         service: Config,
         tls: Option<TlsConnector>,
         meters: Arc<Meters>,
-    ) -> Cache {
-        Cache {
+    ) -> Result<Cache, crate::Error> {
+        let store = Tier::new(&config.tier, config.max_bytes).map_err(crate::Error::tier)?;
+        Ok(Cache {
             meters,
             verifier: (config.verify_sample > 0.0)
                 .then(|| verify::Verifier::new(config.verify_sample)),
-            store: Store::new(config.max_bytes),
+            store,
+            origin: {
+                use std::hash::{BuildHasher, Hasher};
+                std::collections::hash_map::RandomState::new()
+                    .build_hasher()
+                    .finish()
+            },
             digests: Digests::default(),
             started: Instant::now(),
             databases: Mutex::new(HashMap::new()),
-            scopes: Mutex::new(HashMap::new()),
-            next_scope: AtomicU64::new(1),
             flights: Mutex::new(HashMap::new()),
             listeners: Arc::new(Semaphore::new(config.replication_listeners)),
             config,
             service,
             service_tls: tls,
             stopped: watch::channel(false).0,
-        }
+        })
     }
 
     /// The cache's view of `name`; the first use starts reading its catalog.
@@ -229,19 +228,12 @@ impl Cache {
         databases.values().cloned().collect()
     }
 
-    /// The id of a scope (database, role, settings), described by `content`: equal contents get equal
-    /// ids, different contents never do.
-    pub fn scope(&self, content: &[u8]) -> u64 {
-        let mut scopes = self.scopes.lock().expect("not poisoned");
-        if let Some(&id) = scopes.get(content) {
-            return id;
+    /// Places a remote tier's keys in the namespace of the server `catalog` was read from.
+    fn learn_server(&self, catalog: &Catalog) {
+        if let Some(remote) = self.store.remote() {
+            let (system, timeline) = catalog.server;
+            remote.set_namespace(Namespace::new(system, timeline, self.origin));
         }
-        if scopes.len() >= MAX_SCOPES {
-            scopes.clear();
-        }
-        let id = self.next_scope.fetch_add(1, Ordering::Relaxed);
-        scopes.insert(content.to_vec(), id);
-        id
     }
 
     /// Whether results of `db` may be served now: not while its replication stream is down, unless the
@@ -265,12 +257,12 @@ impl Cache {
         })
     }
 
-    /// Drops every stored result and makes every database's older entries unreachable.
-    pub fn flush_all(&self) {
+    /// Makes every database's older entries unreachable, then drops what this proxy stored.
+    pub async fn flush_all(&self) {
         for db in self.databases() {
             db.generations.bump_global();
         }
-        self.store.clear();
+        self.store.clear().await;
     }
 
     /// Makes every stored result that read `table` unreachable, in every database; returns how
@@ -353,6 +345,7 @@ async fn refresh_catalog(cache: &Weak<Cache>, db: &Database) {
             .unwrap_or_else(|_| Err(crate::Error::catalog_timeout(&db.name, CATALOG_TIMEOUT)));
         let wait = match loaded {
             Ok(catalog) => {
+                cache.learn_server(&catalog);
                 if failing {
                     tracing::info!(database = %db.name, "catalog read again: caching resumes");
                 }

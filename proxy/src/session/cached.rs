@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::watch;
-use veneer_cache_node::{CacheKey, CacheStore};
+use veneer_cache_node::{CacheKey, CacheStore, Scope, Tier};
 use veneer_invalidation::{Generations, Source};
 
 use super::state::{NameMap, PreparedStatement, TxStatus};
@@ -64,8 +64,8 @@ pub(super) struct SessionCache {
     /// The startup parameters that are settings, as a check of a hit replays them (see
     /// [`crate::cache::verify`]); `None` when an `options` string holds more than `-c` settings.
     startup_settings: Option<Vec<(String, String)>>,
-    /// `SessionState::scope_version` and the scope id computed for it.
-    scope: Option<(u64, u64)>,
+    /// `SessionState::scope_version` and the scope computed for it.
+    scope: Option<(u64, Scope)>,
     /// A unit taken from the client buffer whose lookup is under way (kept across awaits).
     current: Option<Unit>,
     /// Set while an identical miss of another session is in flight: this one waits for it.
@@ -566,7 +566,7 @@ impl Session {
                 content.push(0);
                 put_fields(&mut content, self.state.settings.history());
                 c.role_switched = self.state.settings.history().any(|sql| switches_role(sql));
-                let id = c.cache.scope(&content);
+                let id = Scope::of(&content);
                 c.scope = Some((version, id));
                 id
             }
@@ -828,14 +828,24 @@ impl Session {
         }
     }
 
-    /// Stores a completed fill, then ends its flight (followers look again and hit).
+    /// Stores a completed fill, then ends its flight (followers look again and hit). A remote
+    /// tier's write leaves the session's I/O loop: it runs on its own task.
     pub(super) async fn store(&self, completed: Completed) {
         let Some(c) = self.cache.as_ref() else {
             return;
         };
         let Completed { fill, response } = completed;
-        c.cache.store.put(fill.key, response, fill.ttl).await;
-        drop(fill.guard);
+        let cache = Arc::clone(&c.cache);
+        let put = async move {
+            cache.store.put(fill.key, response, fill.ttl).await;
+            drop(fill.guard);
+        };
+        match c.cache.store {
+            Tier::Embedded(_) => put.await,
+            Tier::Remote(_) => {
+                tokio::spawn(put);
+            }
+        }
     }
 
     /// Peeks at the unit at the front of the client buffer: its length and what it is, or `None`

@@ -1,0 +1,200 @@
+//! Remote tiers: results kept outside the proxy, in `veneer-cache-node`s, Redis, Valkey or a Redis
+//! Cluster ([`shards`]), sealed so the tier cannot forge them ([`seal`]), with an optional near cache
+//! (the embedded store) in front for hot results.
+//!
+//! A remote tier is never on the critical path of correctness or availability: a lookup that does not
+//! come back within the deadline is a miss, a value that does not open is a miss (and counted), a
+//! node that is down is skipped. Keys carry their stamps, so the near cache needs no messages to stay
+//! coherent: a bump makes its old entries unreachable as it does the tier's.
+
+pub mod seal;
+pub mod shards;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::RwLock;
+use std::time::Duration;
+
+use bytes::Bytes;
+use veneer_config::{CacheTier, TierConfig};
+
+use crate::key::Namespace;
+use crate::{CacheKey, CacheStore, EmbeddedStore, Usage};
+use seal::{Rejected, Seal};
+use shards::{Conn, Node, Shards};
+
+/// What a remote tier saw, beyond each node's own counters.
+#[derive(Default)]
+pub struct Counters {
+    /// Lookups answered by the near cache.
+    pub near_hits: AtomicU64,
+    /// Values that did not open: written without the secret, or altered.
+    pub forged: AtomicU64,
+    /// Lookups made before the server's namespace was known (misses).
+    pub unplaced: AtomicU64,
+}
+
+/// A remote tier as the proxy uses it.
+pub struct Remote {
+    near: Option<EmbeddedStore>,
+    shards: Shards,
+    seal: Seal,
+    /// Known once the proxy has read the server's identity; until then lookups miss and fills are
+    /// kept in the near cache only.
+    namespace: RwLock<Option<Namespace>>,
+    timeout: Duration,
+    /// What it saw.
+    pub counters: Counters,
+}
+
+impl Remote {
+    /// The tier `config` describes. Connections open on first use: a tier that cannot be reached
+    /// yet only costs misses. Must be called inside a tokio runtime.
+    pub fn new(config: &TierConfig) -> Result<Remote, String> {
+        let nodes = match config.kind {
+            CacheTier::Embedded => return Err("the embedded tier is not remote".to_owned()),
+            CacheTier::Nodes => config
+                .nodes
+                .iter()
+                .map(|n| Ok((n.clone(), Conn::single(&format!("redis://{n}"))?)))
+                .collect::<Result<Vec<_>, String>>(),
+            CacheTier::Redis => config
+                .nodes
+                .iter()
+                .map(|url| Ok((redact(url), Conn::single(url)?)))
+                .collect(),
+            CacheTier::RedisCluster => Ok(vec![(
+                format!("cluster {}", redact(&config.nodes[0])),
+                Conn::cluster(&config.nodes)?,
+            )]),
+        }
+        .map_err(|e| format!("cache_nodes: {e}"))?;
+        Ok(Remote {
+            near: (config.near_bytes > 0).then(|| EmbeddedStore::new(config.near_bytes)),
+            shards: Shards::new(nodes, config.replicas),
+            seal: Seal::new(config.secret.as_deref(), config.encrypt),
+            namespace: RwLock::new(None),
+            timeout: config.timeout,
+            counters: Counters::default(),
+        })
+    }
+
+    /// Places keys under `namespace` from now on (the server's identity was read, or changed).
+    pub fn set_namespace(&self, namespace: Namespace) {
+        let mut current = self.namespace.write().expect("not poisoned");
+        if current.as_ref() != Some(&namespace) {
+            tracing::info!(namespace = %String::from_utf8_lossy(namespace.prefix()),
+                "remote cache tier namespace");
+            *current = Some(namespace);
+        }
+    }
+
+    /// The tier's nodes (one for a Redis Cluster).
+    pub fn nodes(&self) -> &[Node] {
+        self.shards.nodes()
+    }
+
+    /// Keys and bytes `node` reports, when it answers in time.
+    pub async fn size(&self, node: &Node) -> Option<(u64, u64)> {
+        self.shards.size(node).await
+    }
+
+    fn stored(&self, key: &CacheKey) -> Option<crate::key::StoredKey> {
+        let namespace = self.namespace.read().expect("not poisoned");
+        namespace.as_ref().map(|ns| ns.key(key))
+    }
+}
+
+impl CacheStore for Remote {
+    async fn get(&self, key: &CacheKey) -> Option<Bytes> {
+        if let Some(near) = &self.near {
+            if let Some(response) = near.get(key).await {
+                self.counters.near_hits.fetch_add(1, Ordering::Relaxed);
+                return Some(response);
+            }
+        }
+        let Some(stored) = self.stored(key) else {
+            self.counters.unplaced.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
+        let value = self.shards.get(&stored, self.timeout).await?;
+        match self.seal.open(&stored.bytes, &value) {
+            Ok((response, left)) => {
+                if let Some(near) = &self.near {
+                    near.put(key.clone(), response.clone(), left).await;
+                }
+                Some(response)
+            }
+            Err(Rejected::Forged) => {
+                if self.counters.forged.fetch_add(1, Ordering::Relaxed) == 0 {
+                    tracing::warn!(
+                        "a value in the remote cache tier failed its MAC check (written without \
+                         cache_secret, or altered) and was ignored; veneer_cache_tier_forged_total \
+                         counts them"
+                    );
+                }
+                None
+            }
+            Err(Rejected::Expired) => None,
+        }
+    }
+
+    async fn put(&self, key: CacheKey, response: Bytes, ttl: Duration) {
+        let stored = self.stored(&key);
+        if let Some(near) = &self.near {
+            near.put(key, response.clone(), ttl).await;
+        }
+        if let Some(stored) = stored {
+            let value = self.seal.seal(&stored.bytes, &response, ttl);
+            self.shards.set(&stored, value, ttl).await;
+        }
+    }
+
+    /// Empties the near cache and deletes this proxy's namespace from every node that is up. In a
+    /// Redis Cluster the keys stay until their TTL (they are unreachable already).
+    async fn clear(&self) {
+        if let Some(near) = &self.near {
+            near.clear().await;
+        }
+        let prefix = self
+            .namespace
+            .read()
+            .expect("not poisoned")
+            .as_ref()
+            .map(|ns| ns.prefix().to_vec());
+        if let Some(prefix) = prefix {
+            self.shards.clear(&prefix).await;
+        }
+    }
+
+    /// The near cache's usage (the nodes report their own, see [`Remote::size`]).
+    async fn usage(&self) -> Usage {
+        match &self.near {
+            Some(near) => near.usage().await,
+            None => Usage::default(),
+        }
+    }
+}
+
+/// A redis URL without its password, for logs and diagnostics.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            let user = credentials.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_kept_out_of_names() {
+        assert_eq!(
+            super::redact("rediss://app:s3cret@cache.example:6380/0"),
+            "rediss://app:***@cache.example:6380/0"
+        );
+        assert_eq!(super::redact("redis://h:1"), "redis://h:1");
+    }
+}
