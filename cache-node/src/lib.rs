@@ -9,6 +9,7 @@
 
 mod embedded;
 pub mod key;
+pub mod node;
 pub mod remote;
 mod tier;
 

@@ -5,6 +5,7 @@
 //! three sources field by field — CLI > environment > file — and [`Config`] fills in the defaults and
 //! checks the combination. Unknown keys and bad values are rejected with a message naming the key.
 
+mod node;
 mod values;
 
 use std::net::SocketAddr;
@@ -14,6 +15,7 @@ use std::time::Duration;
 use clap::{CommandFactory, Parser};
 use serde::Deserialize;
 
+pub use node::{NodeConfig, NodeSettings};
 pub use values::{
     CacheRule, CacheTier, Endpoint, HostPort, LogFormat, Millis, Replication, RuleTarget, Ttl,
     UpstreamTls,
@@ -434,7 +436,7 @@ impl Config {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        reject_unknown_env(std::env::vars_os())?;
+        reject_unknown_env::<Settings>(std::env::vars_os(), proxy_env)?;
         let cli = Settings::try_parse_from(args)?;
         let file = match &cli.config {
             Some(path) => Settings::from_file(path)?,
@@ -604,7 +606,7 @@ impl TierConfig {
         for node in &self.nodes {
             let url = node.starts_with("redis://") || node.starts_with("rediss://");
             match self.kind {
-                CacheTier::Nodes if node.parse::<HostPort>().is_err() => {
+                CacheTier::Nodes if url || node.parse::<HostPort>().is_err() => {
                     return Err(ConfigError::Invalid {
                         key: "cache_nodes",
                         problem: format!("'{node}' is not host:port"),
@@ -638,14 +640,7 @@ impl TierConfig {
 impl Settings {
     /// Reads a TOML file; unknown keys and malformed values are errors that name the file and key.
     pub fn from_file(path: &Path) -> Result<Settings, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|e| ConfigError::File {
-            path: path.to_owned(),
-            message: e.to_string().trim_end().to_owned(),
-        })
+        read_toml(path)
     }
 
     /// Field-wise merge: a value set in `self` wins over `lower`.
@@ -716,17 +711,37 @@ fn invalid(key: &'static str, problem: &str) -> ConfigError {
     }
 }
 
-/// A misspelt `VENEER_*` variable would silently do nothing; refuse it instead.
-fn reject_unknown_env(
+/// Whether an environment variable is the proxy's to know: `VENEER_*`, but not a cache node's.
+fn proxy_env(name: &str) -> bool {
+    name.starts_with("VENEER_") && !name.starts_with(node::ENV_PREFIX)
+}
+
+/// Reads a TOML file of settings; unknown keys and malformed values are errors that name the file
+/// and key.
+fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::File {
+        path: path.to_owned(),
+        message: e.to_string().trim_end().to_owned(),
+    })
+}
+
+/// A misspelt variable would silently do nothing; refuse every variable `ours` claims that `S`
+/// does not know.
+fn reject_unknown_env<S: CommandFactory>(
     env: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+    ours: impl Fn(&str) -> bool,
 ) -> Result<(), ConfigError> {
-    let command = Settings::command();
+    let command = S::command();
     let known: Vec<&std::ffi::OsStr> = command
         .get_arguments()
         .filter_map(|a| a.get_env())
         .collect();
     for (name, _) in env {
-        let is_ours = name.to_str().is_some_and(|n| n.starts_with("VENEER_"));
+        let is_ours = name.to_str().is_some_and(&ours);
         if is_ours && !known.contains(&name.as_os_str()) {
             return Err(ConfigError::UnknownEnv(name.to_string_lossy().into_owned()));
         }

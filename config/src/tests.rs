@@ -111,9 +111,66 @@ fn missing_file_is_named() {
 
 #[test]
 fn unknown_environment_variable_is_refused() {
-    let err = reject_unknown_env([("VENEER_LISTN".into(), "x".into())]).unwrap_err();
+    let proxy = |name: &str| reject_unknown_env::<Settings>([(name.into(), "x".into())], proxy_env);
+    let err = proxy("VENEER_LISTN").unwrap_err();
     assert!(err.to_string().contains("VENEER_LISTN"));
-    assert!(reject_unknown_env([("VENEER_LISTEN".into(), "x".into())]).is_ok());
+    assert!(proxy("VENEER_LISTEN").is_ok());
+    // A cache node's variables are the node's to check, and the proxy's are not the node's.
+    assert!(proxy("VENEER_CACHE_NODE_LISTEN").is_ok());
+    let node = |name: &str| {
+        reject_unknown_env::<NodeSettings>([(name.into(), "x".into())], |n| {
+            n.starts_with("VENEER_CACHE_NODE_")
+        })
+    };
+    assert!(node("VENEER_CACHE_NODE_LISTEN").is_ok());
+    assert!(node("VENEER_LISTEN").is_ok());
+    let err = node("VENEER_CACHE_NODE_LISTN").unwrap_err();
+    assert!(err.to_string().contains("VENEER_CACHE_NODE_LISTN"));
+}
+
+#[test]
+fn a_remote_tier_is_checked_as_a_whole() {
+    let nodes = load(&[
+        "--cache-tier",
+        "nodes",
+        "--cache-nodes",
+        "127.0.0.1:7001,127.0.0.1:7002",
+        "--cache-replicas",
+        "1",
+    ])
+    .unwrap();
+    let tier = nodes.cache.unwrap().tier;
+    assert_eq!(tier.kind, CacheTier::Nodes);
+    assert_eq!(tier.nodes, ["127.0.0.1:7001", "127.0.0.1:7002"]);
+    assert_eq!(tier.replicas, 1);
+    for (args, key) in [
+        (&["--cache-tier", "nodes"][..], "cache_nodes"),
+        (&["--cache-nodes", "127.0.0.1:7001"][..], "cache_nodes"),
+        (
+            &["--cache-tier", "nodes", "--cache-nodes", "redis://h:1"][..],
+            "cache_nodes",
+        ),
+        (
+            &["--cache-tier", "redis", "--cache-nodes", "h:1"][..],
+            "cache_nodes",
+        ),
+        (
+            &[
+                "--cache-tier",
+                "nodes",
+                "--cache-nodes",
+                "h:1",
+                "--cache-replicas",
+                "1",
+            ][..],
+            "cache_replicas",
+        ),
+        (&["--cache-secret", "short"][..], "cache_secret"),
+        (&["--cache-tier-timeout", "0s"][..], "cache_tier_timeout"),
+    ] {
+        let err = load(args).unwrap_err().to_string();
+        assert!(err.contains(key), "{args:?}: {err}");
+    }
 }
 
 #[test]
