@@ -96,6 +96,15 @@ macro_rules! word_enum {
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
         pub enum $name { $($(#[$vdoc])* $variant),+ }
 
+        impl $name {
+            /// The setting's word for this value.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $word,)+
+                }
+            }
+        }
+
         impl FromStr for $name {
             type Err = String;
 

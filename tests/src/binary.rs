@@ -18,15 +18,32 @@ use crate::pg::pg;
 use crate::tools::ToolOutput;
 
 static BINARY: OnceLock<PathBuf> = OnceLock::new();
+static CACHE_NODE: OnceLock<PathBuf> = OnceLock::new();
 
 /// The path of an up-to-date `veneer` binary, built on first call.
 pub async fn veneer_bin() -> PathBuf {
-    tokio::task::spawn_blocking(|| BINARY.get_or_init(build).clone())
-        .await
-        .expect("building veneer panicked")
+    tokio::task::spawn_blocking(|| {
+        BINARY
+            .get_or_init(|| build("veneer-proxy", "veneer"))
+            .clone()
+    })
+    .await
+    .expect("building veneer panicked")
 }
 
-fn build() -> PathBuf {
+/// The path of an up-to-date `veneer-cache-node` binary, built on first call.
+pub async fn cache_node_bin() -> PathBuf {
+    tokio::task::spawn_blocking(|| {
+        CACHE_NODE
+            .get_or_init(|| build("veneer-cache-node", "veneer-cache-node"))
+            .clone()
+    })
+    .await
+    .expect("building veneer-cache-node panicked")
+}
+
+/// Builds binary `bin` of `package`; returns its path.
+fn build(package: &str, bin: &str) -> PathBuf {
     // Test executables live in <target>/<profile>/deps/; build into the same <target> and profile.
     let exe = std::env::current_exe().expect("current_exe");
     let profile_dir = exe
@@ -38,18 +55,10 @@ fn build() -> PathBuf {
     let mut cmd = std::process::Command::new(cargo);
     // Selecting this package too makes cargo resolve features as for the test build (e.g. tokio's
     // "process"), so the binary reuses the test build's dependencies instead of compiling its own.
-    cmd.args([
-        "build",
-        "-p",
-        "veneer-proxy",
-        "-p",
-        "veneer-tests",
-        "--bin",
-        "veneer",
-    ])
-    .arg("--target-dir")
-    .arg(target_dir)
-    .current_dir(env!("CARGO_MANIFEST_DIR"));
+    cmd.args(["build", "-p", package, "-p", "veneer-tests", "--bin", bin])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
     // Cargo sets these for the test process; passed on, they would differ from what the outer build
     // saw (build scripts such as ring's watch CARGO_MANIFEST_DIR) and make each build redo the other's.
     for (name, _) in std::env::vars_os() {
@@ -79,10 +88,10 @@ fn build() -> PathBuf {
     let output = cmd.output().expect("run cargo build");
     assert!(
         output.status.success(),
-        "cargo build --bin veneer failed:\n{}",
+        "cargo build --bin {bin} failed:\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let binary = profile_dir.join("veneer");
+    let binary = profile_dir.join(bin);
     assert!(
         binary.is_file(),
         "{} missing after the build",
@@ -242,7 +251,11 @@ impl VeneerProcess {
     }
 }
 
-fn collect_lines(stream: impl AsyncRead + Unpin + Send + 'static, lines: Arc<Mutex<Vec<String>>>) {
+/// Copies each line `stream` prints into `lines`, until it ends.
+pub(crate) fn collect_lines(
+    stream: impl AsyncRead + Unpin + Send + 'static,
+    lines: Arc<Mutex<Vec<String>>>,
+) {
     tokio::spawn(async move {
         let mut reader = BufReader::new(stream).lines();
         while let Ok(Some(line)) = reader.next_line().await {

@@ -17,6 +17,7 @@ pub mod pg;
 pub mod privileges;
 pub mod proxy;
 pub mod raw;
+pub mod tier;
 pub mod tls;
 pub mod tools;
 

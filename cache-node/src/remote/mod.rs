@@ -98,6 +98,12 @@ impl Remote {
         self.shards.size(node).await
     }
 
+    /// The name of the node `key` belongs on, once the namespace is known.
+    pub fn owner(&self, key: &CacheKey) -> Option<&str> {
+        let stored = self.stored(key)?;
+        Some(&self.shards.owner(&stored).name)
+    }
+
     fn stored(&self, key: &CacheKey) -> Option<crate::key::StoredKey> {
         let namespace = self.namespace.read().expect("not poisoned");
         namespace.as_ref().map(|ns| ns.key(key))

@@ -93,7 +93,17 @@ impl Conn {
 
     async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, String> {
         let answered = match self {
-            Conn::Single(conn) => cmd.query_async(&mut conn.clone()).await,
+            Conn::Single(conn) => {
+                let mut conn = conn.clone();
+                match cmd.query_async(&mut conn).await {
+                    // The connection broke (a restarted node): the manager opens a new one, which
+                    // the same request may use at once (within the caller's deadline).
+                    Err(e) if e.is_connection_dropped() || e.is_io_error() => {
+                        cmd.query_async(&mut conn).await
+                    }
+                    answered => answered,
+                }
+            }
             Conn::Cluster(cell) => {
                 let Some(conn) = cell.get() else {
                     return Err("not connected to the cluster yet".to_owned());
@@ -241,18 +251,26 @@ impl Shards {
         &self.nodes
     }
 
-    /// The indexes of `key`'s nodes that are up, best first: its node, then its replicas.
-    fn placed(&self, key: &StoredKey) -> Vec<usize> {
+    /// The indexes of `key`'s nodes, best first: its node, then its replicas.
+    fn ranked(&self, key: &StoredKey) -> impl Iterator<Item = usize> {
         let mut scored: Vec<(u64, usize)> = (0..self.nodes.len())
             .map(|i| (mix(key.route ^ self.nodes[i].seed), i))
             .collect();
         scored.sort_unstable_by_key(|&(score, _)| std::cmp::Reverse(score));
-        scored
-            .into_iter()
-            .take(1 + self.replicas)
-            .map(|(_, i)| i)
+        scored.into_iter().take(1 + self.replicas).map(|(_, i)| i)
+    }
+
+    /// The indexes of `key`'s nodes that are up, best first.
+    fn placed(&self, key: &StoredKey) -> Vec<usize> {
+        self.ranked(key)
             .filter(|&i| self.nodes[i].is_up())
             .collect()
+    }
+
+    /// The node `key` belongs on (its replicas aside).
+    pub fn owner(&self, key: &StoredKey) -> &Node {
+        let first = self.ranked(key).next().expect("a tier has nodes");
+        &self.nodes[first]
     }
 
     /// The value of `key` from the first of its nodes that is up, within `limit`. A fault is a miss.

@@ -1,6 +1,6 @@
 //! Administration from any SQL client on the proxy's own port, in a syntax Postgres itself rejects (so
-//! it can never shadow real SQL): `SHOW VENEER STATUS`, `SHOW VENEER QUERIES`, `VENEER FLUSH [ALL]`,
-//! `VENEER FLUSH TABLE name`. Answers are ordinary result sets authored with pgwire's messages.
+//! it can never shadow real SQL): `SHOW VENEER STATUS`, `SHOW VENEER QUERIES`, `SHOW VENEER NODES`,
+//! `SHOW VENEER HOT`, `VENEER FLUSH [ALL]`, `VENEER FLUSH TABLE name`. Answers are ordinary result sets authored with pgwire's messages.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use pgwire::messages::data::{DataRow, FieldDescription, RowDescription};
@@ -11,7 +11,7 @@ use veneer_config::Replication;
 use veneer_invalidation::Source;
 
 use super::database::{CatalogState, Listener};
-use super::Cache;
+use super::{tier_view, Cache};
 use crate::wire::authored::{error_response, Severity};
 
 /// An administrative command.
@@ -21,6 +21,10 @@ pub enum Command {
     Status,
     /// Statistics per query shape.
     Queries,
+    /// The tier's nodes.
+    Nodes,
+    /// The most-hit requests.
+    Hot,
     /// Drop every cached result.
     FlushAll,
     /// Drop the cached results that read one table.
@@ -55,6 +59,8 @@ pub fn command(sql: &[u8]) -> Option<Command> {
     let command = match upper.as_slice() {
         ["SHOW", "VENEER", "STATUS"] => Command::Status,
         ["SHOW", "VENEER", "QUERIES"] => Command::Queries,
+        ["SHOW", "VENEER", "NODES"] => Command::Nodes,
+        ["SHOW", "VENEER", "HOT"] => Command::Hot,
         ["VENEER", "FLUSH"] | ["VENEER", "FLUSH", "ALL"] => Command::FlushAll,
         ["VENEER", "FLUSH", "TABLE", _] => Command::FlushTable(fold_identifier(words[3])),
         ["SHOW", "VENEER", ..] | ["VENEER", ..] => Command::Unknown(words.join(" ")),
@@ -100,6 +106,11 @@ pub async fn answer(cache: &Cache, command: &Command, admin: bool, tx: Transacti
                 result_set(&mut out, &["name", "value"], &rows);
             }
             Command::Queries => result_set(&mut out, &QUERY_COLUMNS, &queries(cache)),
+            Command::Nodes => {
+                let rows = tier_view::nodes(cache).await;
+                result_set(&mut out, &tier_view::NODE_COLUMNS, &rows);
+            }
+            Command::Hot => result_set(&mut out, &tier_view::HOT_COLUMNS, &tier_view::hot(cache)),
             Command::FlushAll => {
                 cache.flush_all().await;
                 cache.meters.invalidation(Source::Admin);
@@ -115,7 +126,8 @@ pub async fn answer(cache: &Cache, command: &Command, admin: bool, tx: Transacti
                 "42601",
                 &format!(
                     "unknown Veneer command \"{text}\"; the commands are SHOW VENEER STATUS, \
-                     SHOW VENEER QUERIES, VENEER FLUSH ALL and VENEER FLUSH TABLE name"
+                     SHOW VENEER QUERIES, SHOW VENEER NODES, SHOW VENEER HOT, VENEER FLUSH ALL \
+                     and VENEER FLUSH TABLE name"
                 ),
             )),
         }
@@ -159,6 +171,7 @@ async fn status(cache: &Cache) -> Vec<Vec<String>> {
     .into_iter()
     .map(|(k, v)| vec![k.to_owned(), v])
     .collect::<Vec<_>>();
+    rows.extend(tier_view::status(cache));
     let mut databases = cache.databases();
     databases.sort_by(|a, b| a.name.cmp(&b.name));
     for db in databases {
@@ -296,7 +309,8 @@ fn clock(at: std::time::SystemTime) -> String {
     )
 }
 
-fn ratio(hits: u64, misses: u64) -> String {
+/// `hits / (hits + misses)` to four places, 0 before the first lookup.
+pub(super) fn ratio(hits: u64, misses: u64) -> String {
     match hits + misses {
         0 => "0".to_owned(),
         n => format!("{:.4}", hits as f64 / n as f64),

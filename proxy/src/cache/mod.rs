@@ -10,11 +10,13 @@ mod demand;
 pub mod digest;
 pub mod fence;
 mod follow;
+pub mod hot;
 pub(crate) use follow::permanent_slot;
 pub mod point;
 pub mod privileges;
 mod service;
 mod slot;
+pub mod tier_view;
 pub mod verify;
 
 use std::collections::HashMap;
@@ -85,6 +87,8 @@ pub struct Cache {
     origin: u64,
     /// Statistics per query shape.
     pub digests: Digests,
+    /// The most-hit requests.
+    pub hot: hot::Hot,
     /// When the proxy started, for the status.
     pub started: Instant,
     /// Metric handles.
@@ -161,6 +165,7 @@ impl Cache {
                     .finish()
             },
             digests: Digests::default(),
+            hot: hot::Hot::default(),
             started: Instant::now(),
             databases: Mutex::new(HashMap::new()),
             flights: Mutex::new(HashMap::new()),
@@ -302,6 +307,7 @@ pub async fn report_usage(cache: Weak<Cache>) {
         cache.meters.bytes.set(usage.bytes as f64);
         cache.meters.evictions.absolute(usage.evictions);
         cache.meters.expirations.absolute(usage.expirations);
+        tier_view::report(&cache);
     }
 }
 

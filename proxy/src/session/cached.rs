@@ -477,6 +477,7 @@ impl Session {
         }
         let key = self.key();
         if let Some(response) = cache.store.get(&key).await {
+            cache.hot.hit(&key);
             self.serve_hit(response, started, key.stamp);
             return;
         }
