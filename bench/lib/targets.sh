@@ -47,9 +47,41 @@ build_veneer() {
     [[ -x $VENEER_BIN ]] || die "BENCH_VENEER_BIN=$VENEER_BIN is not executable"
     return
   fi
-  log "cargo build --release -p veneer-proxy"
-  (cd "$ROOT" && cargo build --release -p veneer-proxy) || die "veneer did not build"
+  log "cargo build --release -p veneer-proxy -p veneer-cache-node"
+  (cd "$ROOT" && cargo build --release -p veneer-proxy -p veneer-cache-node) || die "veneer did not build"
   VENEER_BIN="$ROOT/target/release/veneer"
+}
+
+# The cache tiers the tier targets share: three veneer-cache-nodes (both node targets use them; each
+# Veneer keeps its keys in a namespace of its own) and a redis-server for veneer-redis.
+TIER_NODES=""
+start_cache_nodes() {
+  [[ -n $TIER_NODES ]] && return
+  local node_bin n port pid
+  node_bin="$(dirname "$VENEER_BIN")/veneer-cache-node"
+  [[ -x $node_bin ]] || die "$node_bin not found (cargo build --release -p veneer-cache-node)"
+  for n in 1 2 3; do
+    free_port port
+    log "starting veneer-cache-node $n on 127.0.0.1:$port"
+    setsid "${UNDER[@]}" "$node_bin" --listen "127.0.0.1:$port" --max-bytes $((1 << 30)) \
+      --log-level warn >"$TMP/cache-node-$n.log" 2>&1 &
+    pid=$!
+    TARGET_PID[cache-node-$n]=$pid
+    wait_for_port "$port" "$pid" || { tail -n 20 "$TMP/cache-node-$n.log" >&2; die "cache node $n did not start"; }
+    TIER_NODES+="${TIER_NODES:+,}127.0.0.1:$port"
+  done
+}
+
+TIER_REDIS=""
+start_tier_redis() {
+  local port
+  free_port port
+  log "starting redis-server (Veneer's tier) on 127.0.0.1:$port"
+  setsid redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no \
+    --logfile "$TMP/tier-redis.log" --dir "$TMP" &
+  TARGET_PID[tier-redis]=$!
+  wait_for_port "$port" "${TARGET_PID[tier-redis]}" || { tail -n 20 "$TMP/tier-redis.log" >&2; die "redis-server did not start"; }
+  TIER_REDIS="redis://127.0.0.1:$port"
 }
 
 # UNDER: a command the measured servers run under (bench/instructions: valgrind); none by default.
@@ -192,6 +224,16 @@ start_target() {
     veneer-table) start_veneer veneer-table --cache-default-ttl 1h --cache-row-keys false ;;
     veneer-reuse) start_veneer veneer-reuse --cache-default-ttl 1h --pool-idle-timeout 60s ;;
     passthrough) start_veneer passthrough --cache false ;;
+    veneer-nodes | veneer-nodes-near)
+      start_cache_nodes
+      local near=()
+      [[ $1 == veneer-nodes-near ]] && near=(--cache-near-bytes $((256 << 20)))
+      start_veneer "$1" --cache-default-ttl 1h --cache-tier nodes --cache-nodes "$TIER_NODES" "${near[@]}"
+      ;;
+    veneer-redis)
+      start_tier_redis
+      start_veneer veneer-redis --cache-default-ttl 1h --cache-tier redis --cache-nodes "$TIER_REDIS"
+      ;;
     pgbouncer) start_pgbouncer ;;
     pgpool) start_pgpool ;;
     redis) start_redis ;;
@@ -214,6 +256,9 @@ target_label() {
     veneer-table) echo "Veneer (cache, table-level)" ;;
     veneer-reuse) echo "Veneer (cache, server sessions reused)" ;;
     passthrough) echo "Veneer (cache off)" ;;
+    veneer-nodes) echo "Veneer, 3 cache-nodes" ;;
+    veneer-nodes-near) echo "Veneer, 3 cache-nodes + near cache" ;;
+    veneer-redis) echo "Veneer, Redis" ;;
     pgbouncer) echo "PgBouncer (session)" ;;
     pgpool) echo "Pgpool-II (query cache)" ;;
     redis) echo "Redis GET (200 B)" ;;
@@ -226,15 +271,16 @@ target_needs() {
     pgbouncer) echo "pgbouncer|pgbouncer" ;;
     pgpool) echo "pgpool|pgpool2" ;;
     redis) echo "redis-server|redis-server" "redis-benchmark|redis-tools" "redis-cli|redis-tools" ;;
+    veneer-redis) echo "redis-server|redis-server" ;;
   esac
 }
 
 # caching TARGET: whether the target answers reads from a cache of its own.
-caching() { [[ $1 == veneer || $1 == veneer-table || $1 == veneer-reuse || $1 == pgpool ]]; }
+caching() { [[ $1 == pgpool ]] || streaming "$1"; }
 
 # streaming TARGET: whether the target follows the database's replication stream (a walsender on the
 # server decodes every commit for it, and the target applies it).
-streaming() { [[ $1 == veneer || $1 == veneer-table || $1 == veneer-reuse ]]; }
+streaming() { [[ $1 == veneer* ]]; }
 
 # pause_streams TARGET: stops (SIGSTOP) every streaming target but TARGET, so that a run carries only
 # the stream its target would carry in production. A paused Veneer's walsender blocks once the

@@ -12,6 +12,7 @@ pub mod faults;
 pub mod handshake;
 pub mod logging;
 pub mod metrics;
+pub mod passthrough;
 pub mod pool;
 pub mod server;
 pub mod session;

@@ -8,6 +8,7 @@ use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use veneer_invalidation::Source;
 
 use crate::error::Error;
+use crate::passthrough::Reason;
 
 /// Latency buckets, in seconds: from a few microseconds (hits) to seconds (slow queries).
 const BUCKETS: &[f64] = &[
@@ -58,8 +59,10 @@ pub struct Meters {
     pub hits: Tally,
     /// Cacheable requests fetched upstream.
     pub misses: Tally,
-    /// Requests forwarded uncached (all reasons; per reason in Prometheus only).
+    /// Requests forwarded uncached, all reasons.
     pub bypasses: Tally,
+    /// The same per reason, indexed as [`Reason::ALL`].
+    pub bypass_reasons: Box<[Tally]>,
     /// Misses that waited for an identical miss in flight instead of going upstream.
     pub coalesced: Tally,
     /// Time of a hit, request to reply queued.
@@ -101,8 +104,12 @@ impl Default for Meters {
         Meters {
             hits: Tally::new(counter!("veneer_cache_hits_total")),
             misses: Tally::new(counter!("veneer_cache_misses_total")),
-            // Exported per reason by `bypass`; the total is only read back.
+            // Exported per reason; the total is only read back.
             bypasses: Tally::new(Counter::noop()),
+            bypass_reasons: Reason::ALL
+                .iter()
+                .map(|r| Tally::new(counter!("veneer_cache_bypasses_total", "reason" => r.label())))
+                .collect(),
             coalesced: Tally::new(counter!("veneer_cache_coalesced_total")),
             hit_seconds: histogram!("veneer_request_duration_seconds", "path" => "hit"),
             miss_seconds: histogram!("veneer_request_duration_seconds", "path" => "miss"),
@@ -228,9 +235,9 @@ impl StreamMeters {
 
 impl Meters {
     /// A request forwarded although it might have been cacheable, by reason.
-    pub fn bypass(&self, reason: &'static str) {
+    pub fn bypass(&self, reason: Reason) {
         self.bypasses.add(1);
-        counter!("veneer_cache_bypasses_total", "reason" => reason).increment(1);
+        self.bypass_reasons[reason.index()].add(1);
     }
 
     /// A sampled hit that was not checked, and why.

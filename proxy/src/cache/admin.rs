@@ -12,6 +12,7 @@ use veneer_invalidation::Source;
 
 use super::database::{CatalogState, Listener};
 use super::{tier_view, Cache};
+use crate::passthrough::Reason;
 use crate::wire::authored::{error_response, Severity};
 
 /// An administrative command.
@@ -171,6 +172,10 @@ async fn status(cache: &Cache) -> Vec<Vec<String>> {
     .into_iter()
     .map(|(k, v)| vec![k.to_owned(), v])
     .collect::<Vec<_>>();
+    rows.extend(Reason::ALL.iter().filter_map(|&r| {
+        let n = meters.bypass_reasons[r.index()].get();
+        (n > 0).then(|| vec![format!("bypasses {}", r.label()), n.to_string()])
+    }));
     rows.extend(tier_view::status(cache));
     let mut databases = cache.databases();
     databases.sort_by(|a, b| a.name.cmp(&b.name));

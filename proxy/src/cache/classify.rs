@@ -18,6 +18,8 @@ use sqlparser::keywords::Keyword;
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Token, Tokenizer, Word};
 
+use crate::passthrough::Reason;
+
 /// A relation as named in the statement: identifiers folded as Postgres folds them.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Name {
@@ -56,7 +58,7 @@ pub enum Analysis {
     /// place (DDL, CALL, DO, SELECT INTO, unparsable text), which then bumps the whole database.
     Other {
         /// Why it is not cached.
-        reason: &'static str,
+        reason: Reason,
         /// Whether running it may change what cached reads return.
         may_write: bool,
         /// Whether it may change the schema, functions or privileges the catalog describes.
@@ -94,7 +96,7 @@ pub enum Operand {
 }
 
 impl Analysis {
-    fn other(reason: &'static str, may_write: bool) -> Analysis {
+    fn other(reason: Reason, may_write: bool) -> Analysis {
         Analysis::Other {
             reason,
             may_write,
@@ -102,7 +104,7 @@ impl Analysis {
         }
     }
 
-    fn ddl(reason: &'static str) -> Analysis {
+    fn ddl(reason: Reason) -> Analysis {
         Analysis::Other {
             reason,
             may_write: true,
@@ -118,7 +120,7 @@ pub fn analyze(sql: &str) -> Analysis {
         Err(_) => return unparsable(sql),
     };
     match statements.as_slice() {
-        [] => Analysis::other("empty query", false),
+        [] => Analysis::other(Reason::EmptyQuery, false),
         [one] => analyze_statement(sql, one),
         many => several(many.iter().map(|s| analyze_statement(sql, s))),
     }
@@ -130,7 +132,7 @@ pub fn analyze(sql: &str) -> Analysis {
 /// read again only if it holds DDL: as DDL, a steady stream of such writes kept the catalog from
 /// ever being read, and every read forwarded.
 fn several(analyses: impl Iterator<Item = Analysis>) -> Analysis {
-    const REASON: &str = "several statements in one query";
+    const REASON: Reason = Reason::SeveralStatements;
     let (mut relations, mut functions) = (BTreeSet::new(), BTreeSet::new());
     let (mut writes, mut unplaced) = (false, false);
     for analysis in analyses {
@@ -182,13 +184,13 @@ fn analyze_statement(sql: &str, statement: &Statement) -> Analysis {
                     rows: None,
                 }
             } else if names.select_into {
-                Analysis::ddl("SELECT INTO creates a table")
+                Analysis::ddl(Reason::SelectInto)
             } else if !query.locks.is_empty() || names.locks {
-                Analysis::other("locking clause", false)
+                Analysis::other(Reason::LockingClause, false)
             } else if names.reg_cast {
-                Analysis::other("cast to a catalog reference type", false)
+                Analysis::other(Reason::CatalogCast, false)
             } else if names.time_word {
-                Analysis::other("date/time literal evaluated at run time", false)
+                Analysis::other(Reason::RuntimeDatetime, false)
             } else {
                 let relations = names.relations();
                 let equalities = if relations.len() == 1 && names.queries == 1 {
@@ -225,13 +227,15 @@ fn analyze_statement(sql: &str, statement: &Statement) -> Analysis {
                 rows: None,
             }
         }
-        Statement::Copy { to: true, .. } => Analysis::other("COPY TO", !names.functions.is_empty()),
+        Statement::Copy { to: true, .. } => {
+            Analysis::other(Reason::CopyTo, !names.functions.is_empty())
+        }
         Statement::Explain {
             analyze: false,
             statement,
             ..
         } if !matches!(**statement, Statement::Query(_)) || !names.modifies => {
-            Analysis::other("EXPLAIN", false)
+            Analysis::other(Reason::Explain, false)
         }
         Statement::Set(_)
         | Statement::ShowVariable { .. }
@@ -246,8 +250,8 @@ fn analyze_statement(sql: &str, statement: &Statement) -> Analysis {
         | Statement::Close { .. }
         | Statement::LISTEN { .. }
         | Statement::UNLISTEN { .. }
-        | Statement::NOTIFY { .. } => Analysis::other("session or transaction control", false),
-        _ => Analysis::ddl("may change data or schema in ways the proxy cannot place"),
+        | Statement::NOTIFY { .. } => Analysis::other(Reason::SessionControl, false),
+        _ => Analysis::ddl(Reason::Ddl),
     }
 }
 
@@ -277,9 +281,9 @@ fn unparsable(sql: &str) -> Analysis {
     let first = first_word(sql);
     let harmless = HARMLESS.iter().any(|w| first.eq_ignore_ascii_case(w));
     if harmless {
-        Analysis::other("not understood by the parser", false)
+        Analysis::other(Reason::Unparsable, false)
     } else {
-        Analysis::ddl("not understood by the parser")
+        Analysis::ddl(Reason::Unparsable)
     }
 }
 
@@ -651,7 +655,7 @@ mod tests {
         }
     }
 
-    fn reason(sql: &str) -> (&'static str, bool) {
+    fn reason(sql: &str) -> (Reason, bool) {
         match analyze(sql) {
             Analysis::Other {
                 reason, may_write, ..
@@ -672,7 +676,7 @@ mod tests {
         );
         assert_eq!(read("VALUES (1), (2)"), (vec![], vec![]));
         // sqlparser does not parse TABLE t: it is forwarded, and cannot write.
-        assert_eq!(reason("TABLE t"), ("not understood by the parser", false));
+        assert_eq!(reason("TABLE t"), (Reason::Unparsable, false));
     }
 
     fn terms(sql: &str) -> Vec<(String, Operand)> {
@@ -729,16 +733,13 @@ mod tests {
     fn locking_and_catalog_casts_are_not_cached() {
         assert_eq!(
             reason("SELECT * FROM t FOR UPDATE"),
-            ("locking clause", false)
+            (Reason::LockingClause, false)
         );
         assert_eq!(
             reason("SELECT * FROM (SELECT * FROM t FOR SHARE) s"),
-            ("locking clause", false)
+            (Reason::LockingClause, false)
         );
-        assert_eq!(
-            reason("SELECT 't'::regclass").0,
-            "cast to a catalog reference type"
-        );
+        assert_eq!(reason("SELECT 't'::regclass").0, Reason::CatalogCast);
     }
 
     #[test]

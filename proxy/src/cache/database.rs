@@ -20,6 +20,7 @@ use super::fence::Fence;
 use super::point::Point;
 use super::Digests;
 use crate::metrics::StreamMeters;
+use crate::passthrough::Reason;
 
 /// Plans memoized per database, by query shape; past this many the memo starts over.
 const MEMO_CAPACITY: usize = 10_000;
@@ -50,7 +51,7 @@ pub enum Action {
     /// Forwarded uncached.
     Forward {
         /// Why, as a metrics label.
-        reason: &'static str,
+        reason: Reason,
         /// What to invalidate when its transaction ends, if it may write.
         bump: Option<Bump>,
         /// It may also change what `bump` does not name (triggers, rules, functions that write),
@@ -90,22 +91,6 @@ impl Plan {
             Action::Forward { .. } => None,
         }
     }
-}
-
-/// Reasons a read is forwarded, as metrics labels.
-pub mod reason {
-    /// The catalog has not been read (yet, or the service login fails).
-    pub const NO_CATALOG: &str = "catalog_unavailable";
-    /// A view, sequence, foreign or temporary relation, or a name the catalog does not know.
-    pub const RELATION: &str = "not_a_plain_table";
-    /// A system catalog without a TTL rule.
-    pub const SYSTEM: &str = "system_catalog";
-    /// An unlogged table (its changes are not in the replication stream) without a TTL rule.
-    pub const UNLOGGED: &str = "unlogged_table";
-    /// A function whose result may change between calls.
-    pub const FUNCTION: &str = "volatile_function";
-    /// A rule or hint said never.
-    pub const RULE: &str = "rule_or_hint";
 }
 
 /// What a database's replication listener is doing.
@@ -365,7 +350,7 @@ impl Database {
                 self.decide(text, normal, literals, catalog.as_deref(), config, digests)
             }
             _ => Action::Forward {
-                reason: "not UTF-8",
+                reason: Reason::NotUtf8,
                 bump: Some(Bump::Global),
                 fence: false,
                 ddl: false,
@@ -414,7 +399,7 @@ impl Database {
                         matches!(c.relation(r), Some(Relation::Table | Relation::Unlogged))
                     })
                 }) else {
-                    return forward("write", Some(Bump::Global), false);
+                    return forward(Reason::Write, Some(Bump::Global), false);
                 };
                 let reach = c.reach(&relations);
                 let unseen = reach.unseen
@@ -422,7 +407,7 @@ impl Database {
                         .iter()
                         .any(|f| c.function(f) == Function::Unsafe { may_write: true });
                 if unseen && !followed {
-                    return forward("write", Some(Bump::Global), false);
+                    return forward(Reason::Write, Some(Bump::Global), false);
                 }
                 let rows = rows.as_ref().filter(|_| config.row_keys && !reach.cascades);
                 let bump = match row_write(&relations, rows, c, literals) {
@@ -438,7 +423,7 @@ impl Database {
                     ),
                 };
                 Action::Forward {
-                    reason: "write",
+                    reason: Reason::Write,
                     bump: Some(bump),
                     fence: unseen,
                     ddl: false,
@@ -462,7 +447,7 @@ impl Database {
                 equalities,
             } => {
                 let Some(catalog) = catalog else {
-                    return forward(reason::NO_CATALOG, None, false);
+                    return forward(Reason::CatalogUnavailable, None, false);
                 };
                 for f in &functions {
                     match catalog.function(f) {
@@ -470,7 +455,7 @@ impl Database {
                         // What it writes shows in the stream.
                         Function::Unsafe { may_write: true } if followed => {
                             return Action::Forward {
-                                reason: reason::FUNCTION,
+                                reason: Reason::VolatileFunction,
                                 bump: None,
                                 fence: true,
                                 ddl: false,
@@ -479,7 +464,7 @@ impl Database {
                         }
                         Function::Unsafe { may_write } => {
                             return forward(
-                                reason::FUNCTION,
+                                Reason::VolatileFunction,
                                 may_write.then_some(Bump::Global),
                                 false,
                             )
@@ -521,12 +506,12 @@ impl Database {
         relations: &std::collections::BTreeSet<Name>,
         catalog: &Catalog,
         config: &CacheConfig,
-    ) -> Result<Duration, &'static str> {
+    ) -> Result<Duration, Reason> {
         let chosen = match digest::hint(shape) {
-            Some(Hint::NoCache) => return Err(reason::RULE),
+            Some(Hint::NoCache) => return Err(Reason::RuleOrHint),
             Some(Hint::Ttl(d)) => Some(d),
             None => match query_rule(config, shape) {
-                Some(Ttl::Never) => return Err(reason::RULE),
+                Some(Ttl::Never) => return Err(Reason::RuleOrHint),
                 Some(Ttl::For(d)) => Some(d),
                 None => None,
             },
@@ -538,12 +523,12 @@ impl Database {
                 Some(Relation::Table) => {}
                 Some(Relation::System | Relation::Unlogged)
                     if chosen.is_some() || rule.is_some() => {}
-                Some(Relation::System) => return Err(reason::SYSTEM),
-                Some(Relation::Unlogged) => return Err(reason::UNLOGGED),
-                Some(Relation::Other) | None => return Err(reason::RELATION),
+                Some(Relation::System) => return Err(Reason::SystemCatalog),
+                Some(Relation::Unlogged) => return Err(Reason::UnloggedTable),
+                Some(Relation::Other) | None => return Err(Reason::NotAPlainTable),
             }
             match rule {
-                Some(Ttl::Never) if chosen.is_none() => return Err(reason::RULE),
+                Some(Ttl::Never) if chosen.is_none() => return Err(Reason::RuleOrHint),
                 Some(Ttl::For(d)) if chosen.is_none() => ttl = ttl.min(d),
                 _ => {}
             }

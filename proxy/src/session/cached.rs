@@ -34,6 +34,7 @@ use crate::cache::privileges::RoleSession;
 use crate::cache::verify::{self, Sample};
 use crate::cache::{Cache, DatabaseHold, Flight, FlightGuard};
 use crate::error::Error;
+use crate::passthrough::Reason;
 use crate::wire::frame::{cstr, frames, Header, HEADER_LEN};
 
 /// Distinct statements one cacheable unit may run (a longer pipeline is forwarded).
@@ -447,16 +448,16 @@ impl Session {
             return;
         }
         if !cache.serves(&self.cache.as_ref().expect("checked").db) {
-            self.bypass("replication_down");
+            self.bypass(Reason::ReplicationDown);
             return;
         }
         let c = self.cache.as_mut().expect("checked");
         if !c.db.privileges.ready() {
-            self.bypass("privileges_not_checked");
+            self.bypass(Reason::PrivilegesNotChecked);
             return;
         }
         if c.role.uncertain() {
-            self.bypass("role_settings_changed");
+            self.bypass(Reason::RoleSettingsChanged);
             return;
         }
         let newest = match c.current.as_ref().map(|u| &u.what) {
@@ -467,12 +468,12 @@ impl Session {
             let db = Arc::clone(&c.db);
             let limit = self.shared.config.connect_timeout;
             if !db.privileges.cover(newest, limit).await {
-                self.bypass("privileges_not_checked");
+                self.bypass(Reason::PrivilegesNotChecked);
                 return;
             }
         }
         if !self.cache.as_mut().expect("checked").fence_passed() {
-            self.bypass("own_write_not_applied");
+            self.bypass(Reason::OwnWriteNotApplied);
             return;
         }
         let key = self.key();
@@ -484,12 +485,12 @@ impl Session {
         if self.state.tx != TxStatus::Idle {
             // A read-only block's snapshot may be older than the generations just read: its answer
             // must not be stored under them.
-            self.bypass("read_only_transaction_miss");
+            self.bypass(Reason::ReadOnlyTransactionMiss);
             return;
         }
         let c = self.cache.as_mut().expect("checked");
         if std::mem::take(&mut c.flight_given_up) {
-            self.bypass("coalesced_miss_too_slow");
+            self.bypass(Reason::CoalescedMissTooSlow);
             return;
         }
         let guard = match cache.flight(&key) {
@@ -525,13 +526,13 @@ impl Session {
     }
 
     /// Why the session's state rules the cache out right now, if it does.
-    fn uncacheable_state(&self) -> Option<&'static str> {
+    fn uncacheable_state(&self) -> Option<Reason> {
         if self.state.tx != TxStatus::Idle && !self.in_read_only_block() {
-            Some("in_transaction")
+            Some(Reason::InTransaction)
         } else if self.state.settings.is_opaque() {
-            Some("session_settings_unknown")
+            Some(Reason::SessionSettingsUnknown)
         } else if self.state.temp_tables {
-            Some("session_has_temp_tables")
+            Some(Reason::SessionHasTempTables)
         } else {
             None
         }
@@ -548,7 +549,7 @@ impl Session {
     }
 
     /// Forwards the current unit uncached, counting why.
-    fn bypass(&mut self, reason: &'static str) {
+    fn bypass(&mut self, reason: Reason) {
         let c = self.cache.as_mut().expect("only called with a cache");
         c.cache.meters.bypass(reason);
         let unit = c.current.take().expect("only called with a current unit");
@@ -698,6 +699,11 @@ impl Session {
             self.to_upstream.push(bytes);
             return;
         };
+        if let Some((plan, _)) = &planned {
+            if let Action::Forward { reason, .. } = plan.action {
+                c.cache.meters.bypass(reason);
+            }
+        }
         if !self.state.awaits_reply() && c.busy_since.is_none() {
             c.busy_since = Some(Instant::now());
         }
