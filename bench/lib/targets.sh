@@ -72,16 +72,16 @@ start_cache_nodes() {
   done
 }
 
-TIER_REDIS=""
-start_tier_redis() {
+# start_redis_server NAME: a private redis-server keeping nothing on disk, recorded as NAME.
+start_redis_server() {
   local port
   free_port port
-  log "starting redis-server (Veneer's tier) on 127.0.0.1:$port"
+  log "starting redis-server ($1) on 127.0.0.1:$port"
   setsid redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no \
-    --logfile "$TMP/tier-redis.log" --dir "$TMP" &
-  TARGET_PID[tier-redis]=$!
-  wait_for_port "$port" "${TARGET_PID[tier-redis]}" || { tail -n 20 "$TMP/tier-redis.log" >&2; die "redis-server did not start"; }
-  TIER_REDIS="redis://127.0.0.1:$port"
+    --logfile "$TMP/$1.log" --dir "$TMP" &
+  TARGET_PORT[$1]=$port
+  TARGET_PID[$1]=$!
+  wait_for_port "$port" "${TARGET_PID[$1]}" || { tail -n 20 "$TMP/$1.log" >&2; die "redis-server did not start"; }
 }
 
 # UNDER: a command the measured servers run under (bench/instructions: valgrind); none by default.
@@ -195,15 +195,8 @@ EOF
 
 # A private redis-server holding one 200-byte value at the key redis-benchmark's GET reads.
 start_redis() {
-  local port
-  free_port port
-  log "starting redis-server on 127.0.0.1:$port"
-  setsid redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no \
-    --logfile "$TMP/redis.log" --dir "$TMP" &
-  TARGET_PORT[redis]=$port
-  TARGET_PID[redis]=$!
-  wait_for_port "$port" "${TARGET_PID[redis]}" || { tail -n 20 "$TMP/redis.log" >&2; die "redis-server did not start"; }
-  redis-cli -h 127.0.0.1 -p "$port" SET 'key:__rand_int__' "$(printf 'x%.0s' {1..200})" >/dev/null ||
+  start_redis_server redis
+  redis-cli -h 127.0.0.1 -p "${TARGET_PORT[redis]}" SET 'key:__rand_int__' "$(printf 'x%.0s' {1..200})" >/dev/null ||
     die "could not store the value redis-benchmark reads"
 }
 
@@ -231,8 +224,9 @@ start_target() {
       start_veneer "$1" --cache-default-ttl 1h --cache-tier nodes --cache-nodes "$TIER_NODES" "${near[@]}"
       ;;
     veneer-redis)
-      start_tier_redis
-      start_veneer veneer-redis --cache-default-ttl 1h --cache-tier redis --cache-nodes "$TIER_REDIS"
+      start_redis_server tier-redis
+      start_veneer veneer-redis --cache-default-ttl 1h --cache-tier redis \
+        --cache-nodes "redis://127.0.0.1:${TARGET_PORT[tier-redis]}"
       ;;
     pgbouncer) start_pgbouncer ;;
     pgpool) start_pgpool ;;
