@@ -63,7 +63,8 @@ start_cache_nodes() {
   for n in 1 2 3; do
     free_port port
     log "starting veneer-cache-node $n on 127.0.0.1:$port"
-    setsid "${UNDER[@]}" "$node_bin" --listen "127.0.0.1:$port" --max-bytes $((1 << 30)) \
+    # One worker each: three nodes share the two cores with Postgres, the proxy and pgbench.
+    setsid "${UNDER[@]}" "$node_bin" --listen "127.0.0.1:$port" --max-bytes $((1 << 30)) --workers 1 \
       --log-level warn >"$TMP/cache-node-$n.log" 2>&1 &
     pid=$!
     TARGET_PID[cache-node-$n]=$pid

@@ -27,11 +27,7 @@ fn main() -> ExitCode {
         eprintln!("veneer-cache-node: {e}");
         return ExitCode::from(2);
     }
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(workers) = config.workers {
-        builder.worker_threads(workers);
-    }
-    let runtime = match builder.enable_all().build() {
+    let runtime = match veneer_config::runtime(config.workers) {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("veneer-cache-node: cannot start the runtime: {e}");

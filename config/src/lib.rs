@@ -711,6 +711,28 @@ fn invalid(key: &'static str, problem: &str) -> ConfigError {
     }
 }
 
+/// The tokio runtime of a binary whose `workers` setting is `workers`: when unset, 1 on machines
+/// with 2 cores or fewer (where the process shares them with its clients and peers), else one per
+/// core. One worker means one thread: the current-thread scheduler then saves the cross-thread
+/// wake-ups (futex calls) the work-stealing scheduler makes even with a single worker.
+pub fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let workers = workers.unwrap_or_else(|| {
+        match std::thread::available_parallelism().map_or(1, |n| n.get()) {
+            cores if cores <= 2 => 1,
+            cores => cores,
+        }
+    });
+    let mut builder = match workers {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        workers => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(workers);
+            builder
+        }
+    };
+    builder.enable_all().build()
+}
+
 /// Whether an environment variable is the proxy's to know: `VENEER_*`, but not a cache node's.
 fn proxy_env(name: &str) -> bool {
     name.starts_with("VENEER_") && !name.starts_with(node::ENV_PREFIX)

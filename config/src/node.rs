@@ -53,7 +53,8 @@ pub struct NodeSettings {
     #[arg(long, env = "VENEER_CACHE_NODE_MAX_CLIENTS", value_name = "N")]
     pub max_clients: Option<usize>,
 
-    /// Runtime worker threads [default: the number of cores].
+    /// Runtime worker threads [default: 1 on machines with 2 cores or fewer, else the number of
+    /// cores].
     #[arg(long, env = "VENEER_CACHE_NODE_WORKERS", value_name = "N")]
     pub workers: Option<usize>,
 

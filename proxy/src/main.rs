@@ -28,17 +28,7 @@ fn main() -> ExitCode {
         eprintln!("veneer: {e}");
         return ExitCode::from(2);
     }
-    let mut runtime = match config.workers.unwrap_or_else(default_workers) {
-        // One worker means one thread: the current-thread scheduler then saves the cross-thread
-        // wake-ups (futex calls) the work-stealing scheduler makes even with a single worker.
-        1 => tokio::runtime::Builder::new_current_thread(),
-        workers => {
-            let mut builder = tokio::runtime::Builder::new_multi_thread();
-            builder.worker_threads(workers);
-            builder
-        }
-    };
-    let runtime = match runtime.enable_all().build() {
+    let runtime = match veneer_config::runtime(config.workers) {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("veneer: cannot start the runtime: {e}");
@@ -120,13 +110,6 @@ async fn run_command(command: &str, config: &Config) -> ExitCode {
 /// One thread on machines of two cores or fewer, where the proxy shares the cores with its clients and
 /// the database and extra threads only add wake-ups (measured in bench/: about 15 % less proxy CPU per
 /// transaction than two workers on 2 cores); one per core on larger machines.
-fn default_workers() -> usize {
-    match std::thread::available_parallelism().map_or(1, |n| n.get()) {
-        cores if cores <= 2 => 1,
-        cores => cores,
-    }
-}
-
 /// Completes on the first SIGINT or SIGTERM.
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
