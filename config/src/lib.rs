@@ -122,8 +122,9 @@ pub struct Settings {
     #[arg(long, env = "VENEER_CACHE_TIER", value_name = "TIER")]
     pub cache_tier: Option<CacheTier>,
 
-    /// The remote tier's servers: host:port of each veneer-cache-node, or redis:// and rediss:// URLs
-    /// (with user and password, e.g. rediss://user:secret@host:6379) for redis and redis-cluster.
+    /// The remote tier's servers: host:port of each veneer-cache-node (or a redis:// URL when it
+    /// needs a password), or redis:// and rediss:// URLs (with user and password, e.g.
+    /// rediss://user:secret@host:6379) for redis and redis-cluster.
     /// Separate with , on the command line and in the environment variable; in the file, a list.
     #[arg(
         long,
@@ -606,10 +607,10 @@ impl TierConfig {
         for node in &self.nodes {
             let url = node.starts_with("redis://") || node.starts_with("rediss://");
             match self.kind {
-                CacheTier::Nodes if url || node.parse::<HostPort>().is_err() => {
+                CacheTier::Nodes if !url && node.parse::<HostPort>().is_err() => {
                     return Err(ConfigError::Invalid {
                         key: "cache_nodes",
-                        problem: format!("'{node}' is not host:port"),
+                        problem: format!("'{node}' is neither host:port nor a redis:// URL"),
                     })
                 }
                 CacheTier::Redis | CacheTier::RedisCluster if !url => {

@@ -147,7 +147,7 @@ fn a_remote_tier_is_checked_as_a_whole() {
         (&["--cache-tier", "nodes"][..], "cache_nodes"),
         (&["--cache-nodes", "127.0.0.1:7001"][..], "cache_nodes"),
         (
-            &["--cache-tier", "nodes", "--cache-nodes", "redis://h:1"][..],
+            &["--cache-tier", "nodes", "--cache-nodes", "no-port"][..],
             "cache_nodes",
         ),
         (

@@ -21,6 +21,8 @@ pub struct RespServer {
     pub port: u16,
     program: PathBuf,
     args: Vec<String>,
+    /// The password clients must give, when it was started with one.
+    password: Option<String>,
     lines: Arc<Mutex<Vec<String>>>,
 }
 
@@ -60,11 +62,17 @@ impl RespServer {
     }
 
     async fn start(program: PathBuf, port: u16, args: Vec<String>) -> RespServer {
+        let password = args
+            .iter()
+            .position(|a| a == "--password")
+            .and_then(|i| args.get(i + 1))
+            .cloned();
         let mut server = RespServer {
             child: None,
             port,
             program,
             args,
+            password,
             lines: Arc::default(),
         };
         server.spawn().await;
@@ -144,28 +152,38 @@ impl RespServer {
 
     /// Keys the server holds (DBSIZE).
     pub async fn keys(&self) -> u64 {
-        let reply = self.cli(&["DBSIZE"]).await;
-        reply
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("DBSIZE answered {reply:?}"))
+        match self.command(&[b"DBSIZE"]).await {
+            Reply::Integer(n) => n as u64,
+            other => panic!("DBSIZE answered {other:?}"),
+        }
     }
 }
 
 impl RespServer {
-    /// Runs one command over a connection of its own, with binary-safe arguments (redis-cli's
-    /// output cannot carry Veneer's binary keys); its reply.
+    /// Runs one command over a connection of its own (authenticated first when the server has a
+    /// password), with binary-safe arguments (redis-cli's output cannot carry Veneer's binary
+    /// keys); its reply.
     pub async fn command(&self, args: &[&[u8]]) -> Reply {
-        let mut request = format!("*{}\r\n", args.len()).into_bytes();
-        for arg in args {
-            request.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
-            request.extend_from_slice(arg);
-            request.extend_from_slice(b"\r\n");
-        }
+        let encode = |args: &[&[u8]]| {
+            let mut request = format!("*{}\r\n", args.len()).into_bytes();
+            for arg in args {
+                request.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+                request.extend_from_slice(arg);
+                request.extend_from_slice(b"\r\n");
+            }
+            request
+        };
         let exchange = async {
             let socket = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await?;
             let mut socket = tokio::io::BufReader::new(socket);
-            socket.get_mut().write_all(&request).await?;
+            if let Some(password) = &self.password {
+                socket
+                    .get_mut()
+                    .write_all(&encode(&[b"AUTH", password.as_bytes()]))
+                    .await?;
+                read_reply(&mut socket).await?;
+            }
+            socket.get_mut().write_all(&encode(args)).await?;
             read_reply(&mut socket).await
         };
         crate::within("a RESP reply", exchange)
@@ -276,7 +294,8 @@ pub async fn redis_cli(port: u16, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// Whether a RESP server answers PING on `port` (within a second).
+/// Whether a RESP server answers PING on `port` (within a second): with PONG, or by asking for
+/// its password.
 async fn ping(port: u16) -> bool {
     let attempt = async {
         let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -285,7 +304,7 @@ async fn ping(port: u16) -> bool {
         socket.write_all(b"PING\r\n").await.ok()?;
         let mut reply = [0u8; 7];
         socket.read_exact(&mut reply).await.ok()?;
-        (&reply == b"+PONG\r\n").then_some(())
+        (&reply == b"+PONG\r\n" || &reply == b"-NOAUTH").then_some(())
     };
     tokio::time::timeout(Duration::from_secs(1), attempt)
         .await

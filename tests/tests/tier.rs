@@ -10,7 +10,7 @@ use veneer_config::{CacheTier, Millis, Settings};
 use veneer_tests::cache::{
     figure, first, on, own_database_with, until_seen, wait_database_cached, write_applied,
 };
-use veneer_tests::tier::{RedisCluster, RespServer};
+use veneer_tests::tier::{RedisCluster, Reply, RespServer};
 use veneer_tests::tools::PgTool;
 use veneer_tests::*;
 
@@ -350,6 +350,31 @@ async fn a_redis_cluster_as_the_tier() {
         assert!(server.keys().await > 0, "a primary holds no key");
     }
     stays_fresh(&client, &direct, "tier_cluster").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_a_password_holds_only_encrypted_values() {
+    let node = RespServer::cache_node(&["--password", "node-secret"]).await;
+    let url = format!("redis://:node-secret@{}", node.address());
+    let proxy = proxy_on(CacheTier::Nodes, vec![url], |s| {
+        s.cache_secret = Some("a fleet secret for the tests".to_owned());
+        s.cache_encrypt = Some(true);
+    })
+    .await;
+    let (client, direct) = scene(&proxy, "tier_sealed").await;
+    stays_fresh(&client, &direct, "tier_sealed").await;
+    // Whoever can read the node sees no row.
+    let keys = node.keys_matching("veneer:1:*").await;
+    assert!(keys.len() >= ROWS as usize, "{} keys stored", keys.len());
+    for key in keys {
+        let Reply::Bulk(Some(value)) = node.command(&[b"GET", &key]).await else {
+            continue; // expired or replaced meanwhile
+        };
+        assert!(
+            !value.windows(4).any(|w| w == b"row "),
+            "a stored value holds a row in clear"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,8 +10,10 @@ const MAX_LINE: usize = 64 * 1024;
 /// Most arguments in one request.
 const MAX_ARGS: usize = 1024 * 1024;
 
-/// Largest bulk string accepted, as Redis's default proto-max-bulk-len.
-pub const MAX_BULK: usize = 512 * 1024 * 1024;
+/// Largest bulk string accepted: far above any result a proxy stores (`max_result_bytes` is 1 MiB
+/// by default), and low enough that a client cannot make a node hold much for it (Redis allows 512
+/// MiB).
+pub const MAX_BULK: usize = 64 * 1024 * 1024;
 
 /// A request the client broke the protocol with; the connection is closed after the error reply.
 #[derive(Debug, Clone, PartialEq, Eq)]

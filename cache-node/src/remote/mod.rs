@@ -52,16 +52,15 @@ impl Remote {
     pub fn new(config: &TierConfig) -> Result<Remote, String> {
         let nodes = match config.kind {
             CacheTier::Embedded => return Err("the embedded tier is not remote".to_owned()),
-            CacheTier::Nodes => config
+            // A node is host:port, or a URL when it needs a password or TLS; Redis servers are URLs.
+            CacheTier::Nodes | CacheTier::Redis => config
                 .nodes
                 .iter()
-                .map(|n| Ok((n.clone(), Conn::single(&format!("redis://{n}"))?)))
+                .map(|n| match n.contains("://") {
+                    true => Ok((redact(n), Conn::single(n)?)),
+                    false => Ok((n.clone(), Conn::single(&format!("redis://{n}"))?)),
+                })
                 .collect::<Result<Vec<_>, String>>(),
-            CacheTier::Redis => config
-                .nodes
-                .iter()
-                .map(|url| Ok((redact(url), Conn::single(url)?)))
-                .collect(),
             CacheTier::RedisCluster => Ok(vec![(
                 format!("cluster {}", redact(&config.nodes[0])),
                 Conn::cluster(&config.nodes)?,
