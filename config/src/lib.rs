@@ -413,8 +413,13 @@ pub enum ConfigError {
         message: String,
     },
     /// A `VENEER_*` variable that no setting reads: most likely a typo, which would otherwise be ignored.
-    #[error("unknown environment variable {0}: no setting reads it (see veneer --help)")]
-    UnknownEnv(String),
+    #[error("unknown environment variable {name}: no setting reads it (see {program} --help)")]
+    UnknownEnv {
+        /// The variable.
+        name: String,
+        /// The binary that checked it.
+        program: String,
+    },
     /// A value or combination that parses but cannot work.
     #[error("invalid setting {key}: {problem}")]
     Invalid {
@@ -766,7 +771,10 @@ fn reject_unknown_env<S: CommandFactory>(
     for (name, _) in env {
         let is_ours = name.to_str().is_some_and(&ours);
         if is_ours && !known.contains(&name.as_os_str()) {
-            return Err(ConfigError::UnknownEnv(name.to_string_lossy().into_owned()));
+            return Err(ConfigError::UnknownEnv {
+                name: name.to_string_lossy().into_owned(),
+                program: command.get_name().to_owned(),
+            });
         }
     }
     Ok(())

@@ -390,3 +390,50 @@ async fn the_near_cache_answers_hot_reads_and_stays_coherent() {
     assert!(figure(&client, "tier_near_hits").await >= u64::from(ROWS));
     stays_fresh(&client, &direct, "tier_near").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_binary_explains_its_settings_and_refuses_bad_ones() {
+    let bin = veneer_tests::binary::cache_node_bin().await;
+    let run = |args: Vec<String>, env: Option<(&'static str, &'static str)>| {
+        let mut cmd = tokio::process::Command::new(&bin);
+        cmd.args(args).env("NO_COLOR", "1");
+        if let Some((k, v)) = env {
+            cmd.env(k, v);
+        }
+        async move { cmd.output().await.expect("run veneer-cache-node") }
+    };
+    let help = run(vec!["--help".into()], None).await;
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(help.status.success());
+    for flag in [
+        "--listen",
+        "--max-bytes",
+        "--snapshot",
+        "--password",
+        "--metrics-listen",
+    ] {
+        assert!(text.contains(flag), "--help lacks {flag}:\n{text}");
+    }
+    let dir = TempDir::new("node-config");
+    let file = dir.path().join("node.toml");
+    std::fs::write(&file, "listen = \"127.0.0.1:0\"\nmax_byte = 5\n").expect("write");
+    let refused = [
+        (vec!["--max-bytes".into(), "10".into()], None, "max_bytes"),
+        (
+            vec!["--config".into(), file.to_string_lossy().into_owned()],
+            None,
+            "max_byte",
+        ),
+        (
+            vec![],
+            Some(("VENEER_CACHE_NODE_LISTN", "x")),
+            "VENEER_CACHE_NODE_LISTN",
+        ),
+    ];
+    for (args, env, named) in refused {
+        let out = run(args.clone(), env).await;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?} {env:?}: {err}");
+        assert!(err.contains(named), "{args:?} {env:?}: {err}");
+    }
+}

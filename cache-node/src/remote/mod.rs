@@ -56,15 +56,20 @@ impl Remote {
             CacheTier::Nodes | CacheTier::Redis => config
                 .nodes
                 .iter()
-                .map(|n| match n.contains("://") {
-                    true => Ok((redact(n), Conn::single(n)?)),
-                    false => Ok((n.clone(), Conn::single(&format!("redis://{n}"))?)),
+                .map(|n| {
+                    let (name, url) = match n.contains("://") {
+                        true => (redact(n), n.clone()),
+                        false => (n.clone(), format!("redis://{n}")),
+                    };
+                    let conn = Conn::single(&url).map_err(|e| format!("'{name}': {e}"))?;
+                    Ok((name, conn))
                 })
                 .collect::<Result<Vec<_>, String>>(),
-            CacheTier::RedisCluster => Ok(vec![(
-                format!("cluster {}", redact(&config.nodes[0])),
-                Conn::cluster(&config.nodes)?,
-            )]),
+            CacheTier::RedisCluster => {
+                let name = format!("cluster {}", redact(&config.nodes[0]));
+                let conn = Conn::cluster(&config.nodes).map_err(|e| format!("{name}: {e}"))?;
+                Ok(vec![(name, conn)])
+            }
         }
         .map_err(|e| format!("cache_nodes: {e}"))?;
         Ok(Remote {
