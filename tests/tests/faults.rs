@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 use tokio_postgres::Client;
 use veneer_config::Millis;
-use veneer_tests::cache::{figure, first, run_direct, wait_cache_ready};
+use veneer_tests::cache::{
+    figure, first, own_database_with, run_direct, stream_failures, wait_cache_ready,
+};
 use veneer_tests::client::config;
 use veneer_tests::*;
 
@@ -389,4 +391,84 @@ async fn drop_slot(direct: &Client, name: &str) {
     })
     .await;
     assert!(dropped, "the permanent slot {name} stayed in use");
+}
+
+/// A proxy process that was itself paused for longer than the stream's silence limit (SIGSTOP here;
+/// in the field a VM migrating, a debugger) keeps its stream and its cache when it wakes: silence
+/// is counted from a question asked after waking, not from the last message heard before the
+/// pause. Before, every pause over 10 s dropped the stream and with it every cached result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_proxy_keeps_its_stream_and_its_cache() {
+    let _server = SERVER_FAULTS.lock().await;
+    let veneer = veneer_tests::binary::VeneerProcess::start(&["--metrics-listen", "off"]).await;
+    let db = "paused_proxy";
+    own_database_with(
+        db,
+        "CREATE TABLE p (id int PRIMARY KEY); INSERT INTO p VALUES (1);",
+    )
+    .await;
+    let client = connect(&veneer_tests::cache::on(veneer.addr(), db))
+        .await
+        .expect("connect");
+    veneer_tests::cache::wait_database_cached(&client, db).await;
+    let sql = "SELECT id FROM p WHERE id = 1";
+    first(&client, sql).await;
+    assert!(
+        read_was_hit(&client, sql).await.expect("read"),
+        "not cached"
+    );
+    let failures = stream_failures(&client, db).await;
+    veneer.signal("STOP").await;
+    tokio::time::sleep(Duration::from_secs(12)).await; // the fault: longer than SILENCE_LIMIT
+    veneer.signal("CONT").await;
+    // A whole ask-and-wait interval after waking, the stream is the same one and the cache full.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(
+        stream_failures(&client, db).await,
+        failures,
+        "the pause dropped the stream: {}",
+        veneer.output()
+    );
+    assert!(
+        read_was_hit(&client, sql).await.expect("read"),
+        "the pause emptied the cache"
+    );
+}
+
+/// A walsender that stops answering (SIGSTOP here; in the field a server or host hung with the
+/// connection open) is noticed: the proxy asks it for a reply after a quiet interval and, hearing
+/// nothing for as long again, counts the stream as lost and starts another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_walsender_is_noticed() {
+    let _server = SERVER_FAULTS.lock().await;
+    let proxy = ProxyHandle::start().await;
+    let db = "silent_walsender";
+    let direct = own_database_with(db, "CREATE TABLE s (id int PRIMARY KEY);").await;
+    let client = connect(&veneer_tests::cache::on(proxy.addr(), db))
+        .await
+        .expect("connect");
+    veneer_tests::cache::wait_database_cached(&client, db).await;
+    let failures = stream_failures(&client, db).await;
+    let pid: i32 = scalar(
+        &direct,
+        &format!(
+            "SELECT pid FROM pg_stat_replication r JOIN pg_stat_activity a USING (pid) \
+             WHERE a.datname = '{db}'"
+        ),
+    )
+    .await;
+    let signal = |name: &str| {
+        let status = std::process::Command::new("kill")
+            .args([format!("-{name}"), pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} {pid}");
+    };
+    signal("STOP");
+    let noticed = wait_for(Duration::from_secs(30), || async {
+        stream_failures(&client, db).await > failures
+    })
+    .await;
+    signal("CONT");
+    assert!(noticed, "a silent walsender went unnoticed for 30 s");
 }

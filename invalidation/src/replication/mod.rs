@@ -33,8 +33,8 @@ pub use slot::{LEGACY_PUBLICATION, LEGACY_PUBLICATION_AS_MADE};
 /// Longest wait between two standby status updates.
 pub const STATUS_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Longest the server may stay silent on the stream, though asked to answer, before the connection
-/// counts as lost.
+/// Longest the server may stay silent on the stream before the connection counts as lost: a quiet
+/// [`STATUS_INTERVAL`], then as long again after asking it to answer.
 const SILENCE_LIMIT: Duration = Duration::from_secs(10);
 
 /// The end of the last WAL record inserted, as a byte count: every transaction that committed before
@@ -242,7 +242,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     ) -> Result<(), Error> {
         tokio::pin!(stop);
         let mut last_status = tokio::time::Instant::now();
-        let mut last_heard = last_status;
+        // Set when a quiet interval made us ask the server for a reply; cleared by anything heard.
+        let mut asked_for_reply = false;
         let mut asking = true;
         loop {
             let wait = STATUS_INTERVAL.saturating_sub(last_status.elapsed());
@@ -261,16 +262,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             };
             let Ok(message) = next else {
                 // Quiet since the last status: ask the server to answer this one, so that a
-                // connection nobody serves any more (a server stopped, a host gone) shows.
-                if last_heard.elapsed() >= SILENCE_LIMIT {
+                // connection nobody serves any more (a server stopped, a host gone) shows. Lost
+                // only when a whole interval after asking passed without a word: counted from
+                // the question, not from the last message, so a process that was itself paused
+                // (SIGSTOP, a VM migrating) asks again on waking rather than dropping a stream
+                // that merely had nothing to say.
+                if asked_for_reply {
                     return Err(Error::silent("on the stream", SILENCE_LIMIT));
                 }
                 self.status(applied, true).await?;
+                asked_for_reply = true;
                 last_status = tokio::time::Instant::now();
                 continue;
             };
             let (tag, mut body) = message?;
-            last_heard = tokio::time::Instant::now();
+            asked_for_reply = false;
             match tag {
                 b'd' => {}
                 b'E' => return Err(server_error(&body, "streaming")),
