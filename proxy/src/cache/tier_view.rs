@@ -146,11 +146,22 @@ fn describe(key: &CacheKey) -> String {
     }
 }
 
-/// Copies the remote tier's figures into the metrics (called every second).
+/// Copies the tier's figures into the metrics (called every second): per node, and the hot-key and
+/// balance signals operators watch (the most-hit request's share of the hits; each node's share).
 pub fn report(cache: &Cache) {
+    let (top, sampled) = cache.hot.top();
+    let hottest = top
+        .first()
+        .map_or(0.0, |c| c.count as f64 / sampled.max(1) as f64);
+    metrics::gauge!("veneer_hot_request_share").set(hottest);
     let Tier::Remote(remote) = &cache.store else {
         return;
     };
+    let total_hits: u64 = remote
+        .nodes()
+        .iter()
+        .map(|n| n.stats.hits.load(Ordering::Relaxed))
+        .sum();
     let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     metrics::counter!("veneer_tier_near_hits_total").absolute(load(&remote.counters.near_hits));
     metrics::counter!("veneer_tier_forged_total").absolute(load(&remote.counters.forged));
@@ -163,5 +174,7 @@ pub fn report(cache: &Cache) {
         metrics::counter!("veneer_tier_node_sets_total", &label).absolute(load(&s.sets));
         metrics::counter!("veneer_tier_node_errors_total", &label).absolute(load(&s.errors));
         metrics::gauge!("veneer_tier_node_ops_per_second", &label).set(s.rate());
+        let share = load(&s.hits) as f64 / total_hits.max(1) as f64;
+        metrics::gauge!("veneer_tier_node_hit_share", &label).set(share);
     }
 }
