@@ -84,14 +84,19 @@ pub fn execute(node: &Node, client: &mut Client, args: &[Bytes], out: &mut Bytes
     };
     node.commands.fetch_add(1, Ordering::Relaxed);
     let w = &client.writer;
-    let command = name.to_ascii_uppercase();
-    let open = matches!(&command[..], b"AUTH" | b"HELLO" | b"QUIT");
+    // Upper-cased on the stack: every request passes here (no command name is longer).
+    let mut upper = [0u8; 16];
+    let len = name.len().min(upper.len());
+    upper[..len].copy_from_slice(&name[..len]);
+    upper.make_ascii_uppercase();
+    let command = &upper[..if name.len() > upper.len() { 0 } else { len }];
+    let open = matches!(command, b"AUTH" | b"HELLO" | b"QUIT");
     if !client.authenticated && !open {
         w.error(out, "NOAUTH Authentication required.");
         return After::Continue;
     }
     let argc = args.len();
-    let arity_ok = match &command[..] {
+    let arity_ok = match command {
         b"GET" | b"TTL" | b"PTTL" | b"ECHO" | b"SELECT" => argc == 2,
         b"DBSIZE" => argc == 1,
         b"DELIFEQ" => argc == 3,
@@ -107,7 +112,7 @@ pub fn execute(node: &Node, client: &mut Client, args: &[Bytes], out: &mut Bytes
         );
         return After::Continue;
     }
-    match &command[..] {
+    match command {
         b"GET" => {
             let found = node.store.get_into(&args[1], &mut |value| {
                 w.bulk(out, value);
@@ -144,7 +149,7 @@ pub fn execute(node: &Node, client: &mut Client, args: &[Bytes], out: &mut Bytes
             let left = match node.store.ttl(&args[1]) {
                 None => -2,
                 Some(None) => -1,
-                Some(Some(d)) if &command[..] == b"TTL" => d.as_secs_f64().round() as i64,
+                Some(Some(d)) if command == b"TTL" => d.as_secs_f64().round() as i64,
                 Some(Some(d)) => d.as_millis() as i64,
             };
             w.integer(out, left);
@@ -515,7 +520,8 @@ mod tests {
         let mut out = BytesMut::new();
         for request in requests {
             let mut buf = BytesMut::from(format!("{request}\r\n").as_bytes());
-            let args = resp::parse(&mut buf).unwrap().unwrap();
+            let mut args = Vec::new();
+            assert!(resp::parse(&mut buf, &mut args).unwrap());
             execute(node, &mut client, &args, &mut out);
         }
         String::from_utf8_lossy(&out).into_owned()

@@ -19,55 +19,74 @@ pub const MAX_BULK: usize = 64 * 1024 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProtocolError(pub String);
 
-/// Takes one complete request from the front of `buf`: its arguments, or `None` if more bytes are
-/// needed. Arguments share the buffer's memory (no copy).
-pub fn parse(buf: &mut BytesMut) -> Result<Option<Vec<Bytes>>, ProtocolError> {
+/// Takes one complete request from the front of `buf` into `args` (emptied first): true when one
+/// was taken, false when more bytes are needed. Arguments share the buffer's memory (no copy), and
+/// `args` is reused from request to request, so a request costs no allocation of its own.
+pub fn parse(buf: &mut BytesMut, args: &mut Vec<Bytes>) -> Result<bool, ProtocolError> {
+    args.clear();
     if buf.is_empty() {
-        return Ok(None);
+        return Ok(false);
     }
     if buf[0] != b'*' {
-        return parse_inline(buf);
+        return parse_inline(buf, args);
     }
-    let Some((count, mut at)) = number_line(buf, 0)? else {
-        return Ok(None);
+    let Some((count, first)) = number_line(buf, 0)? else {
+        return Ok(false);
     };
     if count < 0 {
-        buf.advance(at);
-        return Ok(Some(Vec::new()));
+        buf.advance(first);
+        return Ok(true);
     }
     let count = count as usize;
     if count > MAX_ARGS {
         return Err(ProtocolError(format!("invalid multibulk length {count}")));
     }
-    let mut spans = Vec::with_capacity(count);
+    // First pass: is the request complete, and well formed?
+    let mut at = first;
     for _ in 0..count {
-        if at >= buf.len() {
-            return Ok(None);
-        }
-        if buf[at] != b'$' {
-            return Err(ProtocolError(format!(
-                "expected '$', got '{}'",
-                buf[at].escape_ascii()
-            )));
-        }
-        let Some((len, start)) = number_line(buf, at)? else {
-            return Ok(None);
+        let Some((start, end)) = bulk(buf, at)? else {
+            return Ok(false);
         };
-        if !(0..=MAX_BULK as i64).contains(&len) {
-            return Err(ProtocolError("invalid bulk length".to_owned()));
-        }
-        let end = start + len as usize;
-        if buf.len() < end + 2 {
-            return Ok(None);
-        }
-        if &buf[end..end + 2] != b"\r\n" {
-            return Err(ProtocolError("bulk string not ended by CRLF".to_owned()));
-        }
-        spans.push(start..end);
+        debug_assert!(start <= end);
         at = end + 2;
     }
+    // Second pass, over the request now cut from the buffer: its arguments.
     let frame = buf.split_to(at).freeze();
-    Ok(Some(spans.into_iter().map(|r| frame.slice(r)).collect()))
+    let mut at = first;
+    for _ in 0..count {
+        let (start, end) = bulk(&frame, at)?.expect("checked complete");
+        args.push(frame.slice(start..end));
+        at = end + 2;
+    }
+    Ok(true)
+}
+
+/// The bulk string whose `$` header is at `at`: where its bytes start and end, or `None` if `buf`
+/// does not hold it all yet.
+fn bulk(buf: &[u8], at: usize) -> Result<Option<(usize, usize)>, ProtocolError> {
+    if at >= buf.len() {
+        return Ok(None);
+    }
+    if buf[at] != b'$' {
+        return Err(ProtocolError(format!(
+            "expected '$', got '{}'",
+            buf[at].escape_ascii()
+        )));
+    }
+    let Some((len, start)) = number_line(buf, at)? else {
+        return Ok(None);
+    };
+    if !(0..=MAX_BULK as i64).contains(&len) {
+        return Err(ProtocolError("invalid bulk length".to_owned()));
+    }
+    let end = start + len as usize;
+    if buf.len() < end + 2 {
+        return Ok(None);
+    }
+    if &buf[end..end + 2] != b"\r\n" {
+        return Err(ProtocolError("bulk string not ended by CRLF".to_owned()));
+    }
+    Ok(Some((start, end)))
 }
 
 /// `<tag><integer>\r\n` at `at`: the integer and where the next byte is.
@@ -91,22 +110,22 @@ fn line_end(buf: &[u8]) -> Result<Option<usize>, ProtocolError> {
     }
 }
 
-fn parse_inline(buf: &mut BytesMut) -> Result<Option<Vec<Bytes>>, ProtocolError> {
+fn parse_inline(buf: &mut BytesMut, args: &mut Vec<Bytes>) -> Result<bool, ProtocolError> {
     let Some(end) = buf.iter().position(|&b| b == b'\n') else {
         if buf.len() > MAX_LINE {
             return Err(ProtocolError("too big inline request".to_owned()));
         }
-        return Ok(None);
+        return Ok(false);
     };
     let line = buf.split_to(end + 1).freeze();
     let text = line.slice(..end);
     let text = text.strip_suffix(b"\r").unwrap_or(&text);
-    Ok(Some(
+    args.extend(
         text.split(|b| b.is_ascii_whitespace())
             .filter(|w| !w.is_empty())
-            .map(|w| line.slice_ref(w))
-            .collect(),
-    ))
+            .map(|w| line.slice_ref(w)),
+    );
+    Ok(true)
 }
 
 /// Writes replies in the protocol version the connection chose.
@@ -189,7 +208,8 @@ mod tests {
     use super::*;
 
     fn args(request: &[u8]) -> Result<Option<Vec<Bytes>>, ProtocolError> {
-        parse(&mut BytesMut::from(request))
+        let mut args = Vec::new();
+        Ok(parse(&mut BytesMut::from(request), &mut args)?.then_some(args))
     }
 
     #[test]
@@ -216,8 +236,10 @@ mod tests {
     #[test]
     fn pipelined_requests_come_out_one_by_one() {
         let mut buf = BytesMut::from(&b"*1\r\n$4\r\nPING\r\n*1\r\n$4\r\nPING\r\n"[..]);
-        assert!(parse(&mut buf).unwrap().is_some());
-        assert!(parse(&mut buf).unwrap().is_some());
+        let mut args = Vec::new();
+        assert!(parse(&mut buf, &mut args).unwrap());
+        assert!(parse(&mut buf, &mut args).unwrap());
+        assert_eq!(args, [Bytes::from("PING")]);
         assert!(buf.is_empty());
     }
 

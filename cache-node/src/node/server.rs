@@ -69,6 +69,7 @@ async fn connection(node: &Node, mut socket: TcpStream) -> std::io::Result<()> {
     let mut client = Client::new(node);
     let mut input = BytesMut::with_capacity(READ_SIZE);
     let mut out = BytesMut::with_capacity(READ_SIZE);
+    let mut args = Vec::new();
     loop {
         if input.capacity() - input.len() < READ_SIZE / 4 {
             input.reserve(READ_SIZE);
@@ -77,8 +78,8 @@ async fn connection(node: &Node, mut socket: TcpStream) -> std::io::Result<()> {
             return Ok(());
         }
         loop {
-            match resp::parse(&mut input) {
-                Ok(Some(args)) => {
+            match resp::parse(&mut input, &mut args) {
+                Ok(true) => {
                     if execute(node, &mut client, &args, &mut out) == After::Close {
                         socket.write_all(&out).await?;
                         return Ok(());
@@ -88,7 +89,7 @@ async fn connection(node: &Node, mut socket: TcpStream) -> std::io::Result<()> {
                         out.clear();
                     }
                 }
-                Ok(None) => break,
+                Ok(false) => break,
                 Err(e) => {
                     client
                         .writer()
