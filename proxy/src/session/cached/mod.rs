@@ -38,8 +38,8 @@ use crate::wire::frame::{cstr, frames};
 mod unit;
 mod writes;
 
-use unit::{Candidate, Key, Unit, What, MAX_UNIT_STATEMENTS};
-use writes::{Forwarded, Write};
+use unit::{Candidate, Forwarded, Key, Unit, What, MAX_UNIT_STATEMENTS};
+use writes::Write;
 
 /// ReadyForQuery(idle): what ends a replayed answer outside a transaction block.
 const READY_IDLE: &[u8] = b"Z\0\0\0\x05I";

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::writes::Planned;
 use super::SessionCache;
 use crate::cache::admin::{self, Command};
 use crate::cache::database::{Action, Plan};
@@ -23,6 +22,19 @@ pub(super) const MAX_UNIT_STATEMENTS: usize = 4;
 /// Bytes of an unfinished extended-protocol run held back while waiting for its Sync; past this the
 /// run is forwarded uncached, so a huge pipeline never waits in the proxy.
 pub(super) const MAX_HELD_RUN: usize = 64 * 1024;
+
+/// A statement as forwarded in a Parse.
+pub(super) struct Forwarded {
+    pub(super) plan: Arc<Plan>,
+    /// The row key its text alone gives.
+    pub(super) key: Option<Key>,
+    /// The Parse body's parameter types (after the SQL text), for a Bind's parameters to give its
+    /// row key.
+    pub(super) types: Bytes,
+}
+
+/// A statement's plan and the row key its text gives.
+pub(super) type Planned = (Arc<Plan>, Option<Key>);
 
 /// A unit taken from the client buffer.
 pub(super) struct Unit {

@@ -8,7 +8,7 @@ use std::time::Instant;
 use bytes::{BufMut, Bytes, BytesMut};
 use veneer_invalidation::Source;
 
-use super::unit::{bound_key, parse_message, Key};
+use super::unit::{bound_key, parse_message, Forwarded, Key, Planned};
 use super::{Completed, SessionCache};
 use crate::cache::admin;
 use crate::cache::database::{Action, Bump, Database, Plan};
@@ -16,16 +16,6 @@ use crate::cache::point::{Bind, Declared};
 use crate::cache::Cache;
 use crate::session::Session;
 use crate::wire::frame::{cstr, frames, HEADER_LEN};
-
-/// A statement as forwarded in a Parse.
-pub(super) struct Forwarded {
-    pub(super) plan: Arc<Plan>,
-    /// The row key its text alone gives.
-    pub(super) key: Option<Key>,
-    /// The Parse body's parameter types (after the SQL text), for a Bind's parameters to give its
-    /// row key.
-    pub(super) types: Bytes,
-}
 
 /// Writes of a session that ended before their transaction's end was seen.
 pub(in crate::session) struct Unsettled {
@@ -50,9 +40,6 @@ pub(super) struct Write {
     pub(super) fence: bool,
     pub(super) ddl: bool,
 }
-
-/// A statement's plan and the row key its text gives.
-pub(super) type Planned = (Arc<Plan>, Option<Key>);
 
 /// Follows one forwarded message for write tracking (and READ ONLY blocks, begun by a simple Query;
 /// `default_read_only` is the session's default_transaction_read_only, `same_encoding` whether its
