@@ -222,3 +222,41 @@ async fn metrics_are_served_for_prometheus() {
         );
     }
 }
+
+/// A Veneer on a remote tier exports the tier's figures: each node's state and share of the hits,
+/// the hot-request share, and the pass-through reasons.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tier_metrics_are_served_for_prometheus() {
+    let node = veneer_tests::tier::RespServer::cache_node(&[]).await;
+    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let veneer = VeneerProcess::start(&[
+        "--metrics-listen",
+        &metrics.to_string(),
+        "--cache-tier",
+        "nodes",
+        "--cache-nodes",
+        &node.address(),
+        "--cache-tier-timeout",
+        "100ms",
+    ])
+    .await;
+    veneer_tests::cache::wait_cache_ready(veneer.addr()).await;
+    let client = connect_as(veneer.addr(), "tier-metrics").await;
+    let up = format!("veneer_tier_node_up{{node=\"{}\"}} 1", node.address());
+    let served = wait_for(std::time::Duration::from_secs(20), || async {
+        for _ in 0..3 {
+            client.simple_query("SELECT 41 + 1").await.unwrap();
+        }
+        let response = http_get(metrics, "/metrics").await;
+        response.contains(&up)
+            && response.contains("veneer_tier_node_hit_share{node=")
+            && response.contains("veneer_hot_request_share")
+            && response.contains("veneer_cache_bypasses_total{reason=\"write\"}")
+    })
+    .await;
+    assert!(
+        served,
+        "tier metrics missing from:\n{}",
+        http_get(metrics, "/metrics").await
+    );
+}
