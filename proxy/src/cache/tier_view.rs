@@ -2,7 +2,7 @@
 //! ratio, errors, latency), `SHOW VENEER HOT` (the most-hit requests, their node and share of the
 //! hits), and the same as metrics.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use veneer_cache_node::remote::shards::Node;
 use veneer_cache_node::{CacheKey, CacheStore, Tier};
@@ -44,7 +44,6 @@ pub async fn nodes(cache: &Cache) -> Vec<Vec<String>> {
     for node in remote.nodes() {
         let size = remote.size(node).await;
         let s = &node.stats;
-        let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
         let (gets, hits) = (load(&s.gets), load(&s.hits));
         let answered = load(&s.answered);
         rows.push(vec![
@@ -72,7 +71,6 @@ pub fn status(cache: &Cache) -> Vec<Vec<String>> {
     };
     let nodes = remote.nodes();
     let up = nodes.iter().filter(|n| n.is_up()).count();
-    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed).to_string();
     vec![
         vec![
             "tier".to_owned(),
@@ -84,9 +82,12 @@ pub fn status(cache: &Cache) -> Vec<Vec<String>> {
         ],
         vec![
             "tier_near_hits".to_owned(),
-            load(&remote.counters.near_hits),
+            load(&remote.counters.near_hits).to_string(),
         ],
-        vec!["tier_forged".to_owned(), load(&remote.counters.forged)],
+        vec![
+            "tier_forged".to_owned(),
+            load(&remote.counters.forged).to_string(),
+        ],
     ]
 }
 
@@ -162,7 +163,6 @@ pub fn report(cache: &Cache) {
         .iter()
         .map(|n| n.stats.hits.load(Ordering::Relaxed))
         .sum();
-    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     metrics::counter!("veneer_tier_near_hits_total").absolute(load(&remote.counters.near_hits));
     metrics::counter!("veneer_tier_forged_total").absolute(load(&remote.counters.forged));
     for node in remote.nodes() {
@@ -177,4 +177,9 @@ pub fn report(cache: &Cache) {
         let share = load(&s.hits) as f64 / total_hits.max(1) as f64;
         metrics::gauge!("veneer_tier_node_hit_share", &label).set(share);
     }
+}
+
+/// A counter's value (the tier's counters are plain atomics, read without ordering).
+fn load(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
 }
