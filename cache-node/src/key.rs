@@ -2,17 +2,19 @@
 //!
 //! A remote tier outlives the proxy process and may be shared, so nothing in a stored key may depend
 //! on one process or one build: scopes are named by a content hash rather than an interned id, and
-//! every hash is SHA-256 (a specified output), truncated to 128 bits. The layout, version 1:
+//! every hash is SHA-256 (a specified output), truncated to 128 bits. The layout, version 2:
 //!
 //! ```text
-//! veneer:1:<system identifier>:<timeline>:<stamp origin, 16 hex digits>:   (the namespace, ASCII)
+//! veneer:2:<system identifier>:<timeline>:                                 (the namespace, ASCII)
 //! <scope: 16 bytes><request and definition: 16 bytes><stamp: 8 bytes, big-endian>
 //! ```
 //!
 //! The namespace holds the server's system identifier and timeline, so two servers sharing one tier
-//! never meet and a failover or point-in-time restore (a new timeline) starts afresh, and the origin
-//! of the stamp values (see `veneer_invalidation`): stamps are comparable only between proxies that
-//! computed them alike. The namespace is ASCII so that `SCAN MATCH <namespace>*` finds exactly the
+//! never meet and a failover or point-in-time restore (a new timeline) starts afresh. Stamps are
+//! WAL positions every proxy following the server computes alike, or values private to one process
+//! that no other computes (see `veneer_invalidation`), so every proxy of a fleet shares one
+//! namespace: a result one stored is a hit for all. (Version 1 had a per-process stamp origin in
+//! the namespace.) The namespace is ASCII so that `SCAN MATCH <namespace>*` finds exactly the
 //! keys of one namespace, which is how a flush clears its own keys and nobody else's.
 
 use ring::digest::{Context, SHA256};
@@ -20,7 +22,7 @@ use ring::digest::{Context, SHA256};
 use crate::CacheKey;
 
 /// The version of the layout above; a change of layout takes the next number.
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 
 /// A scope (database, role, settings) named by its content: equal contents give equal scopes in
 /// every process and build; different contents collide with probability 2⁻¹²⁸.
@@ -48,18 +50,18 @@ fn sha256_128(parts: &[&[u8]]) -> [u8; 16] {
     out
 }
 
-/// Where one proxy's keys live in a tier (see the module documentation).
+/// Where the keys of every proxy following one server live in a tier (see the module
+/// documentation).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Namespace {
     prefix: Box<[u8]>,
 }
 
 impl Namespace {
-    /// The namespace of results read from the server `system` on `timeline`, stamped by generations
-    /// whose values come from `origin`.
-    pub fn new(system: u64, timeline: u32, origin: u64) -> Namespace {
+    /// The namespace of results read from the server `system` on `timeline`.
+    pub fn new(system: u64, timeline: u32) -> Namespace {
         Namespace {
-            prefix: format!("veneer:{FORMAT}:{system}:{timeline}:{origin:016x}:")
+            prefix: format!("veneer:{FORMAT}:{system}:{timeline}:")
                 .into_bytes()
                 .into(),
         }
@@ -99,6 +101,19 @@ pub struct StoredKey {
     pub route: u64,
 }
 
+impl StoredKey {
+    /// The key of its lease (see `remote::fleet`), on the same node.
+    pub fn lease(&self) -> StoredKey {
+        let mut bytes = Vec::with_capacity(self.bytes.len() + 6);
+        bytes.extend_from_slice(&self.bytes);
+        bytes.extend_from_slice(b":lease");
+        StoredKey {
+            bytes,
+            route: self.route,
+        }
+    }
+}
+
 /// splitmix64's finalizer: a fixed bijection that spreads every input bit over the output, so
 /// scores of one key on different nodes are independent.
 pub fn mix(mut x: u64) -> u64 {
@@ -136,10 +151,10 @@ mod tests {
     fn the_layout_is_stable() {
         // Pinned (and checked with Python's hashlib): a change here strands every key a running
         // fleet has stored; a new layout takes a new FORMAT instead.
-        let stored = Namespace::new(7716083852855388320, 1, 0xabc)
+        let stored = Namespace::new(7716083852855388320, 1)
             .key(&key(b"Q select 1", b""))
             .bytes;
-        let prefix = b"veneer:1:7716083852855388320:1:0000000000000abc:";
+        let prefix = b"veneer:2:7716083852855388320:1:";
         assert_eq!(&stored[..prefix.len()], prefix);
         assert_eq!(stored.len(), prefix.len() + 40);
         assert_eq!(&stored[stored.len() - 8..], &7u64.to_be_bytes());
@@ -155,7 +170,7 @@ mod tests {
 
     #[test]
     fn part_boundaries_are_hashed() {
-        let ns = Namespace::new(1, 1, 1);
+        let ns = Namespace::new(1, 1);
         assert_ne!(
             ns.key(&key(b"ab", b"c")).bytes,
             ns.key(&key(b"a", b"bc")).bytes
@@ -163,13 +178,12 @@ mod tests {
     }
 
     #[test]
-    fn servers_timelines_and_origins_are_apart() {
+    fn servers_and_timelines_are_apart() {
         let k = key(b"Q select 1", b"");
         let keys = [
-            Namespace::new(1, 1, 1).key(&k).bytes,
-            Namespace::new(2, 1, 1).key(&k).bytes,
-            Namespace::new(1, 2, 1).key(&k).bytes,
-            Namespace::new(1, 1, 2).key(&k).bytes,
+            Namespace::new(1, 1).key(&k).bytes,
+            Namespace::new(2, 1).key(&k).bytes,
+            Namespace::new(1, 2).key(&k).bytes,
         ];
         for (i, a) in keys.iter().enumerate() {
             for b in &keys[i + 1..] {

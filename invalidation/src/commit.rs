@@ -16,6 +16,12 @@ pub const DDL_PREFIX: &str = "veneer.ddl";
 /// table's rows changed, but who may read what did, which Veneer checks at once.
 pub const PRIVILEGES_PREFIX: &str = "veneer.privileges";
 
+/// Prefix of the messages a Veneer writes into the WAL for a bump that comes from no change of rows
+/// (an operator's flush, a privilege or setting change its checks found), so that every proxy
+/// following the database applies it at the same position. One line per bump: `*` (every result),
+/// `table <name>`, or `role <name>`.
+pub const FLUSH_PREFIX: &str = "veneer.flush";
+
 /// Rows of one table a transaction may change before the table counts as changed as a whole: the
 /// row-key buckets are shared by every table of a database, so bumping the keys of a large batch
 /// would evict much of every other table's point lookups along with them.
@@ -41,6 +47,8 @@ pub struct Commit {
     pub privileges: bool,
     /// Rows inserted, updated or deleted.
     pub rows: u64,
+    /// Bumps other Veneers wrote into the WAL (see [`FLUSH_PREFIX`]), one line each.
+    pub flushes: Vec<String>,
     /// WAL position just past the commit.
     pub end_lsn: u64,
     /// When it committed on the server.
@@ -70,6 +78,7 @@ pub(crate) struct Pending {
     ddl: Option<Ddl>,
     privileges: bool,
     rows: u64,
+    flushes: Vec<String>,
 }
 
 impl Pending {
@@ -120,6 +129,13 @@ impl Pending {
         self.privileges = true;
     }
 
+    /// A flush notice of another Veneer's (see [`FLUSH_PREFIX`]).
+    pub(crate) fn note_flush(&mut self, content: &[u8]) {
+        let text = String::from_utf8_lossy(content);
+        self.flushes
+            .extend(text.lines().filter(|l| !l.is_empty()).map(str::to_owned));
+    }
+
     /// The transaction committed at `end_lsn`, at `commit_time`.
     pub(crate) fn commit(self, end_lsn: u64, commit_time: SystemTime) -> Commit {
         Commit {
@@ -130,6 +146,7 @@ impl Pending {
             ddl: self.ddl,
             privileges: self.privileges,
             rows: self.rows,
+            flushes: self.flushes,
             end_lsn,
             commit_time,
         }

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::commit::{Commit, Pending, DDL_PREFIX, PRIVILEGES_PREFIX};
+use crate::commit::{Commit, Pending, DDL_PREFIX, FLUSH_PREFIX, PRIVILEGES_PREFIX};
 use crate::rows::{KeyType, RowKey, RowSet};
 
 /// One pgoutput message, reduced to what invalidation uses; row values borrow from the message.
@@ -445,6 +445,9 @@ impl Decoder {
             }
             Event::Message { prefix, .. } if prefix == PRIVILEGES_PREFIX => {
                 self.pending().note_privileges();
+            }
+            Event::Message { prefix, content } if prefix == FLUSH_PREFIX => {
+                self.pending().note_flush(&content);
             }
             Event::Commit {
                 end_lsn,

@@ -31,7 +31,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::commit::{Commit, Pending, DDL_PREFIX, PRIVILEGES_PREFIX};
+use crate::commit::{Commit, Pending, DDL_PREFIX, FLUSH_PREFIX, PRIVILEGES_PREFIX};
 use crate::rows::{KeyType, RowKey, RowKeys, RowSet};
 
 /// What the catalog says of the rows of one table.
@@ -186,6 +186,9 @@ impl Decoder {
             }
             Line::Message { prefix, .. } if prefix == PRIVILEGES_PREFIX.as_bytes() => {
                 self.current.note_privileges();
+            }
+            Line::Message { prefix, content } if prefix == FLUSH_PREFIX.as_bytes() => {
+                self.current.note_flush(content);
             }
             Line::Message { .. } | Line::Ignored => {}
             // Output this decoder cannot read may have changed anything.

@@ -53,7 +53,7 @@ fn hit(c: &mut Criterion) {
         .expect("runtime");
     let config = cache_config();
     let digests = Digests::default();
-    let db = Database::new("bench".to_owned());
+    let db = Database::new("bench".to_owned(), false);
     let mut catalog = Catalog::default();
     catalog.add_relation("pgbench_accounts".to_owned(), "public", "r", "p");
     let aid = KeyColumn {
@@ -90,7 +90,9 @@ fn hit(c: &mut Criterion) {
         });
         CacheKey {
             scope: veneer_cache_node::Scope([1; 16]),
-            stamp: dependencies.stamp(&db.generations, row),
+            stamp: db
+                .generations
+                .encode(dependencies.stamp(&db.generations, row)),
             request: request.clone(),
             definition: Bytes::new(),
         }

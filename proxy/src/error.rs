@@ -160,8 +160,21 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0.message)?;
-        if let Some(cause) = &self.0.cause {
-            write!(f, ": {cause}")?;
+        let Some(cause) = &self.0.cause else {
+            return Ok(());
+        };
+        // tokio-postgres says only "db error" and keeps the server's words in its source.
+        if let Some(db) = cause
+            .downcast_ref::<tokio_postgres::Error>()
+            .and_then(tokio_postgres::Error::as_db_error)
+        {
+            return write!(f, ": {} (SQLSTATE {})", db.message(), db.code().code());
+        }
+        write!(f, ": {cause}")?;
+        let mut source = cause.source();
+        while let Some(inner) = source {
+            write!(f, ": {inner}")?;
+            source = inner.source();
         }
         Ok(())
     }

@@ -140,6 +140,9 @@ pub struct StreamMeters {
     pub rows: Tally,
     /// Times the stream failed (lost, or refused at its start), each followed by a retry.
     pub failures: Tally,
+    /// Times this proxy took in the generations of the proxies sharing its tier (see
+    /// `cache::fleet`).
+    pub joins: Tally,
     /// Commit-to-apply delay of each transaction.
     delay: Histogram,
     /// Bytes of WAL the server had beyond what was applied, at its last report.
@@ -169,6 +172,7 @@ impl StreamMeters {
             failures: Tally::new(
                 counter!("veneer_replication_failures_total", "database" => database.clone()),
             ),
+            joins: Tally::new(counter!("veneer_fleet_joins_total", "database" => database.clone())),
             delay: histogram!("veneer_replication_delay_seconds", "database" => database.clone()),
             lag_bytes: gauge!("veneer_replication_lag_bytes", "database" => database.clone()),
             last_lag_bytes: AtomicU64::new(0),

@@ -7,6 +7,7 @@
 //! node that is down is skipped. Keys carry their stamps, so the near cache needs no messages to stay
 //! coherent: a bump makes its old entries unreachable as it does the tier's.
 
+pub mod fleet;
 pub mod seal;
 pub mod shards;
 
@@ -31,6 +32,15 @@ pub struct Counters {
     pub forged: AtomicU64,
     /// Lookups made before the server's namespace was known (misses).
     pub unplaced: AtomicU64,
+    /// Hits on results another proxy stored.
+    pub others_hits: AtomicU64,
+    /// Leases taken (misses this proxy filled for the fleet).
+    pub leases: AtomicU64,
+    /// Misses that waited for another proxy's fill, and those the fill answered.
+    pub lease_waits: AtomicU64,
+    pub lease_wait_hits: AtomicU64,
+    /// Fills not stored because their lease had expired.
+    pub leases_lost: AtomicU64,
 }
 
 /// A remote tier as the proxy uses it.
@@ -42,9 +52,16 @@ pub struct Remote {
     /// kept in the near cache only.
     namespace: RwLock<Option<Namespace>>,
     timeout: Duration,
+    /// Random per process: stored with each value, to tell results other proxies filled.
+    origin: u64,
+    /// The tier's servers are `veneer-cache-node`s, which answer `DELIFEQ` (Redis needs `EVAL`).
+    deletes_if_equal: bool,
     /// What it saw.
     pub counters: Counters,
 }
+
+/// Bytes before the response in a stored value: the origin of the proxy that stored it.
+const ORIGIN: usize = 8;
 
 impl Remote {
     /// The tier `config` describes. Connections open on first use: a tier that cannot be reached
@@ -78,6 +95,13 @@ impl Remote {
             seal: Seal::new(config.secret.as_deref(), config.encrypt),
             namespace: RwLock::new(None),
             timeout: config.timeout,
+            origin: {
+                use std::hash::{BuildHasher, Hasher};
+                std::collections::hash_map::RandomState::new()
+                    .build_hasher()
+                    .finish()
+            },
+            deletes_if_equal: config.kind == CacheTier::Nodes,
             counters: Counters::default(),
         })
     }
@@ -128,13 +152,18 @@ impl CacheStore for Remote {
         };
         let value = self.shards.get(&stored, self.timeout).await?;
         match self.seal.open(&stored.bytes, &value) {
-            Ok((response, left)) => {
+            Ok((payload, left)) if payload.len() >= ORIGIN => {
+                let origin = u64::from_be_bytes(payload[..ORIGIN].try_into().expect("8 bytes"));
+                if origin != self.origin {
+                    self.counters.others_hits.fetch_add(1, Ordering::Relaxed);
+                }
+                let response = payload.slice(ORIGIN..);
                 if let Some(near) = &self.near {
                     near.put(key.clone(), response.clone(), left).await;
                 }
                 Some(response)
             }
-            Err(Rejected::Forged) => {
+            Ok(_) | Err(Rejected::Forged) => {
                 if self.counters.forged.fetch_add(1, Ordering::Relaxed) == 0 {
                     tracing::warn!(
                         "a value in the remote cache tier failed its MAC check (written without \
@@ -154,7 +183,10 @@ impl CacheStore for Remote {
             near.put(key, response.clone(), ttl).await;
         }
         if let Some(stored) = stored {
-            let value = self.seal.seal(&stored.bytes, &response, ttl);
+            let mut payload = Vec::with_capacity(ORIGIN + response.len());
+            payload.extend_from_slice(&self.origin.to_be_bytes());
+            payload.extend_from_slice(&response);
+            let value = self.seal.seal(&stored.bytes, &payload, ttl);
             self.shards.set(&stored, value, ttl).await;
         }
     }

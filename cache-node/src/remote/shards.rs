@@ -310,6 +310,20 @@ impl Shards {
         let _ = node.run::<Value>(&cmd, SLOW_OP).await;
     }
 
+    /// Runs `cmd` on the first of `key`'s nodes that is up (its owner, or the replica standing in
+    /// for it), within `limit`: for what must happen in one place, such as a lease.
+    pub async fn on_first<T: redis::FromRedisValue>(
+        &self,
+        key: &StoredKey,
+        cmd: &redis::Cmd,
+        limit: Duration,
+    ) -> Result<T, String> {
+        let Some(&first) = self.placed(key).first() else {
+            return Err("every node of the key is down".to_owned());
+        };
+        self.nodes[first].run(cmd, limit).await
+    }
+
     /// Deletes every key starting with `prefix` from every node that is up (SCAN and UNLINK, a step
     /// at a time, so no node stalls); keys of other namespaces stay.
     pub async fn clear(&self, prefix: &[u8]) {

@@ -123,12 +123,14 @@ pub trait Sink: KeySource {
     /// the publication covers when it is not FOR ALL TABLES (writes to others are not streamed);
     /// `resumed` says where a permanent slot left off (`None` for a new slot, whose stream starts
     /// from now: what committed before is not reported); `timeline` is the server's (a new one
-    /// means it was restored to an earlier point and promoted).
+    /// means it was restored to an earlier point and promoted); `start` is the WAL position the
+    /// stream starts from (every change before it committed before the stream started).
     fn streaming(
         &mut self,
         published: Option<Vec<String>>,
         resumed: Option<Resumed>,
         timeline: u32,
+        start: u64,
     );
     /// A transaction committed.
     fn commit(&mut self, commit: &Commit);
@@ -181,7 +183,7 @@ where
         timeline,
         consistent,
     } = started;
-    sink.streaming(published, resumed, timeline);
+    sink.streaming(published, resumed, timeline, consistent);
     sink.progress(Progress {
         server_end: consistent,
         applied: consistent,

@@ -118,7 +118,7 @@ pub async fn answer(cache: &Cache, command: &Command, admin: bool, tx: Transacti
                 complete(&mut out, "VENEER FLUSH");
             }
             Command::FlushTable(table) => {
-                cache.flush_table(table);
+                cache.flush_table(table).await;
                 cache.meters.invalidation(Source::Admin);
                 complete(&mut out, "VENEER FLUSH");
             }

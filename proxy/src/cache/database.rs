@@ -10,13 +10,14 @@ use bytes::Bytes;
 use tokio::sync::{watch, Notify};
 use veneer_config::{CacheConfig, Replication, RuleTarget, Ttl};
 use veneer_invalidation::test_decoding::TableKeys;
-use veneer_invalidation::{Dependencies, Generations, TableGeneration};
+use veneer_invalidation::{Dependencies, Generations, Marked, TableGeneration};
 
 use super::catalog::{Catalog, Function, Relation, RowKeys};
 use super::classify::{self, Analysis, Equality, Name, RowWrite};
 use super::demand::Demand;
 use super::digest::{self, Digest, Hint, Shape};
 use super::fence::Fence;
+use super::marks::{Marker, Marks};
 use super::point::Point;
 use super::Digests;
 use crate::metrics::StreamMeters;
@@ -175,6 +176,11 @@ pub struct Database {
     pub stream: StreamMeters,
     /// Where its stream stands, for sessions waiting to read their writes' full effects.
     pub fence: Fence,
+    /// Private marks waiting for the stream to report their changes.
+    pub marks: Marks,
+    /// Its results are stored in a tier other proxies share: marks are cleared once the stream
+    /// reports their changes, so stamps become the fleet's again.
+    shared: bool,
     /// Who may read what, and the roles' settings.
     pub privileges: super::privileges::Privileges,
     /// What the catalog reader is doing.
@@ -187,8 +193,8 @@ pub struct Database {
 
 impl Database {
     /// A database the cache has not seen before: no catalog yet, so nothing is cached until one is
-    /// installed.
-    pub fn new(name: String) -> Database {
+    /// installed. `shared`: its results go to a tier other proxies may share.
+    pub fn new(name: String, shared: bool) -> Database {
         Database {
             stream: StreamMeters::new(&name),
             name,
@@ -201,6 +207,8 @@ impl Database {
             listener: watch::channel(Listener::Idle).0,
             demand: Demand::default(),
             fence: Fence::default(),
+            marks: Marks::default(),
+            shared,
             privileges: Default::default(),
             timeline: std::sync::atomic::AtomicU32::new(0),
             catalog_state: std::sync::Mutex::new(CatalogState::Idle),
@@ -260,14 +268,52 @@ impl Database {
             name: &self.name,
             generations: &self.generations,
             privileges: &self.privileges,
+            marker: self.marker(),
         }
     }
 
     /// The database may no longer be the one cached results came from (it was dropped, perhaps
-    /// re-created): every result becomes unreachable and the catalog is read again.
+    /// re-created): every result becomes this proxy's own until its stream starts afresh, and the
+    /// catalog is read again.
     pub(super) fn reset(&self) {
-        self.generations.bump_global();
+        self.mark(vec![Marked::Global]);
         self.catalog_changed();
+    }
+
+    /// Its stream starts afresh at WAL position `start`: what happened before is unknown (it counts
+    /// as changed at `start`), and the catalog is read again.
+    pub(super) fn restart(&self, start: u64) {
+        if start < self.fence.applied_lsn() {
+            // The server's WAL ends before what was applied: it went back in time (a restored
+            // snapshot). Its positions will be handed out again, so a shared stamp could meet
+            // results of the lost history: from now on this proxy's stamps are its own, for good
+            // (a mark nothing clears).
+            self.generations.mark(&[Marked::Global]);
+        }
+        self.generations.restart(start);
+        self.marks.settle(&self.generations, &self.fence);
+        self.catalog_changed();
+    }
+
+    /// A change the stream has yet to report touched `targets` (see [`Marks`]).
+    pub fn mark(&self, targets: Vec<Marked>) {
+        self.marker().mark(targets);
+    }
+
+    /// What marking its generations takes.
+    pub fn marker(&self) -> Marker<'_> {
+        Marker {
+            database: &self.name,
+            generations: &self.generations,
+            fence: &self.fence,
+            marks: &self.marks,
+            shared: self.shared,
+        }
+    }
+
+    /// Whether its results go to a tier other proxies may share.
+    pub fn is_shared(&self) -> bool {
+        self.shared
     }
 
     /// Records which tables the publication covers (`None`: all of them).
@@ -627,7 +673,12 @@ mod tests {
             cache_row_keys: Some(row_keys),
             ..Settings::default()
         };
-        plan_with(&Database::new("db".to_owned()), sql, settings, |_| {})
+        plan_with(
+            &Database::new("db".to_owned(), false),
+            sql,
+            settings,
+            |_| {},
+        )
     }
 
     /// The plan of `sql` with `settings`, over a table `t` keyed by `id` and whatever `more` adds to
@@ -711,7 +762,7 @@ mod tests {
                 replication: Some(replication),
                 ..Settings::default()
             };
-            let db = Database::new("db".to_owned());
+            let db = Database::new("db".to_owned(), false);
             bumped(&db, &plan_with(&db, sql, settings, schema))
         };
         let followed = Replication::Required;

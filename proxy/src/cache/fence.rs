@@ -5,9 +5,9 @@
 //! [`Ticket`] at the commit, and its reads go upstream (no waiting) until the ticket has passed.
 //!
 //! A ticket's position is where the server's WAL ends, read after the commit, so it is at or past
-//! the commit's end. A bump of the global epoch after the commit passes it too (every result
-//! filled before then becomes unreachable): the stream's restart does one, which also frees the
-//! tickets a stopped stream left unread. One task per followed database reads it for every ticket
+//! the commit's end. A restart of the stream after the commit passes it too (the new floor covers
+//! the commit, see `veneer_invalidation`), which also frees the tickets a stopped stream left
+//! unread. One task per followed database reads it for every ticket
 //! taken since its last read (one query shared by all the sessions waiting), then has the stream ask
 //! the server where it stands, so a ticket passes as soon as the stream has caught up rather than at
 //! the next commit.
@@ -52,8 +52,8 @@ struct Ticket {
 #[derive(Debug)]
 pub struct Wait {
     ticket: Arc<Ticket>,
-    /// The global epoch after the commit.
-    global: u64,
+    /// The stream's restarts at the commit.
+    restarts: u64,
 }
 
 impl Default for Fence {
@@ -70,7 +70,7 @@ impl Default for Fence {
 impl Fence {
     /// The wait of a session whose transaction has just committed, in a database with `generations`.
     pub fn wait(&self, generations: &Generations) -> Wait {
-        let global = generations.global();
+        let restarts = generations.restarts();
         let ticket = Arc::clone(
             self.next
                 .lock()
@@ -78,15 +78,15 @@ impl Fence {
                 .get_or_insert_with(Arc::default),
         );
         self.wake.notify_one();
-        Wait { ticket, global }
+        Wait { ticket, restarts }
     }
 
-    /// Whether the stream has applied everything up to `wait`'s commit (or the global epoch moved
-    /// past it).
+    /// Whether the stream has applied everything up to `wait`'s commit (or started afresh after
+    /// it).
     pub fn passed(&self, wait: &Wait, generations: &Generations) -> bool {
         let lsn = wait.ticket.lsn.load(Ordering::Acquire);
         (lsn != 0 && self.applied.load(Ordering::Acquire) >= lsn)
-            || generations.global() > wait.global
+            || generations.restarts() > wait.restarts
     }
 
     /// The stream has applied every transaction that committed before `lsn`.
@@ -179,15 +179,17 @@ mod tests {
     }
 
     #[test]
-    fn a_global_bump_after_the_commit_passes_a_wait() {
+    fn a_restart_after_the_commit_passes_a_wait() {
         let (fence, generations) = (Fence::default(), Generations::default());
-        generations.bump_global();
+        generations.restart(10);
         let wait = fence.wait(&generations);
         assert!(
             !fence.passed(&wait, &generations),
-            "a bump before the commit does not count"
+            "a restart before the commit does not count"
         );
-        generations.bump_global();
+        generations.bump_global(20);
+        assert!(!fence.passed(&wait, &generations), "nor a global change");
+        generations.restart(30);
         assert!(fence.passed(&wait, &generations));
     }
 }

@@ -23,11 +23,11 @@ use veneer_invalidation::commit::{Commit, Ddl};
 use veneer_invalidation::conn;
 use veneer_invalidation::replication::{self, Login, Plugin, Progress, Resumed, Sink};
 use veneer_invalidation::test_decoding::{KeySource, TableKeys};
-use veneer_invalidation::Source;
+use veneer_invalidation::{Generations, Source};
 
 use super::database::{Database, Listener};
-use super::slot;
 use super::Cache;
+use super::{fleet, slot};
 use crate::upstream;
 
 /// The wait after the second failure in a row (the first is retried at once); doubled per failure
@@ -86,6 +86,7 @@ impl Sink for Apply<'_> {
         published: Option<Vec<String>>,
         resumed: Option<Resumed>,
         timeline: u32,
+        start: u64,
     ) {
         self.db.set_published(published);
         if let Some(r) = resumed.filter(|r| r.retained >= RETAINED_WARNING) {
@@ -114,7 +115,7 @@ impl Sink for Apply<'_> {
                      served again once what committed meanwhile is applied");
             }
             _ => {
-                self.db.reset();
+                self.db.restart(start);
                 self.db.set_listener(Listener::Streaming);
             }
         }
@@ -131,21 +132,29 @@ impl Sink for Apply<'_> {
         if commit.privileges {
             self.db.privileges.wake();
         }
+        let lsn = commit.end_lsn;
         for name in &commit.changed {
-            generations.bump_table(&generations.table(name));
+            generations.bump_table(&generations.table(name), lsn);
         }
         if !crate::faults::stream_row_keys_off() {
             for bucket in commit.keys.iter() {
-                generations.bump_row(bucket);
+                generations.bump_row(bucket, lsn);
             }
         }
         for name in &commit.whole {
-            generations.bump_table_epoch(&generations.table(name));
+            generations.bump_table_epoch(&generations.table(name), lsn);
         }
         if commit.ddl == Some(Ddl::Unknown) {
-            generations.bump_global();
+            generations.bump_global(lsn);
         }
-        if !commit.changed.is_empty() || !commit.whole.is_empty() || commit.ddl.is_some() {
+        for line in &commit.flushes {
+            apply_flush(generations, line, lsn);
+        }
+        if !commit.changed.is_empty()
+            || !commit.whole.is_empty()
+            || commit.ddl.is_some()
+            || !commit.flushes.is_empty()
+        {
             self.cache.meters.invalidation(Source::Replication);
         }
         let delay = SystemTime::now()
@@ -154,6 +163,7 @@ impl Sink for Apply<'_> {
         let tables = commit.changed.iter().chain(&commit.whole);
         self.db.stream.applied(commit.rows, delay, tables);
         self.db.fence.applied(commit.end_lsn);
+        self.db.marks.settle(generations, &self.db.fence);
         self.caught_up();
     }
 
@@ -162,6 +172,7 @@ impl Sink for Apply<'_> {
             .stream
             .behind(progress.server_end.saturating_sub(progress.applied));
         self.db.fence.applied(progress.applied);
+        self.db.marks.settle(&self.db.generations, &self.db.fence);
         self.caught_up();
     }
 
@@ -171,6 +182,16 @@ impl Sink for Apply<'_> {
         } else {
             tracing::info!(database = %self.db.name, "{message}");
         }
+    }
+}
+
+/// Applies one line of a flush notice (see `veneer_invalidation::commit::FLUSH_PREFIX`) at `lsn`;
+/// lines this version does not know are taken as a flush of everything.
+fn apply_flush(generations: &Generations, line: &str, lsn: u64) {
+    match line.split_once(' ') {
+        Some(("table", name)) => generations.bump_table_epoch(&generations.table(name), lsn),
+        Some(("role", name)) => generations.bump_role(&generations.role(name), lsn),
+        _ => generations.bump_global(lsn),
     }
 }
 
@@ -352,6 +373,7 @@ async fn run(cache: &Cache, db: &Database) -> Result<(), Failure> {
         followed = stream => followed.map_err(Failure::from),
         never = db.fence.settle(cache, &db.name) => match never {},
         never = slot::watch(cache, db, &login.slot) => match never {},
+        never = fleet::sync(cache, db) => match never {},
     }
 }
 

@@ -9,8 +9,10 @@ pub mod database;
 mod demand;
 pub mod digest;
 pub mod fence;
+mod fleet;
 mod follow;
 pub mod hot;
+pub mod marks;
 pub(crate) use follow::permanent_slot;
 pub mod point;
 pub mod privileges;
@@ -27,6 +29,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsConnector;
 use veneer_cache_node::{CacheKey, CacheStore, Namespace, Tier};
 use veneer_config::{CacheConfig, Config, Replication};
+use veneer_invalidation::Marked;
 
 use crate::metrics::Meters;
 use catalog::Catalog;
@@ -82,9 +85,6 @@ pub struct Cache {
     pub config: CacheConfig,
     /// Where results are stored.
     pub store: Tier,
-    /// What this process's stamps are comparable with: a random value per process, since
-    /// generations start afresh with it (part of a remote tier's namespace).
-    origin: u64,
     /// Statistics per query shape.
     pub digests: Digests,
     /// The most-hit requests.
@@ -131,6 +131,8 @@ pub struct FlightGuard {
     cache: Arc<Cache>,
     key: CacheKey,
     _done: watch::Sender<()>,
+    /// The flight also holds the key's lease in the shared tier, released with it.
+    pub leased: bool,
 }
 
 impl Drop for FlightGuard {
@@ -140,6 +142,16 @@ impl Drop for FlightGuard {
             .lock()
             .expect("not poisoned")
             .remove(&self.key);
+        if self.leased {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let (cache, key) = (Arc::clone(&self.cache), self.key.clone());
+                runtime.spawn(async move {
+                    if let Some(remote) = cache.store.remote() {
+                        remote.release(&key).await;
+                    }
+                });
+            }
+        }
     }
 }
 
@@ -158,12 +170,6 @@ impl Cache {
             verifier: (config.verify_sample > 0.0)
                 .then(|| verify::Verifier::new(config.verify_sample)),
             store,
-            origin: {
-                use std::hash::{BuildHasher, Hasher};
-                std::collections::hash_map::RandomState::new()
-                    .build_hasher()
-                    .finish()
-            },
             digests: Digests::default(),
             hot: hot::Hot::default(),
             started: Instant::now(),
@@ -183,7 +189,10 @@ impl Cache {
         if let Some(db) = databases.get(name) {
             return Arc::clone(db);
         }
-        let db = Arc::new(Database::new(name.to_owned()));
+        let db = Arc::new(Database::new(
+            name.to_owned(),
+            self.store.remote().is_some(),
+        ));
         databases.insert(name.to_owned(), Arc::clone(&db));
         self.spawn_background(keep_catalog(Arc::downgrade(self), Arc::clone(&db)));
         if self.config.replication != Replication::Off {
@@ -237,7 +246,7 @@ impl Cache {
     fn learn_server(&self, catalog: &Catalog) {
         if let Some(remote) = self.store.remote() {
             let (system, timeline) = catalog.server;
-            remote.set_namespace(Namespace::new(system, timeline, self.origin));
+            remote.set_namespace(Namespace::new(system, timeline));
         }
     }
 
@@ -259,20 +268,22 @@ impl Cache {
             cache: Arc::clone(self),
             key: key.clone(),
             _done: tx,
+            leased: false,
         })
     }
 
-    /// Makes every database's older entries unreachable, then drops what this proxy stored.
+    /// Makes every database's older entries unreachable, for every proxy sharing the tier (see
+    /// [`marks::Marker::tell`]), then drops what the tier holds.
     pub async fn flush_all(&self) {
         for db in self.databases() {
-            db.generations.bump_global();
+            db.marker().tell(self, vec![Marked::Global], "*").await;
         }
         self.store.clear().await;
     }
 
-    /// Makes every stored result that read `table` unreachable, in every database; returns how
-    /// many databases knew the table.
-    pub fn flush_table(&self, table: &str) -> usize {
+    /// Makes every stored result that read `table` unreachable, in every database, for every proxy
+    /// sharing the tier; returns how many databases knew the table.
+    pub async fn flush_table(&self, table: &str) -> usize {
         let mut flushed = 0;
         for db in self.databases() {
             if let Some((_, t)) = db
@@ -281,7 +292,10 @@ impl Cache {
                 .into_iter()
                 .find(|(name, _)| &**name == table)
             {
-                db.generations.bump_table_epoch(&t);
+                let line = format!("table {table}");
+                db.marker()
+                    .tell(self, vec![Marked::TableEpoch(t)], &line)
+                    .await;
                 flushed += 1;
             }
         }

@@ -36,8 +36,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
-use veneer_invalidation::{Generations, RoleGeneration};
+use veneer_invalidation::{Generations, Marked, RoleGeneration, Stamp};
 
+use super::marks::Marker;
 use super::service::Service;
 use super::Cache;
 use crate::error::Error;
@@ -249,7 +250,7 @@ impl RoleSession {
     }
 
     /// The role's generation, part of the stamp of every result the session reads.
-    pub fn generation(&self) -> u64 {
+    pub fn generation(&self) -> Stamp {
         self.role.generation.get()
     }
 
@@ -356,6 +357,9 @@ pub struct Known {
     changed_before: bool,
     /// Each role asked so far, with its answers per table oid (0: functions).
     answers: HashMap<String, HashMap<i64, i64>>,
+    /// Changes the last check found, to be marked and told to the fleet (see
+    /// [`Marker::tell`]): what they touched and the flush notice's line.
+    found: Vec<(Vec<Marked>, String)>,
 }
 
 /// One database as the checks see it.
@@ -367,6 +371,8 @@ pub struct Watched<'a> {
     pub generations: &'a Generations,
     /// Its privileges' state.
     pub privileges: &'a Privileges,
+    /// What marking its generations takes.
+    pub marker: Marker<'a>,
 }
 
 /// Checks `db`'s privileges in full every `privilege_check` and when woken, and covers tables read
@@ -386,6 +392,9 @@ pub async fn watch(cache: &Cache, db: Watched<'_>) -> Infallible {
         } else {
             cover(db, &mut service, &mut known).await
         };
+        for (targets, line) in std::mem::take(&mut known.found) {
+            db.marker.tell(cache, targets, &line).await;
+        }
         match checked {
             Ok(covered) => {
                 db.privileges.covered_now.store(covered, Ordering::Release);
@@ -492,7 +501,7 @@ async fn full_check(
     if !first && known.server_settings != server_settings {
         tracing::info!(database = %db.name,
             "server-wide settings that change results changed: every cached result of the database is dropped");
-        db.generations.bump_global();
+        known.found.push((vec![Marked::Global], "*".to_owned()));
     }
     settle_settings(db, k, &role_settings.unwrap_or_default(), first);
 
@@ -557,7 +566,10 @@ fn settle_answers(
             tracing::info!(database = %db.name, role = %role,
                 "privileges, row-level security, memberships or attributes of the role changed: its \
                  cached results are dropped");
-            db.generations.bump_role(&watch.generation);
+            known.found.push((
+                vec![Marked::Role(Arc::clone(&watch.generation))],
+                format!("role {role}"),
+            ));
         }
         known.answers.insert(role.clone(), now);
     }
@@ -615,6 +627,8 @@ mod tests {
     struct Db {
         generations: Generations,
         privileges: Privileges,
+        fence: super::super::fence::Fence,
+        marks: super::super::marks::Marks,
     }
 
     impl Db {
@@ -623,6 +637,13 @@ mod tests {
                 name: "d",
                 generations: &self.generations,
                 privileges: &self.privileges,
+                marker: Marker {
+                    database: "d",
+                    generations: &self.generations,
+                    fence: &self.fence,
+                    marks: &self.marks,
+                    shared: false,
+                },
             }
         }
     }
@@ -639,6 +660,8 @@ mod tests {
         let db = Db {
             generations: Generations::default(),
             privileges: Privileges::default(),
+            fence: Default::default(),
+            marks: Default::default(),
         };
         check(&db, 1, &[]);
         let mut old = db.privileges.attach(&db.generations, "bob");

@@ -71,7 +71,10 @@ pub fn status(cache: &Cache) -> Vec<Vec<String>> {
     };
     let nodes = remote.nodes();
     let up = nodes.iter().filter(|n| n.is_up()).count();
-    vec![
+    let c = &remote.counters;
+    let (others, waits) = (load(&c.others_hits), load(&c.lease_waits));
+    let hits = cache.meters.hits.get();
+    let mut rows = vec![
         vec![
             "tier".to_owned(),
             cache.config.tier.kind.as_str().to_owned(),
@@ -88,7 +91,45 @@ pub fn status(cache: &Cache) -> Vec<Vec<String>> {
             "tier_forged".to_owned(),
             load(&remote.counters.forged).to_string(),
         ],
-    ]
+        vec![
+            "tier_hits_filled_by_others".to_owned(),
+            format!(
+                "{others} of {hits} hits ({:.1} %): results another proxy stored",
+                100.0 * others as f64 / hits.max(1) as f64
+            ),
+        ],
+        vec![
+            "tier_leases".to_owned(),
+            format!(
+                "{} taken; {waits} misses waited for another proxy's fill, {} answered by it; {} \
+                 fills not stored (lease expired)",
+                load(&c.leases),
+                load(&c.lease_wait_hits),
+                load(&c.leases_lost)
+            ),
+        ],
+    ];
+    for db in cache.databases() {
+        let (floor, applied) = (db.generations.floor(), db.fence.applied_lsn());
+        rows.push(vec![
+            format!("fleet {}", db.name),
+            format!(
+                "floor {}, applied {} ({} bytes of WAL past the floor); joined the fleet's stamps \
+                 {} times; {} marks waiting for the stream",
+                lsn(floor),
+                lsn(applied),
+                applied.saturating_sub(floor),
+                db.stream.joins.get(),
+                db.marks.waiting()
+            ),
+        ]);
+    }
+    rows
+}
+
+/// A WAL position as Postgres writes it.
+fn lsn(position: u64) -> String {
+    format!("{:X}/{:X}", position >> 32, position & 0xffff_ffff)
 }
 
 fn state(node: &Node) -> String {
@@ -165,6 +206,12 @@ pub fn report(cache: &Cache) {
         .sum();
     metrics::counter!("veneer_tier_near_hits_total").absolute(load(&remote.counters.near_hits));
     metrics::counter!("veneer_tier_forged_total").absolute(load(&remote.counters.forged));
+    let c = &remote.counters;
+    metrics::counter!("veneer_fleet_hits_filled_by_others_total").absolute(load(&c.others_hits));
+    metrics::counter!("veneer_fleet_leases_total").absolute(load(&c.leases));
+    metrics::counter!("veneer_fleet_lease_waits_total").absolute(load(&c.lease_waits));
+    metrics::counter!("veneer_fleet_lease_wait_hits_total").absolute(load(&c.lease_wait_hits));
+    metrics::counter!("veneer_fleet_leases_lost_total").absolute(load(&c.leases_lost));
     for node in remote.nodes() {
         let label = [("node", node.name.clone())];
         let s = &node.stats;

@@ -19,8 +19,9 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::watch;
+use veneer_cache_node::remote::fleet::Lease;
 use veneer_cache_node::{CacheKey, CacheStore, Scope, Tier};
-use veneer_invalidation::Generations;
+use veneer_invalidation::{Generations, Stamp};
 
 use super::state::{NameMap, TxStatus};
 use super::Session;
@@ -40,6 +41,10 @@ mod writes;
 
 use unit::{Candidate, Forwarded, Key, Unit, What, MAX_UNIT_STATEMENTS};
 use writes::Write;
+
+/// How long a proxy's lease on a missed key in a shared tier lasts: other proxies wait this long
+/// at most for its fill before asking the database themselves.
+const LEASE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// ReadyForQuery(idle): what ends a replayed answer outside a transaction block.
 const READY_IDLE: &[u8] = b"Z\0\0\0\x05I";
@@ -304,6 +309,10 @@ impl Session {
             }
             Flight::Leader(guard) => guard,
         };
+        let Some(guard) = self.lease(&cache, &key, guard, started).await else {
+            return;
+        };
+        let c = self.cache.as_mut().expect("checked");
         let unit = c.current.take().expect("checked");
         let What::Cacheable(candidate) = unit.what else {
             unreachable!("admin units returned above and forwarded ones are never current")
@@ -319,6 +328,34 @@ impl Session {
             started,
         });
         self.forward(unit.bytes);
+    }
+
+    /// With a shared tier, takes the key's lease for the fleet before going upstream, or, when
+    /// another proxy holds it, waits for that proxy's fill (see `veneer_cache_node::remote::fleet`):
+    /// `None` when the wait was answered (the hit is served), else the guard to fill with.
+    async fn lease(
+        &mut self,
+        cache: &Arc<Cache>,
+        key: &CacheKey,
+        mut guard: FlightGuard,
+        started: Instant,
+    ) -> Option<FlightGuard> {
+        let Some(remote) = cache.store.remote() else {
+            return Some(guard);
+        };
+        match remote.lease(key, LEASE).await {
+            Lease::Taken => guard.leased = true,
+            Lease::Held => {
+                if let Some(response) = remote.await_fill(key, LEASE).await {
+                    drop(guard);
+                    cache.hot.hit(key);
+                    self.serve_hit(response, started, key.stamp);
+                    return None;
+                }
+            }
+            Lease::Unavailable => {}
+        }
+        Some(guard)
     }
 
     /// A superuser, or a role in admin_users, may run the privileged admin commands.
@@ -386,7 +423,7 @@ impl Session {
         }
         CacheKey {
             scope,
-            stamp,
+            stamp: c.db.generations.encode(stamp),
             request: unit.bytes.clone(),
             definition: candidate.definition.clone(),
         }
@@ -483,7 +520,10 @@ impl Session {
             request: request.clone(),
             served,
             stamp,
-            restamp: Box::new(move || self::stamp(&plans, &keys, &db.generations)),
+            restamp: Box::new(move || {
+                db.generations
+                    .encode(self::stamp(&plans, &keys, &db.generations))
+            }),
             shape: digest.text.clone(),
         })
     }
@@ -503,7 +543,15 @@ impl Session {
         let Completed { fill, response } = completed;
         let cache = Arc::clone(&c.cache);
         let put = async move {
-            cache.store.put(fill.key, response, fill.ttl).await;
+            let leased = fill.guard.as_ref().is_some_and(|g| g.leased);
+            // A fill whose lease expired meanwhile leaves the key to the proxy that took it since.
+            let lost = match cache.store.remote() {
+                Some(remote) if leased => !remote.holds(&fill.key).await,
+                _ => false,
+            };
+            if !lost {
+                cache.store.put(fill.key, response, fill.ttl).await;
+            }
             drop(fill.guard);
         };
         match c.cache.store {
@@ -520,7 +568,7 @@ fn stamp(
     plans: &[Option<Arc<Plan>>; MAX_UNIT_STATEMENTS],
     keys: &[Key; MAX_UNIT_STATEMENTS],
     generations: &Generations,
-) -> u64 {
+) -> Stamp {
     plans
         .iter()
         .zip(keys)
@@ -530,8 +578,7 @@ fn stamp(
             }
             Action::Forward { .. } => None,
         })
-        .max()
-        .unwrap_or(0)
+        .fold(Stamp::default(), Stamp::max)
 }
 
 impl Fill {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use veneer_invalidation::Source;
+use veneer_invalidation::{Marked, Source};
 
 use super::unit::{bound_key, parse_message, Forwarded, Key, Planned};
 use super::{Completed, SessionCache};
@@ -228,24 +228,31 @@ impl SessionCache {
     }
 
     /// Bumps what `bumps` name in `db`.
+    ///
+    /// The write has committed but the stream has yet to report it: what it touched is marked (see
+    /// [`crate::cache::marks`]), so this proxy's sessions read it at once while other proxies of a
+    /// fleet see it when their streams apply it.
     pub(super) fn apply(cache: &Cache, db: &Database, bumps: &[Bump]) {
+        if bumps.is_empty() {
+            return;
+        }
+        let mut targets = Vec::new();
         for bump in bumps {
             match bump {
-                Bump::Tables(tables) => tables
-                    .iter()
-                    .for_each(|t| db.generations.bump_table_epoch(t)),
-                // A key that was not read: the whole table.
-                Bump::Row(table, _) => db.generations.bump_table_epoch(table),
-                Bump::Key(table, bucket) => {
-                    db.generations.bump_table(table);
-                    db.generations.bump_row(*bucket);
+                Bump::Tables(tables) => {
+                    targets.extend(tables.iter().cloned().map(Marked::TableEpoch));
                 }
-                Bump::Global => db.generations.bump_global(),
+                // A key that was not read: the whole table.
+                Bump::Row(table, _) => targets.push(Marked::TableEpoch(Arc::clone(table))),
+                Bump::Key(table, bucket) => {
+                    targets.push(Marked::Table(Arc::clone(table)));
+                    targets.push(Marked::Row(*bucket));
+                }
+                Bump::Global => targets.push(Marked::Global),
             }
         }
-        if !bumps.is_empty() {
-            cache.meters.invalidation(Source::WriteThrough);
-        }
+        db.mark(targets);
+        cache.meters.invalidation(Source::WriteThrough);
     }
 }
 

@@ -1,0 +1,102 @@
+//! How a proxy joins the stamps of the other proxies sharing its tier (see
+//! `veneer_invalidation::snapshot`): while its stream runs, it reads the fleet's generations
+//! snapshot of the database from the tier, takes it in when it covers its own start (its floor then
+//! becomes the fleet's, so its keys coincide with theirs), and publishes its own when it is the
+//! freshest, so that a proxy started or restarted later can join in turn.
+//!
+//! A snapshot that does not reach this proxy's start yet is waited for, a little: its publisher
+//! renews it every [`PUBLISH_INTERVAL`]. Past [`JOIN_WAIT`] without one (every other proxy is gone),
+//! this proxy publishes its own, whose higher floor the others then take (raising a floor is always
+//! safe), so the fleet converges on one floor either way.
+
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
+
+use veneer_invalidation::snapshot;
+
+use super::database::Database;
+use super::Cache;
+
+/// How often a proxy that has joined reads and renews the snapshot.
+pub const PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often a proxy that has not joined yet looks for a snapshot it can take.
+const JOIN_POLL: Duration = Duration::from_millis(100);
+
+/// How long a proxy waits for a snapshot reaching its start before publishing its own.
+const JOIN_WAIT: Duration = Duration::from_secs(3);
+
+/// How long a snapshot lives in the tier without being renewed.
+const SNAPSHOT_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Keeps `db`'s generations joined with the fleet's while its stream runs; never returns (it is
+/// dropped with the stream). Does nothing unless the tier is shared.
+pub async fn sync(cache: &Cache, db: &Database) -> Infallible {
+    let Some(remote) = cache.store.remote().filter(|_| db.is_shared()) else {
+        return std::future::pending().await;
+    };
+    let name = format!("generations:{}", db.name);
+    let mut waiting_since: Option<Instant> = None;
+    let mut published = 0;
+    let mut warned = false;
+    loop {
+        let floor = db.generations.floor();
+        let applied = db.fence.applied_lsn();
+        // Until the stream has started, the floor says nothing yet.
+        let started = floor > 0 && applied >= floor;
+        let mut publish = started && db.is_streaming();
+        let mut pause = PUBLISH_INTERVAL;
+        let theirs = match started {
+            true => remote.get_fleet(&name).await,
+            false => None,
+        };
+        if let Some(bytes) = theirs {
+            match snapshot::header(&bytes) {
+                Ok((their_applied, their_floor)) if their_floor != floor => {
+                    if their_floor > floor || their_applied >= floor {
+                        join(db, &bytes);
+                        waiting_since = None;
+                        continue;
+                    }
+                    // Not reaching this proxy's start yet: its publisher renews it shortly.
+                    let since = *waiting_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() < JOIN_WAIT {
+                        publish = false;
+                        pause = JOIN_POLL;
+                    }
+                }
+                // Same floor: only the freshest publishes.
+                Ok((their_applied, _)) => publish &= applied > their_applied,
+                Err(e) => {
+                    if !std::mem::replace(&mut warned, true) {
+                        tracing::warn!(database = %db.name, error = %e,
+                            "the tier holds a generations snapshot this version cannot read: it \
+                             is replaced by this proxy's");
+                    }
+                }
+            }
+        }
+        if publish && applied > published {
+            let bytes = db.generations.snapshot(applied);
+            remote.put_fleet(&name, &bytes, SNAPSHOT_TTL).await;
+            published = applied;
+        }
+        if !started {
+            pause = JOIN_POLL;
+        }
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// Takes in the fleet's snapshot `bytes`.
+fn join(db: &Database, bytes: &[u8]) {
+    match db.generations.adopt(bytes) {
+        Ok((applied, true)) => {
+            db.stream.joins.add(1);
+            tracing::info!(database = %db.name, floor = db.generations.floor(), their_applied = applied,
+                "joined the stamps of the proxies sharing the cache tier: results they stored are hits here");
+        }
+        Ok((_, false)) => {}
+        Err(e) => tracing::warn!(database = %db.name, error = %e, "generations snapshot ignored"),
+    }
+}

@@ -1,0 +1,352 @@
+//! Several Veneers sharing one tier, as real processes: three `veneer-cache-node`s (or a Redis), two
+//! or three `veneer` processes, one Postgres. A result one proxy stored is a hit through another; a
+//! write through one is read at once through it and, once their streams apply it, through the
+//! others, never stale after; a stampede over the proxies reaches the database once; a restarted
+//! proxy joins the others' stamps and hits again within seconds; a lease left by a dead proxy only
+//! delays a miss.
+
+use std::time::{Duration, Instant};
+
+use veneer_tests::binary::VeneerProcess;
+use veneer_tests::cache::{figure, first, on, own_database_with, status, wait_database_cached};
+use veneer_tests::tier::RespServer;
+use veneer_tests::*;
+
+/// Rows of each test's table.
+const ROWS: u32 = 100;
+
+/// The fleet's secret: proxies share results only under one.
+const SECRET: &str = "a fleet secret of the tests";
+
+/// A `veneer` process on the tier `kind` over `nodes`.
+async fn proxy(kind: &str, nodes: &[String]) -> VeneerProcess {
+    VeneerProcess::start(&[
+        "--cache-tier",
+        kind,
+        "--cache-nodes",
+        &nodes.join(","),
+        "--cache-secret",
+        SECRET,
+        // Debug builds on a loaded 2-core machine: a generous deadline, so hits are not lost to
+        // scheduling.
+        "--cache-tier-timeout",
+        "200ms",
+    ])
+    .await
+}
+
+/// Three cache-nodes and their addresses.
+async fn three_nodes() -> (Vec<RespServer>, Vec<String>) {
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(RespServer::cache_node(&[]).await);
+    }
+    let addresses = nodes.iter().map(RespServer::address).collect();
+    (nodes, addresses)
+}
+
+/// Creates database `name` with a table `t` of [`ROWS`] rows; returns a direct session on it.
+async fn database(name: &str) -> Conn {
+    own_database_with(
+        name,
+        &format!(
+            "CREATE TABLE t (id int PRIMARY KEY, v text);
+             INSERT INTO t SELECT g, 'row ' || g FROM generate_series(1, {ROWS}) g;"
+        ),
+    )
+    .await
+}
+
+/// A session on `name` through `proxy`, once the proxy caches the database and has joined the
+/// fleet's stamps (its floor is the others', when there are others).
+async fn session(proxy: &VeneerProcess, name: &str) -> Conn {
+    let client = connect(&on(proxy.addr(), name)).await.expect("connect");
+    wait_database_cached(&client, name).await;
+    // A first read of the table: its privileges are checked before any result of it is served.
+    first(&client, "SELECT count(*) FROM t").await;
+    client
+}
+
+/// The "floor" of `database` in the proxy's fleet status row.
+async fn floor(client: &Conn, database: &str) -> String {
+    let row = status(client).await[&format!("fleet {database}")].clone();
+    row.split(',').next().unwrap_or_default().to_owned()
+}
+
+/// Waits until every session's proxy has the same floor for `database` (they joined each other).
+async fn joined(clients: &[&Conn], database: &str) {
+    let same = wait_for(Duration::from_secs(30), || async {
+        let mut floors = Vec::new();
+        for c in clients {
+            floors.push(floor(c, database).await);
+        }
+        floors.windows(2).all(|w| w[0] == w[1])
+    })
+    .await;
+    let mut rows = Vec::new();
+    for c in clients {
+        rows.push(status(c).await[&format!("fleet {database}")].clone());
+    }
+    assert!(same, "the proxies never shared a floor: {rows:#?}");
+}
+
+/// Cacheable reads that went upstream (misses) through the proxies of `clients`.
+async fn misses(clients: &[&Conn]) -> u64 {
+    let mut total = 0;
+    for c in clients {
+        total += figure(c, "misses").await;
+    }
+    total
+}
+
+/// Waits until `sql` through `client` answers `expected`; returns how long that took.
+async fn seen_within(client: &Conn, sql: &str, expected: &str, limit: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let now = first(client, sql).await;
+        if now.as_deref() == Some(expected) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{sql} still answers {now:?}, not {expected:?}, after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_stored_through_one_proxy_is_a_hit_through_another_and_writes_stay_fresh() {
+    let (_nodes, addresses) = three_nodes().await;
+    let _direct = database("fleet_share").await;
+    let (a, b) = (
+        proxy("nodes", &addresses).await,
+        proxy("nodes", &addresses).await,
+    );
+    let (ca, cb) = (
+        session(&a, "fleet_share").await,
+        session(&b, "fleet_share").await,
+    );
+    joined(&[&ca, &cb], "fleet_share").await;
+
+    let read = "SELECT v FROM t WHERE id = 7";
+    let before = misses(&[&ca, &cb]).await;
+    assert_eq!(first(&ca, read).await.as_deref(), Some("row 7"));
+    assert_eq!(first(&cb, read).await.as_deref(), Some("row 7"));
+    assert_eq!(
+        misses(&[&ca, &cb]).await - before,
+        1,
+        "a read through A then B is one upstream query"
+    );
+    let shared = status(&cb).await["tier_hits_filled_by_others"].clone();
+    assert!(!shared.starts_with("0 of"), "{shared}");
+
+    // A write through A: read at once through A, through B once its stream applies it.
+    let mut windows = Vec::new();
+    for round in 0..20 {
+        let value = format!("round {round}");
+        let sql = "SELECT v FROM t WHERE id = 7";
+        first(&cb, sql).await;
+        ca.batch_execute(&format!("UPDATE t SET v = '{value}' WHERE id = 7"))
+            .await
+            .expect("write through A");
+        assert_eq!(
+            first(&ca, sql).await.as_deref(),
+            Some(value.as_str()),
+            "a write through A is read at once through A"
+        );
+        windows.push(seen_within(&cb, sql, &value, Duration::from_secs(5)).await);
+        for c in [&ca, &cb] {
+            assert_eq!(first(c, sql).await.as_deref(), Some(value.as_str()));
+        }
+    }
+    windows.sort();
+    println!(
+        "write through A not yet seen through B: median {:?}, worst {:?}",
+        windows[windows.len() / 2],
+        windows[windows.len() - 1]
+    );
+
+    // A write made directly on the server is seen through both.
+    _direct
+        .batch_execute("UPDATE t SET v = 'direct' WHERE id = 8")
+        .await
+        .expect("direct write");
+    for c in [&ca, &cb] {
+        seen_within(
+            c,
+            "SELECT v FROM t WHERE id = 8",
+            "direct",
+            Duration::from_secs(5),
+        )
+        .await;
+    }
+    // An operator's flush through A reaches B too.
+    first(&cb, "SELECT count(*) FROM t WHERE v LIKE 'row%'").await;
+    let hits = figure(&cb, "hits").await;
+    first(&cb, "SELECT count(*) FROM t WHERE v LIKE 'row%'").await;
+    assert_eq!(
+        figure(&cb, "hits").await,
+        hits + 1,
+        "cached before the flush"
+    );
+    ca.batch_execute("VENEER FLUSH ALL").await.expect("flush");
+    let flushed = wait_for(Duration::from_secs(5), || async {
+        let before = figure(&cb, "misses").await;
+        first(&cb, "SELECT count(*) FROM t WHERE v LIKE 'row%'").await;
+        figure(&cb, "misses").await > before
+    })
+    .await;
+    assert!(flushed, "VENEER FLUSH through A never reached B");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_clients_over_three_proxies_missing_one_key_reach_the_database_once() {
+    let (_nodes, addresses) = three_nodes().await;
+    let _direct = database("fleet_storm").await;
+    let mut proxies = Vec::new();
+    let mut probes = Vec::new();
+    for _ in 0..3 {
+        let p = proxy("nodes", &addresses).await;
+        probes.push(session(&p, "fleet_storm").await);
+        proxies.push(p);
+    }
+    let refs: Vec<&Conn> = probes.iter().collect();
+    joined(&refs, "fleet_storm").await;
+    let mut clients = Vec::new();
+    for i in 0..50 {
+        let client = connect(&on(proxies[i % 3].addr(), "fleet_storm"))
+            .await
+            .expect("connect");
+        clients.push(client);
+    }
+    for round in 0..3 {
+        let before = misses(&refs).await;
+        let sql = format!("SELECT v, {round} FROM t WHERE id = 3");
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(clients.len()));
+        let mut reads = tokio::task::JoinSet::new();
+        for client in clients.drain(..) {
+            let (barrier, sql) = (barrier.clone(), sql.clone());
+            reads.spawn(async move {
+                barrier.wait().await;
+                let answer = first(&client, &sql).await;
+                (client, answer)
+            });
+        }
+        while let Some(done) = reads.join_next().await {
+            let (client, answer) = done.expect("a reader");
+            assert_eq!(answer.as_deref(), Some("row 3"));
+            clients.push(client);
+        }
+        assert_eq!(
+            misses(&refs).await - before,
+            1,
+            "round {round}: 50 clients over 3 proxies went upstream more than once"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_proxy_joins_the_fleet_and_hits_again_within_seconds() {
+    let (_nodes, addresses) = three_nodes().await;
+    let direct = database("fleet_restart").await;
+    let b = proxy("nodes", &addresses).await;
+    let cb = session(&b, "fleet_restart").await;
+    let mut a = proxy("nodes", &addresses).await;
+    let ca = session(&a, "fleet_restart").await;
+    joined(&[&ca, &cb], "fleet_restart").await;
+    for id in 1..=ROWS {
+        first(&ca, &format!("SELECT v FROM t WHERE id = {id}")).await;
+    }
+    drop(ca);
+    a.signal("KILL").await;
+    a.wait_exit(Duration::from_secs(10)).await;
+    // Changes while A is away: B's stream follows them, A's new stream starts after them.
+    direct
+        .batch_execute("UPDATE t SET v = 'while away' WHERE id = 5")
+        .await
+        .expect("write while A is away");
+    let a = proxy("nodes", &addresses).await;
+    let restarted = Instant::now();
+    let ca = session(&a, "fleet_restart").await;
+    joined(&[&ca, &cb], "fleet_restart").await;
+    let took = restarted.elapsed();
+    // Its first pass over the rows hits what the old process stored (the row changed meanwhile
+    // aside, read fresh).
+    let before = figure(&ca, "hits").await;
+    for id in 1..=ROWS {
+        let v = first(&ca, &format!("SELECT v FROM t WHERE id = {id}")).await;
+        let expected = if id == 5 {
+            "while away".to_owned()
+        } else {
+            format!("row {id}")
+        };
+        assert_eq!(v.as_deref(), Some(expected.as_str()), "row {id}");
+    }
+    let hits = figure(&ca, "hits").await - before;
+    println!("restarted proxy serving again after {took:?}; its first pass: {hits} hits of {ROWS}");
+    assert!(
+        hits >= u64::from(ROWS) * 9 / 10,
+        "{hits} hits of {ROWS}: {:?}",
+        status(&ca).await
+    );
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+    drop(b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_killed_mid_fill_delays_the_others_at_most_its_lease_and_leaves_nothing_stale() {
+    let redis = RespServer::redis(None, &[]).await;
+    let nodes = vec![redis.url()];
+    let direct = database("fleet_kill").await;
+    let (mut a, b) = (proxy("redis", &nodes).await, proxy("redis", &nodes).await);
+    let (ca, cb) = (
+        session(&a, "fleet_kill").await,
+        session(&b, "fleet_kill").await,
+    );
+    joined(&[&ca, &cb], "fleet_kill").await;
+    let read = "SELECT v FROM t WHERE id = 9";
+    let before = misses(&[&ca, &cb]).await;
+    first(&ca, read).await;
+    assert_eq!(first(&cb, read).await.as_deref(), Some("row 9"));
+    assert_eq!(
+        misses(&[&ca, &cb]).await - before,
+        1,
+        "shared through Redis"
+    );
+
+    // A slow read through A: A takes the key's lease, then dies before it can fill.
+    let slow = "SELECT count(*), max(v) FROM t, generate_series(1, 200000) g";
+    let (ca, in_flight) = {
+        let ca = std::sync::Arc::new(ca);
+        let reader = std::sync::Arc::clone(&ca);
+        (
+            ca,
+            tokio::spawn(async move { reader.simple_query(slow).await.is_err() }),
+        )
+    };
+    let leased = wait_for(Duration::from_secs(10), || async {
+        !redis.keys_matching("*:lease").await.is_empty()
+    })
+    .await;
+    assert!(leased, "A never took the lease");
+    a.signal("KILL").await;
+    a.wait_exit(Duration::from_secs(10)).await;
+    assert!(in_flight.await.expect("reader"), "A's client saw A die");
+    drop(ca);
+    // B finds the dead proxy's lease, waits at most its length, then asks the database itself.
+    let started = Instant::now();
+    let expected = (ROWS * 200_000).to_string();
+    assert_eq!(first(&cb, slow).await.as_deref(), Some(expected.as_str()));
+    let waited = started.elapsed();
+    println!("a miss behind a dead proxy's lease answered after {waited:?}");
+    assert!(waited < Duration::from_secs(15), "{waited:?}");
+    // Nothing stale: a write is seen by the next read of every kind.
+    direct
+        .batch_execute("UPDATE t SET v = 'zz' WHERE id = 1")
+        .await
+        .expect("write");
+    seen_within(&cb, read, "row 9", Duration::from_secs(1)).await;
+    let max = "SELECT max(v) FROM t";
+    seen_within(&cb, max, "zz", Duration::from_secs(5)).await;
+}
