@@ -141,13 +141,24 @@ async fn a_result_stored_through_one_proxy_is_a_hit_through_another_and_writes_s
     let shared = status(&cb).await["tier_hits_filled_by_others"].clone();
     assert!(!shared.starts_with("0 of"), "{shared}");
 
-    // A write through A: read at once through A, through B once its stream applies it.
+    // A write through A (from a session that waits for its commit to be flushed, as a server's
+    // default does; the tests' server does not): read at once through A, through B once its stream
+    // applies it.
+    let writer = connect(&on(a.addr(), "fleet_share"))
+        .await
+        .expect("connect");
+    writer
+        .batch_execute("SET synchronous_commit = on")
+        .await
+        .expect("set");
     let mut windows = Vec::new();
     for round in 0..20 {
         let value = format!("round {round}");
         let sql = "SELECT v FROM t WHERE id = 7";
         first(&cb, sql).await;
-        ca.batch_execute(&format!("UPDATE t SET v = '{value}' WHERE id = 7"))
+        first(&ca, sql).await;
+        writer
+            .batch_execute(&format!("UPDATE t SET v = '{value}' WHERE id = 7"))
             .await
             .expect("write through A");
         assert_eq!(

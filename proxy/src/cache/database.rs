@@ -189,6 +189,8 @@ pub struct Database {
     pub(super) timeline: std::sync::atomic::AtomicU32,
     /// The tables the followed publication covers, when it does not cover all tables.
     published: std::sync::Mutex<Option<std::collections::HashSet<String>>>,
+    /// Tables outside `published` whose changes the stream has reported.
+    streamed_outside: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Database {
@@ -213,6 +215,7 @@ impl Database {
             timeline: std::sync::atomic::AtomicU32::new(0),
             catalog_state: std::sync::Mutex::new(CatalogState::Idle),
             published: std::sync::Mutex::new(None),
+            streamed_outside: Default::default(),
         }
     }
 
@@ -318,7 +321,23 @@ impl Database {
 
     /// Records which tables the publication covers (`None`: all of them).
     pub(super) fn set_published(&self, tables: Option<Vec<String>>) {
+        self.streamed_outside.lock().expect("not poisoned").clear();
         *self.published.lock().expect("not poisoned") = tables.map(|t| t.into_iter().collect());
+    }
+
+    /// Whether `table`'s changes arrive for the first time although the publication did not cover
+    /// it at the stream's start (it was added since, or a row filter or column list lets some of
+    /// its changes through). Always false under a publication FOR ALL TABLES.
+    pub(super) fn newly_published(&self, table: &str) -> bool {
+        let published = self.published.lock().expect("not poisoned");
+        match published.as_ref() {
+            Some(tables) if !tables.contains(table) => self
+                .streamed_outside
+                .lock()
+                .expect("not poisoned")
+                .insert(table.to_owned()),
+            _ => false,
+        }
     }
 
     /// Tables the cache has seen that the publication does not cover: writes to them made outside

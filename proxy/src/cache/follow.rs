@@ -133,6 +133,14 @@ impl Sink for Apply<'_> {
             self.db.privileges.wake();
         }
         let lsn = commit.end_lsn;
+        // A table added to the publication since the stream started: its changes before its first
+        // one streamed were never reported (its baseline), so everything cached of it counts as
+        // changed here; every proxy of a fleet sees the same first change, so takes the same value.
+        for name in commit.changed.iter().chain(&commit.whole) {
+            if self.db.newly_published(name) {
+                generations.bump_table_epoch(&generations.table(name), lsn);
+            }
+        }
         for name in &commit.changed {
             generations.bump_table(&generations.table(name), lsn);
         }
