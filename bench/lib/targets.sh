@@ -334,3 +334,15 @@ check_target() { # a query through the target sees the pgbench data
     die "query through $1 failed"
   [[ $n == "$SCALE" ]] || die "through $1: pgbench_branches has '$n' rows, expected $SCALE"
 }
+
+# wait_cached TARGET: until a caching Veneer serves the bench database from its cache (catalog read,
+# replication stream up).
+wait_cached() {
+  local i state=""
+  for ((i = 0; i < 200; i++)); do
+    state=$(psql_at "${TARGET_PORT[$1]}" -c 'SHOW VENEER STATUS' | awk -F'|' '$1 == "database bench" { print $2 }')
+    [[ $state == cached* ]] && return 0
+    sleep 0.1
+  done
+  die "Veneer does not cache the bench database: ${state:-no status}"
+}

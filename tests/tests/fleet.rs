@@ -51,7 +51,8 @@ async fn database(name: &str) -> Conn {
         name,
         &format!(
             "CREATE TABLE t (id int PRIMARY KEY, v text);
-             INSERT INTO t SELECT g, 'row ' || g FROM generate_series(1, {ROWS}) g;"
+             INSERT INTO t SELECT g, 'row ' || g FROM generate_series(1, {ROWS}) g;
+             CREATE TABLE other (id int PRIMARY KEY, v text); INSERT INTO other VALUES (1, 'x');"
         ),
     )
     .await
@@ -360,4 +361,95 @@ async fn a_proxy_killed_mid_fill_delays_the_others_at_most_its_lease_and_leaves_
     seen_within(&cb, read, "row 9", Duration::from_secs(1)).await;
     let max = "SELECT max(v) FROM t";
     seen_within(&cb, max, "zz", Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_proxy_with_a_permanent_slot_restarts_warm() {
+    let (_nodes, addresses) = three_nodes().await;
+    let direct = database("fleet_alone").await;
+    let args = |nodes: &str| {
+        vec![
+            "--cache-tier".to_owned(),
+            "nodes".to_owned(),
+            "--cache-nodes".to_owned(),
+            nodes.to_owned(),
+            "--cache-secret".to_owned(),
+            SECRET.to_owned(),
+            "--cache-tier-timeout".to_owned(),
+            "200ms".to_owned(),
+            "--replication-slot".to_owned(),
+            "fleet_alone".to_owned(),
+        ]
+    };
+    let nodes = addresses.join(",");
+    let start = |args: Vec<String>| async move {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        VeneerProcess::start(&refs).await
+    };
+    let mut a = start(args(&nodes)).await;
+    let ca = session(&a, "fleet_alone").await;
+    first(&ca, "SELECT v FROM other WHERE id = 1").await;
+    for id in 1..=ROWS {
+        first(&ca, &format!("SELECT v FROM t WHERE id = {id}")).await;
+    }
+    // A snapshot covering what it applied is in the tier (published every second).
+    let covered = wait_for(Duration::from_secs(10), || async {
+        let row = status(&ca).await["fleet fleet_alone"].clone();
+        let position = |after: &str| {
+            row.split(after)
+                .nth(1)
+                .and_then(|rest| rest.split([' ', ';', ',']).next())
+                .map(str::to_owned)
+        };
+        position("applied ").is_some() && position("applied ") == position("tier up to ")
+    })
+    .await;
+    assert!(covered, "{:?}", status(&ca).await);
+    let old_floor = floor(&ca, "fleet_alone").await;
+    drop(ca);
+    a.signal("KILL").await;
+    a.wait_exit(Duration::from_secs(10)).await;
+    // A write while it is away, to another table: the stream replays it before serving (a table
+    // written meanwhile may count as changed as a whole, when the replay comes before the catalog).
+    direct
+        .batch_execute("UPDATE other SET v = 'while away' WHERE id = 1")
+        .await
+        .expect("write while away");
+    let a = start(args(&nodes)).await;
+    let ca = session(&a, "fleet_alone").await;
+    // Its stamps are those of before: the floor it resumed at, or the snapshot's once taken in.
+    let rejoined = wait_for(Duration::from_secs(10), || async {
+        floor(&ca, "fleet_alone").await == old_floor
+    })
+    .await;
+    assert!(rejoined, "{:?}", status(&ca).await);
+    assert_eq!(
+        first(&ca, "SELECT v FROM other WHERE id = 1")
+            .await
+            .as_deref(),
+        Some("while away")
+    );
+    let before = figure(&ca, "hits").await;
+    for id in 1..=ROWS {
+        let v = first(&ca, &format!("SELECT v FROM t WHERE id = {id}")).await;
+        assert_eq!(v.as_deref(), Some(format!("row {id}").as_str()), "row {id}");
+    }
+    let hits = figure(&ca, "hits").await - before;
+    assert!(hits >= u64::from(ROWS) * 9 / 10, "{hits} hits of {ROWS}");
+    drop(ca);
+    drop(a);
+    let gone = wait_for(Duration::from_secs(20), || async {
+        direct
+            .batch_execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name LIKE 'fleet_alone%' AND NOT active")
+            .await
+            .is_ok()
+            && veneer_tests::client::scalar::<i64>(
+                &direct,
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'fleet_alone%'",
+            )
+            .await
+                == 0
+    })
+    .await;
+    assert!(gone, "the permanent slot was left behind");
 }

@@ -136,6 +136,12 @@ pub trait Sink: KeySource {
     fn commit(&mut self, commit: &Commit);
     /// The server reported its WAL end (on a keepalive) and what has been applied.
     fn progress(&mut self, progress: Progress);
+    /// What the slot may be told is applied, when `applied` is: the server may drop the WAL before
+    /// it, and a permanent slot resumes there. A sink may hold it back to keep what it needs to
+    /// resume (see the proxy's `fleet`).
+    fn confirmable(&self, applied: u64) -> u64 {
+        applied
+    }
     /// Something the operator should know about the database's setup (a warning, or an action
     /// taken, when `warning` is false).
     fn note(&mut self, warning: bool, message: String);
@@ -256,7 +262,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     // A dropped sender wants nothing more.
                     asking = changed.is_ok();
                     if asking && *wanted.borrow_and_update() > applied {
-                        self.status(applied, true).await?;
+                        self.status(sink.confirmable(applied), true).await?;
                         last_status = tokio::time::Instant::now();
                     }
                     continue;
@@ -272,7 +278,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 if asked_for_reply {
                     return Err(Error::silent("on the stream", SILENCE_LIMIT));
                 }
-                self.status(applied, true).await?;
+                self.status(sink.confirmable(applied), true).await?;
                 asked_for_reply = true;
                 last_status = tokio::time::Instant::now();
                 continue;
@@ -310,7 +316,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     // While a position is wanted, every keepalive is answered: an answer re-arms
                     // the server's report of its position the next time it has caught up.
                     if body[17] == 1 || *wanted.borrow() > applied {
-                        self.status(applied, false).await?;
+                        self.status(sink.confirmable(applied), false).await?;
                         last_status = tokio::time::Instant::now();
                     }
                 }

@@ -181,6 +181,9 @@ pub struct Database {
     /// Its results are stored in a tier other proxies share: marks are cleared once the stream
     /// reports their changes, so stamps become the fleet's again.
     shared: bool,
+    /// The `applied` of the newest generations snapshot in the shared tier that covers what this
+    /// proxy knows (its own, or one with its floor); 0 while none.
+    fleet_covered: AtomicU64,
     /// Who may read what, and the roles' settings.
     pub privileges: super::privileges::Privileges,
     /// What the catalog reader is doing.
@@ -211,6 +214,7 @@ impl Database {
             fence: Fence::default(),
             marks: Marks::default(),
             shared,
+            fleet_covered: AtomicU64::new(0),
             privileges: Default::default(),
             timeline: std::sync::atomic::AtomicU32::new(0),
             catalog_state: std::sync::Mutex::new(CatalogState::Idle),
@@ -312,6 +316,16 @@ impl Database {
             marks: &self.marks,
             shared: self.shared,
         }
+    }
+
+    /// A generations snapshot covering what this proxy knows up to `applied` is in the tier.
+    pub(super) fn set_fleet_covered(&self, applied: u64) {
+        self.fleet_covered.fetch_max(applied, Ordering::AcqRel);
+    }
+
+    /// See [`Database::set_fleet_covered`].
+    pub fn fleet_covered(&self) -> u64 {
+        self.fleet_covered.load(Ordering::Acquire)
     }
 
     /// Whether its results go to a tier other proxies may share.

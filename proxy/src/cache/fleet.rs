@@ -66,7 +66,10 @@ pub async fn sync(cache: &Cache, db: &Database) -> Infallible {
                     }
                 }
                 // Same floor: only the freshest publishes.
-                Ok((their_applied, _)) => publish &= applied > their_applied,
+                Ok((their_applied, _)) => {
+                    db.set_fleet_covered(their_applied.min(applied));
+                    publish &= applied > their_applied;
+                }
                 Err(e) => {
                     if !std::mem::replace(&mut warned, true) {
                         tracing::warn!(database = %db.name, error = %e,
@@ -79,6 +82,7 @@ pub async fn sync(cache: &Cache, db: &Database) -> Infallible {
         if publish && applied > published {
             let bytes = db.generations.snapshot(applied);
             remote.put_fleet(&name, &bytes, SNAPSHOT_TTL).await;
+            db.set_fleet_covered(applied);
             published = applied;
         }
         if !started {

@@ -58,6 +58,8 @@ struct Apply<'a> {
     /// A resumed stream replays what committed while nobody followed: the database counts as
     /// streaming only once it has applied up to this position.
     catch_up: Option<u64>,
+    /// The slot outlives the process.
+    permanent: bool,
 }
 
 impl Apply<'_> {
@@ -116,7 +118,17 @@ impl Sink for Apply<'_> {
             }
             _ => {
                 self.db.restart(start);
-                self.db.set_listener(Listener::Streaming);
+                match resumed {
+                    // A permanent slot resumed by a new process (or after a gap): what committed
+                    // since the slot's position is replayed first. Results stored before under
+                    // stamps this floor still computes (a shared tier keeps them) must not be
+                    // served until it has been.
+                    Some(r) if r.server > start => {
+                        self.catch_up = Some(r.server);
+                        self.db.fence.want(r.server);
+                    }
+                    _ => self.db.set_listener(Listener::Streaming),
+                }
             }
         }
         tracing::info!(database = %self.db.name, "replication stream following writes");
@@ -182,6 +194,17 @@ impl Sink for Apply<'_> {
         self.db.fence.applied(progress.applied);
         self.db.marks.settle(&self.db.generations, &self.db.fence);
         self.caught_up();
+    }
+
+    /// A permanent slot on a shared tier confirms only what a generations snapshot in the tier
+    /// covers, so that a restart resumes at a position it can join the fleet's stamps from (see
+    /// [`super::fleet`]); unless the snapshots lag too far, when keeping the WAL matters more.
+    fn confirmable(&self, applied: u64) -> u64 {
+        let covered = self.db.fleet_covered();
+        if !self.permanent || covered == 0 || applied.saturating_sub(covered) > RETAINED_WARNING {
+            return applied;
+        }
+        applied.min(covered)
     }
 
     fn note(&mut self, warning: bool, message: String) {
@@ -367,6 +390,7 @@ async fn run(cache: &Cache, db: &Database) -> Result<(), Failure> {
         cache,
         db,
         catch_up: None,
+        permanent: permanent.is_some(),
     };
     // A permanent slot's stream runs until a DROP DATABASE needs the slot gone: stopping it while
     // idle would leave the slot holding WAL.

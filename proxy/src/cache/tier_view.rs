@@ -114,11 +114,13 @@ pub fn status(cache: &Cache) -> Vec<Vec<String>> {
         rows.push(vec![
             format!("fleet {}", db.name),
             format!(
-                "floor {}, applied {} ({} bytes of WAL past the floor); joined the fleet's stamps \
-                 {} times; {} marks waiting for the stream",
+                "floor {}, applied {} ({} bytes of WAL past the floor), in a snapshot in the \
+                 tier up to {}; joined the fleet's stamps {} times; {} marks waiting for the \
+                 stream",
                 lsn(floor),
                 lsn(applied),
                 applied.saturating_sub(floor),
+                lsn(db.fleet_covered()),
                 db.stream.joins.get(),
                 db.marks.waiting()
             ),
