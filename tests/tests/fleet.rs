@@ -100,6 +100,12 @@ async fn misses(clients: &[&Conn]) -> u64 {
     total
 }
 
+/// A WAL position from its text form (`16/B374D848`).
+fn lsn(text: &str) -> u64 {
+    let (high, low) = text.split_once('/').expect("a WAL position");
+    u64::from_str_radix(high, 16).expect("hex") << 32 | u64::from_str_radix(low, 16).expect("hex")
+}
+
 /// Waits until `sql` through `client` answers `expected`; returns how long that took.
 async fn seen_within(client: &Conn, sql: &str, expected: &str, limit: Duration) -> Duration {
     let started = Instant::now();
@@ -452,4 +458,106 @@ async fn a_lone_proxy_with_a_permanent_slot_restarts_warm() {
     })
     .await;
     assert!(gone, "the permanent slot was left behind");
+}
+
+/// The mixed workload's staleness check, through three proxies at once: clients on every proxy
+/// read and write keys of one table (and a session writes directly) concurrently; then, once every
+/// proxy's stream has applied everything, every key read through every proxy equals the server's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_workload_through_three_proxies_leaves_no_stale_row() {
+    const KEYS: i32 = 50;
+    let (_nodes, addresses) = three_nodes().await;
+    let direct = database("fleet_mixed").await;
+    direct
+        .batch_execute(&format!(
+            "CREATE TABLE mix (id int PRIMARY KEY, n int);
+             INSERT INTO mix SELECT g, 0 FROM generate_series(1, {KEYS}) g"
+        ))
+        .await
+        .expect("table");
+    let mut proxies = Vec::new();
+    let mut probes = Vec::new();
+    for _ in 0..3 {
+        let p = proxy("nodes", &addresses).await;
+        probes.push(session(&p, "fleet_mixed").await);
+        proxies.push(p);
+    }
+    let refs: Vec<&Conn> = probes.iter().collect();
+    joined(&refs, "fleet_mixed").await;
+    let mut work = tokio::task::JoinSet::new();
+    for (i, p) in proxies
+        .iter()
+        .enumerate()
+        .flat_map(|(i, p)| [(i, p), (i + 3, p)])
+    {
+        let client = connect(&on(p.addr(), "fleet_mixed"))
+            .await
+            .expect("connect");
+        work.spawn(async move {
+            // A fixed pseudo-random sequence per client.
+            let mut x = 0x9e37_79b9_u32.wrapping_mul(i as u32 + 1);
+            for _ in 0..300 {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                let id = (x % KEYS as u32) as i32 + 1;
+                if x % 10 == 0 {
+                    client
+                        .batch_execute(&format!("UPDATE mix SET n = n + 1 WHERE id = {id}"))
+                        .await
+                        .expect("write through a proxy");
+                } else {
+                    first(&client, &format!("SELECT n FROM mix WHERE id = {id}")).await;
+                }
+            }
+        });
+    }
+    let outside = connect(&on(pg().addr(), "fleet_mixed"))
+        .await
+        .expect("direct");
+    work.spawn(async move {
+        for round in 0..100 {
+            outside
+                .batch_execute(&format!(
+                    "UPDATE mix SET n = n + 1 WHERE id = {}",
+                    round % KEYS + 1
+                ))
+                .await
+                .expect("direct write");
+        }
+    });
+    while let Some(done) = work.join_next().await {
+        done.expect("a client");
+    }
+    // Every proxy has applied everything committed.
+    let end: String =
+        veneer_tests::client::scalar(&direct, "SELECT pg_current_wal_lsn()::text").await;
+    for c in &probes {
+        let applied = wait_for(Duration::from_secs(10), || async {
+            let row = status(c).await["fleet fleet_mixed"].clone();
+            let at = row
+                .split("applied ")
+                .nth(1)
+                .and_then(|rest| rest.split(' ').next())
+                .map(lsn);
+            at >= Some(lsn(&end))
+        })
+        .await;
+        assert!(applied, "{:?}", status(c).await);
+    }
+    let mut stale = Vec::new();
+    for id in 1..=KEYS {
+        let sql = format!("SELECT n FROM mix WHERE id = {id}");
+        let truth = first(&direct, &sql).await;
+        for (p, c) in probes.iter().enumerate() {
+            let served = first(c, &sql).await;
+            if served != truth {
+                stale.push((p, id, served, truth.clone()));
+            }
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "stale rows (proxy, id, served, actual): {stale:?}"
+    );
 }
