@@ -561,3 +561,62 @@ async fn a_mixed_workload_through_three_proxies_leaves_no_stale_row() {
         "stale rows (proxy, id, served, actual): {stale:?}"
     );
 }
+
+/// A proxy waiting for another's fill stops waiting when that proxy gives its lease back without
+/// storing (here the answer is an error, which is never cached), rather than for the lease's length.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_given_up_by_its_lease_holder_does_not_hold_the_others_up() {
+    let (nodes, addresses) = three_nodes().await;
+    let direct = database("fleet_gave_up").await;
+    let (a, b) = (
+        proxy("nodes", &addresses).await,
+        proxy("nodes", &addresses).await,
+    );
+    let (ca, cb) = (
+        session(&a, "fleet_gave_up").await,
+        session(&b, "fleet_gave_up").await,
+    );
+    joined(&[&ca, &cb], "fleet_gave_up").await;
+    // An answer that takes a while, then fails: division by zero on the last row.
+    let failing =
+        |n: u32| format!("SELECT count(*) FROM generate_series(1, {n}) g WHERE 1 / ({n} - g) >= 0");
+    let n = 2_000_000;
+    let started = Instant::now();
+    assert!(direct.simple_query(&failing(n)).await.is_err());
+    let alone = started.elapsed();
+    let sql = failing(n);
+    let ca = std::sync::Arc::new(ca);
+    let first_reader = {
+        let (ca, sql) = (std::sync::Arc::clone(&ca), sql.clone());
+        tokio::spawn(async move { ca.simple_query(&sql).await.is_err() })
+    };
+    let waits_before = status(&cb).await["tier_leases"].clone();
+    // B asks once A holds the lease.
+    let leased = wait_for(Duration::from_secs(10), || async {
+        for node in &nodes {
+            if !node.keys_matching("*:lease").await.is_empty() {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert!(leased, "A never took the lease");
+    let started = Instant::now();
+    assert!(
+        cb.simple_query(&sql).await.is_err(),
+        "the error reaches B's client"
+    );
+    let waited = started.elapsed();
+    assert!(
+        first_reader.await.expect("reader"),
+        "the error reaches A's client"
+    );
+    println!(
+        "the query alone: {alone:?}; through B while A held the lease: {waited:?} ({waits_before})"
+    );
+    assert!(
+        waited < Duration::from_millis(1800) + alone,
+        "B waited {waited:?} for a lease whose holder stored nothing (the query alone takes {alone:?})"
+    );
+}

@@ -106,17 +106,19 @@ impl Remote {
     }
 
     /// Waits up to `limit` for another proxy's fill of `key`, looking again and again (each look an
-    /// ordinary lookup); `None` when none came.
+    /// ordinary lookup); `None` when none came, or when the lease went without a value (the holder
+    /// did not store: an answer too large, or not one to keep).
     pub async fn await_fill(&self, key: &CacheKey, limit: Duration) -> Option<Bytes> {
         self.counters.lease_waits.fetch_add(1, Ordering::Relaxed);
         let deadline = Instant::now() + limit;
         let mut pause = FIRST_POLL;
         loop {
-            if let Some(found) = crate::CacheStore::get(self, key).await {
-                self.counters
-                    .lease_wait_hits
-                    .fetch_add(1, Ordering::Relaxed);
+            if let Some(found) = self.filled(key).await {
                 return Some(found);
+            }
+            if !self.leased(key).await {
+                // Released or expired: a value stored just before is still worth a look.
+                return self.filled(key).await;
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -125,6 +127,29 @@ impl Remote {
             tokio::time::sleep(pause.min(left)).await;
             pause = (pause * 2).min(MAX_POLL);
         }
+    }
+
+    /// `key`'s value, counted as a wait answered.
+    async fn filled(&self, key: &CacheKey) -> Option<Bytes> {
+        let found = crate::CacheStore::get(self, key).await;
+        if found.is_some() {
+            self.counters
+                .lease_wait_hits
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        found
+    }
+
+    /// Whether anyone holds `key`'s lease (a tier that does not answer counts as yes: the wait's
+    /// deadline bounds it).
+    async fn leased(&self, key: &CacheKey) -> bool {
+        let Some(lease) = self.stored(key).map(|k| k.lease()) else {
+            return false;
+        };
+        self.shards
+            .on_first::<bool>(&lease, redis::cmd("EXISTS").arg(&lease.bytes), FLEET_OP)
+            .await
+            .unwrap_or(true)
     }
 
     /// The proxies' own value `name` (not a result), sealed like results; `None` when absent, not
