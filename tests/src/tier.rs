@@ -150,6 +150,16 @@ impl RespServer {
         redis_cli(self.port, args).await
     }
 
+    /// Cached results the server holds: Veneer's keys but the proxies' own values (generations
+    /// snapshots) and leases.
+    pub async fn results(&self) -> u64 {
+        self.keys_matching("veneer:*")
+            .await
+            .iter()
+            .filter(|k| !k.windows(6).any(|w| w == b"fleet:") && !k.ends_with(b":lease"))
+            .count() as u64
+    }
+
     /// Keys the server holds (DBSIZE).
     pub async fn keys(&self) -> u64 {
         match self.command(&[b"DBSIZE"]).await {

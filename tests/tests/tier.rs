@@ -138,7 +138,7 @@ async fn keys_spread_over_every_node_and_reads_stay_fresh() {
     );
     let mut total = 0;
     for node in &nodes {
-        let keys = node.keys().await;
+        let keys = node.results().await;
         assert!(
             keys >= u64::from(ROWS) / 6,
             "node {} holds {keys} of {ROWS} keys",
@@ -221,7 +221,11 @@ async fn a_node_restarted_from_its_snapshot_serves_hits_at_once() {
     node.stop("TERM").await;
     assert!(snapshot.is_file(), "no snapshot written on SIGTERM");
     node.restart().await;
-    assert_eq!(node.keys().await, u64::from(ROWS), "the snapshot's entries");
+    assert_eq!(
+        node.results().await,
+        u64::from(ROWS),
+        "the snapshot's entries"
+    );
     let hits = read_all(&client).await;
     assert!(
         hits >= u64::from(ROWS) - 1,
@@ -317,7 +321,7 @@ async fn a_redis_server_as_the_tier_refuses_values_veneer_did_not_write() {
     read_all(&client).await;
     assert_eq!(read_all(&client).await, u64::from(ROWS));
     // Someone with write access to Redis replaces every stored answer with their own.
-    let keys = redis.keys_matching("veneer:1:*").await;
+    let keys = redis.keys_matching("veneer:2:*").await;
     assert!(keys.len() >= ROWS as usize, "{} keys stored", keys.len());
     for key in &keys {
         redis.command(&[b"SET", key, b"forged rows"]).await;
@@ -333,7 +337,7 @@ async fn a_redis_server_as_the_tier_refuses_values_veneer_did_not_write() {
     redis.cli(&["SET", "someone-else", "x"]).await;
     client.batch_execute("VENEER FLUSH").await.expect("flush");
     assert_eq!(
-        redis.keys_matching("veneer:1:*").await,
+        redis.keys_matching("veneer:2:*").await,
         Vec::<Vec<u8>>::new()
     );
     assert_eq!(redis.cli(&["GET", "someone-else"]).await.trim(), "x");
@@ -364,7 +368,7 @@ async fn a_node_with_a_password_holds_only_encrypted_values() {
     let (client, direct) = scene(&proxy, "tier_sealed").await;
     stays_fresh(&client, &direct, "tier_sealed").await;
     // Whoever can read the node sees no row.
-    let keys = node.keys_matching("veneer:1:*").await;
+    let keys = node.keys_matching("veneer:2:*").await;
     assert!(keys.len() >= ROWS as usize, "{} keys stored", keys.len());
     for key in keys {
         let Reply::Bulk(Some(value)) = node.command(&[b"GET", &key]).await else {
