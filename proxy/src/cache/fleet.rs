@@ -5,7 +5,8 @@
 //! freshest, so that a proxy started or restarted later can join in turn.
 //!
 //! A snapshot that does not reach this proxy's start yet is waited for, a little: its publisher
-//! renews it every [`PUBLISH_INTERVAL`]. Past [`JOIN_WAIT`] without one (every other proxy is gone),
+//! renews it every [`PUBLISH_INTERVAL`] (every [`SMALL_INTERVAL`] while it is small), its stream
+//! asking the server for its WAL end each time so that it moves on in a quiet database too. Past [`JOIN_WAIT`] without one (every other proxy is gone),
 //! this proxy publishes its own, whose higher floor the others then take (raising a floor is always
 //! safe), so the fleet converges on one floor either way.
 
@@ -19,6 +20,13 @@ use super::Cache;
 
 /// How often a proxy that has joined reads and renews the snapshot.
 pub const PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often while the snapshot is small (a young fleet, a quiet database), so that proxies
+/// started together join each other within a fraction of a second.
+const SMALL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// A snapshot under this many bytes is renewed every [`SMALL_INTERVAL`].
+const SMALL: usize = 64 << 10;
 
 /// How often a proxy that has not joined yet looks for a snapshot it can take.
 const JOIN_POLL: Duration = Duration::from_millis(100);
@@ -46,6 +54,13 @@ pub async fn sync(cache: &Cache, db: &Database) -> Infallible {
         let started = floor > 0 && applied >= floor;
         let mut publish = started && db.is_streaming();
         let mut pause = PUBLISH_INTERVAL;
+        if started {
+            // Have the stream ask the server where its WAL ends (one message on the replication
+            // connection): a quiet database's applied position then keeps up with the server,
+            // so a snapshot reaches the start of a proxy that just joined without waiting for a
+            // commit.
+            db.fence.want(applied + 1);
+        }
         let theirs = match started {
             true => remote.get_fleet(&name).await,
             false => None,
@@ -84,6 +99,9 @@ pub async fn sync(cache: &Cache, db: &Database) -> Infallible {
             remote.put_fleet(&name, &bytes, SNAPSHOT_TTL).await;
             db.set_fleet_covered(applied);
             published = applied;
+            if bytes.len() < SMALL {
+                pause = pause.min(SMALL_INTERVAL);
+            }
         }
         if !started {
             pause = JOIN_POLL;
