@@ -98,8 +98,11 @@ start_veneer() {
   log "starting Veneer ($target) on 127.0.0.1:$port"
   local extra=()
   read -r -a extra <<<"$VENEER_ARGS"
+  # A target waits its turn for minutes while the others run: its stream must not stop for want of
+  # clients meanwhile (replication_idle_timeout, 5 minutes by default), or each turn starts cold.
   setsid "${UNDER[@]}" "$VENEER_BIN" --listen "127.0.0.1:$port" --upstream "127.0.0.1:$PG_PORT" \
-    --upstream-tls disable --log-level warn --metrics-listen off "$@" "${extra[@]}" \
+    --upstream-tls disable --log-level warn --metrics-listen off --replication-idle-timeout 1h \
+    "$@" "${extra[@]}" \
     >"$TMP/$target.log" 2>&1 &
   pid=$!
   TARGET_PORT[$target]=$port

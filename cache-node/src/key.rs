@@ -5,7 +5,7 @@
 //! every hash is SHA-256 (a specified output), truncated to 128 bits. The layout, version 2:
 //!
 //! ```text
-//! veneer:2:<system identifier>:<timeline>:                                 (the namespace, ASCII)
+//! veneer:2:<system identifier>:<timeline>:<fleet, 16 hex digits>:         (the namespace, ASCII)
 //! <scope: 16 bytes><request and definition: 16 bytes><stamp: 8 bytes, big-endian>
 //! ```
 //!
@@ -13,8 +13,10 @@
 //! never meet and a failover or point-in-time restore (a new timeline) starts afresh. Stamps are
 //! WAL positions every proxy following the server computes alike, or values private to one process
 //! that no other computes (see `veneer_invalidation`), so every proxy of a fleet shares one
-//! namespace: a result one stored is a hit for all. (Version 1 had a per-process stamp origin in
-//! the namespace.) The namespace is ASCII so that `SCAN MATCH <namespace>*` finds exactly the
+//! namespace: a result one stored is a hit for all. The fleet is named by a value derived from its
+//! secret (`cache_secret`), so proxies with another secret, or none (a random one each), keep
+//! apart rather than overwrite each other's values and count them forged. (Version 1 had a
+//! per-process stamp origin there.) The namespace is ASCII so that `SCAN MATCH <namespace>*` finds exactly the
 //! keys of one namespace, which is how a flush clears its own keys and nobody else's.
 
 use ring::digest::{Context, SHA256};
@@ -58,10 +60,11 @@ pub struct Namespace {
 }
 
 impl Namespace {
-    /// The namespace of results read from the server `system` on `timeline`.
-    pub fn new(system: u64, timeline: u32) -> Namespace {
+    /// The namespace of results read from the server `system` on `timeline`, shared by the proxies
+    /// of `fleet` (see the module documentation).
+    pub fn new(system: u64, timeline: u32, fleet: u64) -> Namespace {
         Namespace {
-            prefix: format!("veneer:{FORMAT}:{system}:{timeline}:")
+            prefix: format!("veneer:{FORMAT}:{system}:{timeline}:{fleet:016x}:")
                 .into_bytes()
                 .into(),
         }
@@ -151,10 +154,10 @@ mod tests {
     fn the_layout_is_stable() {
         // Pinned (and checked with Python's hashlib): a change here strands every key a running
         // fleet has stored; a new layout takes a new FORMAT instead.
-        let stored = Namespace::new(7716083852855388320, 1)
+        let stored = Namespace::new(7716083852855388320, 1, 0xabc)
             .key(&key(b"Q select 1", b""))
             .bytes;
-        let prefix = b"veneer:2:7716083852855388320:1:";
+        let prefix = b"veneer:2:7716083852855388320:1:0000000000000abc:";
         assert_eq!(&stored[..prefix.len()], prefix);
         assert_eq!(stored.len(), prefix.len() + 40);
         assert_eq!(&stored[stored.len() - 8..], &7u64.to_be_bytes());
@@ -170,7 +173,7 @@ mod tests {
 
     #[test]
     fn part_boundaries_are_hashed() {
-        let ns = Namespace::new(1, 1);
+        let ns = Namespace::new(1, 1, 1);
         assert_ne!(
             ns.key(&key(b"ab", b"c")).bytes,
             ns.key(&key(b"a", b"bc")).bytes
@@ -178,12 +181,13 @@ mod tests {
     }
 
     #[test]
-    fn servers_and_timelines_are_apart() {
+    fn servers_timelines_and_fleets_are_apart() {
         let k = key(b"Q select 1", b"");
         let keys = [
-            Namespace::new(1, 1).key(&k).bytes,
-            Namespace::new(2, 1).key(&k).bytes,
-            Namespace::new(1, 2).key(&k).bytes,
+            Namespace::new(1, 1, 1).key(&k).bytes,
+            Namespace::new(2, 1, 1).key(&k).bytes,
+            Namespace::new(1, 2, 1).key(&k).bytes,
+            Namespace::new(1, 1, 2).key(&k).bytes,
         ];
         for (i, a) in keys.iter().enumerate() {
             for b in &keys[i + 1..] {

@@ -620,3 +620,63 @@ async fn a_fill_given_up_by_its_lease_holder_does_not_hold_the_others_up() {
         "B waited {waited:?} for a lease whose holder stored nothing (the query alone takes {alone:?})"
     );
 }
+
+/// A write through a proxy to a table its stream does not follow (outside a chosen publication)
+/// keeps the writer's results of it apart for good: the stream will never report the change, so
+/// the results stored before it must not come back once the stream has moved past the write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_to_a_table_outside_the_publication_stays_seen_by_its_writer() {
+    let (_nodes, addresses) = three_nodes().await;
+    let direct = database("fleet_outside").await;
+    direct
+        .batch_execute(
+            "CREATE TABLE t_out (id int PRIMARY KEY, v int); INSERT INTO t_out VALUES (1, 0);
+             CREATE PUBLICATION part FOR TABLE t",
+        )
+        .await
+        .expect("setup");
+    let a = VeneerProcess::start(&[
+        "--cache-tier",
+        "nodes",
+        "--cache-nodes",
+        &addresses.join(","),
+        "--cache-secret",
+        SECRET,
+        "--cache-tier-timeout",
+        "200ms",
+        "--publication",
+        "part",
+    ])
+    .await;
+    let ca = session(&a, "fleet_outside").await;
+    let read = "SELECT v FROM t_out WHERE id = 1";
+    assert_eq!(first(&ca, read).await.as_deref(), Some("0"));
+    assert_eq!(first(&ca, read).await.as_deref(), Some("0"), "cached");
+    ca.batch_execute("UPDATE t_out SET v = 1 WHERE id = 1")
+        .await
+        .expect("write through the proxy");
+    assert_eq!(first(&ca, read).await.as_deref(), Some("1"));
+    // The stream moves past that write: a later write to a followed table is applied.
+    ca.batch_execute("UPDATE t SET v = 'later' WHERE id = 1")
+        .await
+        .expect("a later write");
+    seen_within(
+        &ca,
+        "SELECT v FROM t WHERE id = 1",
+        "later",
+        Duration::from_secs(5),
+    )
+    .await;
+    let applied = wait_for(Duration::from_secs(10), || async {
+        status(&ca).await["fleet fleet_outside"].contains("0 marks waiting")
+    })
+    .await;
+    assert!(applied, "{:?}", status(&ca).await);
+    for _ in 0..3 {
+        assert_eq!(
+            first(&ca, read).await.as_deref(),
+            Some("1"),
+            "the writer's own write to a table outside the publication was lost"
+        );
+    }
+}

@@ -30,11 +30,25 @@ async fn a_server_restored_to_an_earlier_state_serves_nothing_newer() {
     let direct = own_database_with(
         "restored",
         "CREATE TABLE acct (id int PRIMARY KEY, v int); INSERT INTO acct VALUES (1, 1);
+             CREATE TABLE filler (n int);
              CHECKPOINT;",
     )
     .await;
     drop(direct);
-    let proxy = ProxyHandle::start_with(|s| s.replication_slot = Some("rs".to_owned())).await;
+    // A shared tier, which outlives the restore: a proxy started afterwards must not take what it
+    // holds (results and generations of the lost history) for the server's.
+    let node = veneer_tests::tier::RespServer::cache_node(&[]).await;
+    let on_tier = |s: &mut veneer_config::Settings| {
+        s.cache_tier = Some(veneer_config::CacheTier::Nodes);
+        s.cache_nodes = vec![node.address()];
+        s.cache_secret = Some("a fleet secret for the tests".to_owned());
+        s.cache_tier_timeout = Some(veneer_config::Millis(std::time::Duration::from_millis(200)));
+    };
+    let proxy = ProxyHandle::start_with(|s| {
+        s.replication_slot = Some("rs".to_owned());
+        on_tier(s);
+    })
+    .await;
     let client = connect(&on(proxy.addr(), "restored")).await.unwrap();
     wait_database_cached(&client, "restored").await;
     drop(client);
@@ -49,11 +63,29 @@ async fn a_server_restored_to_an_earlier_state_serves_nothing_newer() {
     let direct = connect(&on(pg().addr(), "restored")).await.unwrap();
     let read = "SELECT v FROM acct WHERE id = 1";
     direct
-        .batch_execute("SET synchronous_commit = on; UPDATE acct SET v = 2 WHERE id = 1")
+        // With much WAL in the same transaction: the restored server's WAL then ends well before
+        // this commit, so positions up to it are handed out again after the restore.
+        .batch_execute(
+            "SET synchronous_commit = on; BEGIN; UPDATE acct SET v = 2 WHERE id = 1;
+             INSERT INTO filler SELECT generate_series(1, 200000); COMMIT",
+        )
         .await
         .unwrap();
     veneer_tests::cache::until_seen(&client, read, "2").await;
     assert_eq!(first(&client, read).await.as_deref(), Some("2"));
+    // The tier's generations snapshot covers that write.
+    let covered = wait_for(std::time::Duration::from_secs(10), || async {
+        let row = veneer_tests::cache::status(&client).await["fleet restored"].clone();
+        let at = |after: &str| {
+            row.split(after)
+                .nth(1)
+                .and_then(|rest| rest.split([' ', ';', ',']).next())
+                .map(str::to_owned)
+        };
+        at("applied ").is_some() && at("applied ") == at("tier up to ")
+    })
+    .await;
+    assert!(covered, "{:?}", veneer_tests::cache::status(&client).await);
     drop((client, direct));
 
     // The snapshot put back: the row is 1 again, and the slot is where the snapshot left it.
@@ -68,4 +100,22 @@ async fn a_server_restored_to_an_earlier_state_serves_nothing_newer() {
         Some("1"),
         "a result newer than the restored server was served"
     );
+    // A proxy started after the restore, on the same tier.
+    let later = ProxyHandle::start_with(on_tier).await;
+    let client = connect(&on(later.addr(), "restored")).await.unwrap();
+    wait_database_cached(&client, "restored").await;
+    // Once it has settled with the tier's generations (taken them in, or published its own).
+    let settled = wait_for(std::time::Duration::from_secs(10), || async {
+        let row = veneer_tests::cache::status(&client).await["fleet restored"].clone();
+        !row.contains("in a snapshot in the tier up to 0/0;")
+    })
+    .await;
+    assert!(settled, "{:?}", veneer_tests::cache::status(&client).await);
+    for _ in 0..3 {
+        assert_eq!(
+            first(&client, read).await.as_deref(),
+            Some("1"),
+            "a proxy started after the restore served a result of the lost history"
+        );
+    }
 }

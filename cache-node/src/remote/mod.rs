@@ -106,8 +106,10 @@ impl Remote {
         })
     }
 
-    /// Places keys under `namespace` from now on (the server's identity was read, or changed).
-    pub fn set_namespace(&self, namespace: Namespace) {
+    /// Places keys in the namespace of the server `system` on `timeline` from now on (its identity
+    /// was read, or changed), for the fleet of proxies sharing this one's secret.
+    pub fn set_server(&self, system: u64, timeline: u32) {
+        let namespace = Namespace::new(system, timeline, self.seal.fleet());
         let mut current = self.namespace.write().expect("not poisoned");
         if current.as_ref() != Some(&namespace) {
             tracing::info!(namespace = %String::from_utf8_lossy(namespace.prefix()),

@@ -33,6 +33,8 @@ pub struct Seal {
     mac: hmac::Key,
     cipher: Option<LessSafeKey>,
     random: SystemRandom,
+    /// Names the secret without revealing it (see [`Seal::fleet`]).
+    fleet: u64,
 }
 
 impl Seal {
@@ -60,11 +62,23 @@ impl Seal {
                 UnboundKey::new(&CHACHA20_POLY1305, &key.as_ref()[..32]).expect("a 32-byte key"),
             )
         });
+        let fleet = u64::from_be_bytes(
+            derive(b"veneer fleet").as_ref()[..8]
+                .try_into()
+                .expect("8 bytes"),
+        );
         Seal {
             mac,
             cipher,
             random,
+            fleet,
         }
+    }
+
+    /// A name of the secret, derived from it (HMAC) and telling nothing of it: proxies sharing a
+    /// secret share a namespace, and proxies with different secrets (or none) never meet.
+    pub fn fleet(&self) -> u64 {
+        self.fleet
     }
 
     /// `response` sealed for storing under `key`, to expire after `ttl`.

@@ -184,6 +184,10 @@ pub struct Database {
     /// The `applied` of the newest generations snapshot in the shared tier that covers what this
     /// proxy knows (its own, or one with its floor); 0 while none.
     fleet_covered: AtomicU64,
+    /// The server went back in time under this proxy (see [`Database::restart`]).
+    diverged: AtomicBool,
+    /// Since it did, the shared tier's namespace has yet to be cleared.
+    lost_history: AtomicBool,
     /// Who may read what, and the roles' settings.
     pub privileges: super::privileges::Privileges,
     /// What the catalog reader is doing.
@@ -215,6 +219,8 @@ impl Database {
             marks: Marks::default(),
             shared,
             fleet_covered: AtomicU64::new(0),
+            diverged: AtomicBool::new(false),
+            lost_history: AtomicBool::new(false),
             privileges: Default::default(),
             timeline: std::sync::atomic::AtomicU32::new(0),
             catalog_state: std::sync::Mutex::new(CatalogState::Idle),
@@ -294,8 +300,10 @@ impl Database {
             // The server's WAL ends before what was applied: it went back in time (a restored
             // snapshot). Its positions will be handed out again, so a shared stamp could meet
             // results of the lost history: from now on this proxy's stamps are its own, for good
-            // (a mark nothing clears).
+            // (a mark nothing clears), and it neither publishes nor takes generations snapshots.
             self.generations.mark(&[Marked::Global]);
+            self.diverged.store(true, Ordering::Release);
+            self.lost_history.store(true, Ordering::Release);
         }
         self.generations.restart(start);
         self.marks.settle(&self.generations, &self.fence);
@@ -315,6 +323,7 @@ impl Database {
             fence: &self.fence,
             marks: &self.marks,
             shared: self.shared,
+            streams_every_table: self.published.lock().expect("not poisoned").is_none(),
         }
     }
 
@@ -326,6 +335,17 @@ impl Database {
     /// See [`Database::set_fleet_covered`].
     pub fn fleet_covered(&self) -> u64 {
         self.fleet_covered.load(Ordering::Acquire)
+    }
+
+    /// Whether the server went back in time under this proxy: its stamps are its own for good.
+    pub(super) fn diverged(&self) -> bool {
+        self.diverged.load(Ordering::Acquire)
+    }
+
+    /// Whether the server went back in time since the last call: what a shared tier holds may come
+    /// from a history the server no longer has.
+    pub(super) fn take_lost_history(&self) -> bool {
+        self.lost_history.swap(false, Ordering::AcqRel)
     }
 
     /// Whether its results go to a tier other proxies may share.

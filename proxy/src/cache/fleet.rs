@@ -13,9 +13,12 @@
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
+use veneer_cache_node::CacheStore;
+use veneer_invalidation::replication::INSERTED_END;
 use veneer_invalidation::snapshot;
 
 use super::database::Database;
+use super::service::Service;
 use super::Cache;
 
 /// How often a proxy that has joined reads and renews the snapshot.
@@ -47,12 +50,22 @@ pub async fn sync(cache: &Cache, db: &Database) -> Infallible {
     let mut waiting_since: Option<Instant> = None;
     let mut published = 0;
     let mut warned = false;
+    // Whether a snapshot ahead of this proxy was checked against the server's WAL end.
+    let mut history_checked = false;
     loop {
+        if db.take_lost_history() {
+            tracing::error!(database = %db.name,
+                "the server went back in time (restored from a copy): results and generations in \
+                 the shared tier may come from a history it no longer has; the tier's namespace \
+                 is cleared");
+            cache.store.clear().await;
+        }
         let floor = db.generations.floor();
         let applied = db.fence.applied_lsn();
         // Until the stream has started, the floor says nothing yet.
         let started = floor > 0 && applied >= floor;
-        let mut publish = started && db.is_streaming();
+        // A proxy whose server went back in time keeps its stamps to itself for good.
+        let mut publish = started && db.is_streaming() && !db.diverged();
         let mut pause = PUBLISH_INTERVAL;
         if started {
             // Have the stream ask the server where its WAL ends (one message on the replication
@@ -61,10 +74,34 @@ pub async fn sync(cache: &Cache, db: &Database) -> Infallible {
             // commit.
             db.fence.want(applied + 1);
         }
-        let theirs = match started {
+        let theirs = match started && !db.diverged() {
             true => remote.get_fleet(&name).await,
             false => None,
         };
+        let ahead = theirs
+            .as_deref()
+            .and_then(|b| snapshot::header(b).ok())
+            .filter(|&(their_applied, _)| their_applied > applied && !history_checked);
+        if let Some((their_applied, _)) = ahead {
+            match same_history(cache, db, their_applied).await {
+                Some(true) => history_checked = true,
+                Some(false) => {
+                    tracing::error!(database = %db.name, their_applied,
+                        "the shared tier holds a generations snapshot from past the server's WAL \
+                         end: the server went back in time (restored from a copy), and results \
+                         in the tier may come from a history it no longer has; the tier's \
+                         namespace is cleared");
+                    cache.store.clear().await;
+                    history_checked = true;
+                    continue;
+                }
+                // The server could not be asked: no joining this round.
+                None => {
+                    tokio::time::sleep(JOIN_POLL).await;
+                    continue;
+                }
+            }
+        }
         if let Some(bytes) = theirs {
             match snapshot::header(&bytes) {
                 Ok((their_applied, their_floor)) if their_floor != floor => {
@@ -108,6 +145,15 @@ pub async fn sync(cache: &Cache, db: &Database) -> Infallible {
         }
         tokio::time::sleep(pause).await;
     }
+}
+
+/// Whether a snapshot that says its publisher applied up to `their_applied` comes from the server's
+/// current history: its WAL reaches that far. `None` when the server could not be asked.
+async fn same_history(cache: &Cache, db: &Database, their_applied: u64) -> Option<bool> {
+    let mut service = Service::new(cache, &db.name, "veneer fleet");
+    let rows = service.query(INSERTED_END, &[]).await.ok()?;
+    let end = rows.first().map_or(0, |r| r.get::<_, i64>(0) as u64);
+    Some(their_applied <= end)
 }
 
 /// Takes in the fleet's snapshot `bytes`.

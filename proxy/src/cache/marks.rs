@@ -81,13 +81,17 @@ pub struct Marker<'a> {
     /// Its results go to a tier other proxies may share: marks are cleared once the stream reports
     /// their changes (with the embedded tier nothing is shared, and marks simply stay).
     pub shared: bool,
+    /// The stream reports the changes of every table (no publication, or one FOR ALL TABLES).
+    /// Otherwise a write's marks stay: the stream may never report what it changed, and clearing
+    /// them would bring back results stored before it.
+    pub streams_every_table: bool,
 }
 
 impl Marker<'_> {
     /// Marks `targets` for a change that has committed, until the stream has applied it.
     pub fn mark(&self, targets: Vec<Marked>) {
         let mark = self.generations.mark(&targets);
-        if self.shared {
+        if self.shared && self.streams_every_table {
             self.marks.wait(self.generations, self.fence, targets, mark);
         }
     }

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsConnector;
-use veneer_cache_node::{CacheKey, CacheStore, Namespace, Tier};
+use veneer_cache_node::{CacheKey, CacheStore, Tier};
 use veneer_config::{CacheConfig, Config, Replication};
 use veneer_invalidation::Marked;
 
@@ -246,7 +246,7 @@ impl Cache {
     fn learn_server(&self, catalog: &Catalog) {
         if let Some(remote) = self.store.remote() {
             let (system, timeline) = catalog.server;
-            remote.set_namespace(Namespace::new(system, timeline));
+            remote.set_server(system, timeline);
         }
     }
 

@@ -643,6 +643,7 @@ mod tests {
                     fence: &self.fence,
                     marks: &self.marks,
                     shared: false,
+                    streams_every_table: true,
                 },
             }
         }
