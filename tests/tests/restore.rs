@@ -86,6 +86,8 @@ async fn a_server_restored_to_an_earlier_state_serves_nothing_newer() {
     })
     .await;
     assert!(covered, "{:?}", veneer_tests::cache::status(&client).await);
+    // Read again now that the stream has applied the write: stored under the write's position.
+    assert_eq!(first(&client, read).await.as_deref(), Some("2"));
     drop((client, direct));
 
     // The snapshot put back: the row is 1 again, and the slot is where the snapshot left it.
