@@ -25,6 +25,7 @@ const FLEET_OP: Duration = Duration::from_millis(500);
 /// The first wait between two looks for a value another proxy is filling; doubled up to
 /// [`MAX_POLL`].
 const FIRST_POLL: Duration = Duration::from_millis(1);
+/// The longest wait between two looks.
 const MAX_POLL: Duration = Duration::from_millis(8);
 
 /// Compare-and-delete for servers without `DELIFEQ`.

@@ -36,8 +36,9 @@ pub struct Counters {
     pub others_hits: AtomicU64,
     /// Leases taken (misses this proxy filled for the fleet).
     pub leases: AtomicU64,
-    /// Misses that waited for another proxy's fill, and those the fill answered.
+    /// Misses that waited for another proxy's fill.
     pub lease_waits: AtomicU64,
+    /// Of those, the ones that fill answered.
     pub lease_wait_hits: AtomicU64,
     /// Fills not stored because their lease had expired.
     pub leases_lost: AtomicU64,

@@ -22,7 +22,7 @@ use super::service::Service;
 use super::Cache;
 
 /// How often a proxy that has joined reads and renews the snapshot.
-pub const PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
+const PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How often while the snapshot is small (a young fleet, a quiet database), so that proxies
 /// started together join each other within a fraction of a second.
