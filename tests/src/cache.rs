@@ -228,3 +228,20 @@ pub async fn wait_unlogged_forwarded(direct: &Client, client: &Client, table: &s
         .unwrap();
     assert_eq!(first(client, &read).await.as_deref(), Some("5"));
 }
+
+/// A WAL position of the proxy's `fleet <database>` status row, the word after `label` (`"floor "`,
+/// `"applied "`, `"tier up to "`), as Postgres writes it; `None` without such a row.
+pub async fn fleet_position(client: &Client, database: &str, label: &str) -> Option<String> {
+    let status = status(client).await;
+    let row = status.get(&format!("fleet {database}"))?;
+    row.split(label)
+        .nth(1)
+        .and_then(|rest| rest.split([' ', ';', ',']).next())
+        .map(str::to_owned)
+}
+
+/// Whether a generations snapshot in the shared tier covers everything the proxy applied.
+pub async fn snapshot_covers_applied(client: &Client, database: &str) -> bool {
+    let applied = fleet_position(client, database, "applied ").await;
+    applied.is_some() && applied == fleet_position(client, database, "tier up to ").await
+}

@@ -70,8 +70,9 @@ async fn session(proxy: &VeneerProcess, name: &str) -> Conn {
 
 /// The "floor" of `database` in the proxy's fleet status row.
 async fn floor(client: &Conn, database: &str) -> String {
-    let row = status(client).await[&format!("fleet {database}")].clone();
-    row.split(',').next().unwrap_or_default().to_owned()
+    veneer_tests::cache::fleet_position(client, database, "floor ")
+        .await
+        .unwrap_or_default()
 }
 
 /// Waits until every session's proxy has the same floor for `database` (they joined each other).
@@ -399,15 +400,8 @@ async fn a_lone_proxy_with_a_permanent_slot_restarts_warm() {
         first(&ca, &format!("SELECT v FROM t WHERE id = {id}")).await;
     }
     // A snapshot covering what it applied is in the tier (published every second).
-    let covered = wait_for(Duration::from_secs(10), || async {
-        let row = status(&ca).await["fleet fleet_alone"].clone();
-        let position = |after: &str| {
-            row.split(after)
-                .nth(1)
-                .and_then(|rest| rest.split([' ', ';', ',']).next())
-                .map(str::to_owned)
-        };
-        position("applied ").is_some() && position("applied ") == position("tier up to ")
+    let covered = wait_for(Duration::from_secs(10), || {
+        veneer_tests::cache::snapshot_covers_applied(&ca, "fleet_alone")
     })
     .await;
     assert!(covered, "{:?}", status(&ca).await);
@@ -534,13 +528,8 @@ async fn a_mixed_workload_through_three_proxies_leaves_no_stale_row() {
         veneer_tests::client::scalar(&direct, "SELECT pg_current_wal_lsn()::text").await;
     for c in &probes {
         let applied = wait_for(Duration::from_secs(10), || async {
-            let row = status(c).await["fleet fleet_mixed"].clone();
-            let at = row
-                .split("applied ")
-                .nth(1)
-                .and_then(|rest| rest.split(' ').next())
-                .map(lsn);
-            at >= Some(lsn(&end))
+            let at = veneer_tests::cache::fleet_position(c, "fleet_mixed", "applied ").await;
+            at.as_deref().map(lsn) >= Some(lsn(&end))
         })
         .await;
         assert!(applied, "{:?}", status(c).await);

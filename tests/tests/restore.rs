@@ -74,15 +74,8 @@ async fn a_server_restored_to_an_earlier_state_serves_nothing_newer() {
     veneer_tests::cache::until_seen(&client, read, "2").await;
     assert_eq!(first(&client, read).await.as_deref(), Some("2"));
     // The tier's generations snapshot covers that write.
-    let covered = wait_for(std::time::Duration::from_secs(10), || async {
-        let row = veneer_tests::cache::status(&client).await["fleet restored"].clone();
-        let at = |after: &str| {
-            row.split(after)
-                .nth(1)
-                .and_then(|rest| rest.split([' ', ';', ',']).next())
-                .map(str::to_owned)
-        };
-        at("applied ").is_some() && at("applied ") == at("tier up to ")
+    let covered = wait_for(std::time::Duration::from_secs(10), || {
+        veneer_tests::cache::snapshot_covers_applied(&client, "restored")
     })
     .await;
     assert!(covered, "{:?}", veneer_tests::cache::status(&client).await);
