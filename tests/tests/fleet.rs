@@ -101,6 +101,15 @@ async fn misses(clients: &[&Conn]) -> u64 {
     total
 }
 
+/// The status rows of a proxy's tier and fleet, for a failure's message.
+async fn tier_rows(client: &Conn) -> Vec<(String, String)> {
+    status(client)
+        .await
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("tier") || k.starts_with("fleet") || k.contains("miss"))
+        .collect()
+}
+
 /// A WAL position from its text form (`16/B374D848`).
 fn lsn(text: &str) -> u64 {
     let (high, low) = text.split_once('/').expect("a WAL position");
@@ -257,11 +266,16 @@ async fn fifty_clients_over_three_proxies_missing_one_key_reach_the_database_onc
             assert_eq!(answer.as_deref(), Some("row 3"));
             clients.push(client);
         }
-        assert_eq!(
-            misses(&refs).await - before,
-            1,
-            "round {round}: 50 clients over 3 proxies went upstream more than once"
-        );
+        let went = misses(&refs).await - before;
+        if went != 1 {
+            let mut rows = Vec::new();
+            for c in &refs {
+                rows.push(tier_rows(c).await);
+            }
+            panic!(
+                "round {round}: 50 clients over 3 proxies went upstream {went} times: {rows:#?}"
+            );
+        }
     }
 }
 
@@ -328,10 +342,13 @@ async fn a_proxy_killed_mid_fill_delays_the_others_at_most_its_lease_and_leaves_
     let before = misses(&[&ca, &cb]).await;
     first(&ca, read).await;
     assert_eq!(first(&cb, read).await.as_deref(), Some("row 9"));
+    let went = misses(&[&ca, &cb]).await - before;
     assert_eq!(
-        misses(&[&ca, &cb]).await - before,
+        went,
         1,
-        "shared through Redis"
+        "shared through Redis: {:#?} {:#?}",
+        tier_rows(&ca).await,
+        tier_rows(&cb).await
     );
 
     // A slow read through A: A takes the key's lease, then dies before it can fill.

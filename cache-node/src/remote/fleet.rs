@@ -3,9 +3,10 @@
 //! proxy joins the others' stamps).
 //!
 //! **Leases**, as memcache's at Facebook: the first proxy to miss a key takes a short lease beside it
-//! (`SET <key>:lease <token> NX PX <ms>` on the key's node); the others find it taken and wait for
-//! the value instead of asking the database too, up to the lease's length, after which they go
-//! upstream themselves (the holder may have died). The holder stores only while it still holds the
+//! (`SET <key>:lease <token> NX PX <ms>` on the key's node) and looks for the value once more (a
+//! holder before it may have stored and released since its first lookup); the others find it taken
+//! and wait for the value instead of asking the database too, up to the lease's length, after which
+//! they go upstream themselves (the holder may have died). The holder stores only while it still holds the
 //! lease, then releases it with a compare-and-delete: `DELIFEQ` on a `veneer-cache-node` (as in
 //! Valkey 9), a one-line `EVAL` on Redis. Keys carry their stamps, so a late fill is never read
 //! stale whatever happens to a lease: leases only spare the database a stampede.

@@ -344,7 +344,17 @@ impl Session {
             return Some(guard);
         };
         match remote.lease(key, LEASE).await {
-            Lease::Taken => guard.leased = true,
+            Lease::Taken => {
+                guard.leased = true;
+                // The holder before may have stored and released between this proxy's lookup
+                // and its lease: look once more rather than fill a second time.
+                if let Some(response) = remote.get(key).await {
+                    drop(guard);
+                    cache.hot.hit(key);
+                    self.serve_hit(response, started, key.stamp);
+                    return None;
+                }
+            }
             Lease::Held => {
                 if let Some(response) = remote.await_fill(key, LEASE).await {
                     drop(guard);
