@@ -280,7 +280,8 @@ pub struct Settings {
     #[serde(default)]
     pub admin_users: Vec<String>,
 
-    /// Address of the Prometheus endpoint (GET /metrics), or off [default: 127.0.0.1:9432].
+    /// Address of the status pages: Prometheus metrics at /metrics, a status page at /, probes at
+    /// /healthz and /readyz; or off [default: 127.0.0.1:9432].
     #[arg(long, env = "VENEER_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<Endpoint>,
 }

@@ -19,6 +19,7 @@ pub mod session;
 pub mod setup;
 pub mod shared;
 pub mod sql_bytes;
+pub mod status;
 pub mod stream;
 pub mod tls;
 pub mod upstream;

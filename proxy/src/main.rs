@@ -40,14 +40,24 @@ fn main() -> ExitCode {
     }
     let served = runtime.block_on(async {
         let (listen, upstream) = (config.listen, config.upstream.clone());
-        if let Some(addr) = config.metrics_listen {
-            // Metrics are an aid, not the service: a taken port is reported and the proxy serves on.
-            match veneer_proxy::metrics::serve(addr) {
-                Ok(()) => tracing::info!(%addr, "metrics served at /metrics"),
-                Err(e) => tracing::warn!(error = %e, "metrics endpoint not started"),
+        let metrics = config.metrics_listen;
+        let prometheus = match metrics.map(veneer_proxy::metrics::install).transpose() {
+            Ok(handle) => handle,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics not recorded");
+                None
+            }
+        };
+        let proxy = Proxy::bind(config).await?;
+        if let (Some(addr), Some(prometheus)) = (metrics, prometheus) {
+            // The status pages are an aid, not the service: a taken port is reported and the
+            // proxy serves on.
+            match proxy.serve_status(addr, prometheus).await {
+                Ok(bound) => tracing::info!(addr = %bound,
+                    "status page at /, metrics at /metrics, probes at /healthz and /readyz"),
+                Err(e) => tracing::warn!(error = %e, "status pages and metrics not served"),
             }
         }
-        let proxy = Proxy::bind(config).await?;
         tracing::info!(%listen, %upstream, "veneer listening");
         proxy.run(shutdown_signal()).await
     });

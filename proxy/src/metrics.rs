@@ -3,8 +3,10 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use veneer_invalidation::Source;
 
 use crate::error::Error;
@@ -16,13 +18,13 @@ const BUCKETS: &[f64] = &[
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// Starts the Prometheus endpoint; must run inside the runtime. Without a call, counting is a no-op.
-pub fn serve(addr: SocketAddr) -> Result<(), Error> {
-    metrics_exporter_prometheus::PrometheusBuilder::new()
-        .with_http_listener(addr)
+/// Installs the Prometheus recorder, before any handle is registered (counting is a no-op
+/// without it); its text is served by [`crate::status`] at `/metrics`.
+pub fn install(addr: SocketAddr) -> Result<PrometheusHandle, Error> {
+    PrometheusBuilder::new()
         .set_buckets(BUCKETS)
         .map_err(|e| Error::metrics(addr, e))?
-        .install()
+        .install_recorder()
         .map_err(|e| Error::metrics(addr, e))
 }
 
@@ -87,6 +89,8 @@ pub struct Meters {
     pub entries: Gauge,
     /// Bytes held by the cache.
     pub bytes: Gauge,
+    /// The bound on them (`max_bytes`; a remote tier's nodes' own bounds in total).
+    pub max_bytes: Gauge,
     /// Entries evicted to stay within the bound.
     pub evictions: Counter,
     /// Entries expired at their TTL.
@@ -122,6 +126,7 @@ impl Default for Meters {
             reused_upstreams: Tally::new(counter!("veneer_upstream_reused_total")),
             entries: gauge!("veneer_cache_entries"),
             bytes: gauge!("veneer_cache_bytes"),
+            max_bytes: gauge!("veneer_cache_max_bytes"),
             evictions: counter!("veneer_cache_evictions_total"),
             expirations: counter!("veneer_cache_expirations_total"),
             verify_samples: Tally::new(counter!("veneer_verify_samples_total")),
@@ -145,6 +150,8 @@ pub struct StreamMeters {
     pub joins: Tally,
     /// Commit-to-apply delay of each transaction.
     delay: Histogram,
+    /// The same of the last transaction applied.
+    last_delay: Gauge,
     /// Bytes of WAL the server had beyond what was applied, at its last report.
     lag_bytes: Gauge,
     last_lag_bytes: AtomicU64,
@@ -174,6 +181,7 @@ impl StreamMeters {
             ),
             joins: Tally::new(counter!("veneer_fleet_joins_total", "database" => database.clone())),
             delay: histogram!("veneer_replication_delay_seconds", "database" => database.clone()),
+            last_delay: gauge!("veneer_replication_lag_seconds", "database" => database.clone()),
             lag_bytes: gauge!("veneer_replication_lag_bytes", "database" => database.clone()),
             last_lag_bytes: AtomicU64::new(0),
             retained_bytes: gauge!("veneer_replication_slot_retained_bytes", "database" => database.clone()),
@@ -194,6 +202,7 @@ impl StreamMeters {
         self.transactions.add(1);
         self.rows.add(rows);
         self.delay.record(delay);
+        self.last_delay.set(delay.as_secs_f64());
         self.last_delay_micros
             .store(delay.as_micros() as u64, Ordering::Relaxed);
         let mut counters = self
@@ -258,5 +267,105 @@ impl Meters {
             Source::Admin => "admin",
         };
         counter!("veneer_invalidations_total", "source" => source).increment(1);
+    }
+}
+
+/// Tables per database with their own `table` label in the per-table hit and miss counters; the
+/// others share the label [`OTHER_TABLES`], so a schema of thousands of tables cannot blow up the
+/// exported series.
+pub const MAX_TABLES: usize = 100;
+
+/// The `table` label of the tables beyond [`MAX_TABLES`].
+pub const OTHER_TABLES: &str = "(other)";
+
+/// Hits and misses of the cacheable reads of one table, exported with `database` and `table` labels.
+/// A plan holds its tables' handles, so counting is an atomic add per table read.
+pub struct TableUse {
+    hits: Counter,
+    misses: Counter,
+}
+
+impl std::fmt::Debug for TableUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TableUse")
+    }
+}
+
+impl TableUse {
+    /// Counts a hit (`true`) or a miss of a read of the table.
+    pub fn count(&self, hit: bool) {
+        if hit {
+            self.hits.increment(1);
+        } else {
+            self.misses.increment(1);
+        }
+    }
+}
+
+/// One database's cache use, for the per-database hit ratio (exported and on the status page) and
+/// the handles of its tables' counters.
+pub struct DatabaseUse {
+    /// Hits of reads of the database.
+    pub hits: Tally,
+    /// Misses of reads of the database.
+    pub misses: Tally,
+    tables: std::sync::Mutex<std::collections::HashMap<String, Arc<TableUse>>>,
+    other: std::sync::OnceLock<Arc<TableUse>>,
+    database: String,
+}
+
+impl DatabaseUse {
+    /// The counters of database `name`.
+    pub fn new(name: &str) -> DatabaseUse {
+        let database = name.to_owned();
+        DatabaseUse {
+            hits: Tally::new(
+                counter!("veneer_database_cache_hits_total", "database" => database.clone()),
+            ),
+            misses: Tally::new(
+                counter!("veneer_database_cache_misses_total", "database" => database.clone()),
+            ),
+            tables: Default::default(),
+            other: std::sync::OnceLock::new(),
+            database,
+        }
+    }
+
+    /// Counts a hit (`true`) or a miss of a read of the database.
+    pub fn count(&self, hit: bool) {
+        if hit {
+            self.hits.add(1);
+        } else {
+            self.misses.add(1);
+        }
+    }
+
+    /// The counters of `table`, registered at its first use (when a plan reading it is made).
+    pub fn table(&self, table: &str) -> Arc<TableUse> {
+        let mut tables = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(known) = tables.get(table) {
+            return Arc::clone(known);
+        }
+        if tables.len() >= MAX_TABLES {
+            let other = self
+                .other
+                .get_or_init(|| Arc::new(table_use(&self.database, OTHER_TABLES)));
+            return Arc::clone(other);
+        }
+        let made = Arc::new(table_use(&self.database, table));
+        tables.insert(table.to_owned(), Arc::clone(&made));
+        made
+    }
+}
+
+/// The per-table counters of `table` in `database`.
+fn table_use(database: &str, table: &str) -> TableUse {
+    let labels = [
+        ("database", database.to_owned()),
+        ("table", table.to_owned()),
+    ];
+    TableUse {
+        hits: counter!("veneer_table_cache_hits_total", &labels),
+        misses: counter!("veneer_table_cache_misses_total", &labels),
     }
 }

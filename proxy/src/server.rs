@@ -64,6 +64,7 @@ impl Proxy {
             tls,
             upstream_tls,
             cancels: CancelRegistry::default(),
+            draining: Default::default(),
         });
         Ok(Proxy { listener, shared })
     }
@@ -73,6 +74,19 @@ impl Proxy {
         self.listener
             .local_addr()
             .expect("a bound listener has an address")
+    }
+
+    /// Serves the metrics listener's pages (see [`crate::status`]) on `addr` with the counters
+    /// `prometheus` renders; returns the address bound.
+    pub async fn serve_status(
+        &self,
+        addr: SocketAddr,
+        prometheus: metrics_exporter_prometheus::PrometheusHandle,
+    ) -> Result<SocketAddr, Error> {
+        let listener = crate::status::bind(addr).await?;
+        let bound = listener.local_addr().map_err(|e| Error::metrics(addr, e))?;
+        crate::status::serve(listener, Arc::clone(&self.shared), prometheus);
+        Ok(bound)
     }
 
     /// Serves clients until `shutdown` completes, then drains: idle sessions end at once, busy ones
@@ -104,6 +118,9 @@ impl Proxy {
             }
         }
         drop(self.listener);
+        self.shared
+            .draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let busy =
             self.shared.config.max_client_connections - self.shared.slots.available_permits();
         tracing::info!(sessions = busy, drain = ?self.shared.config.shutdown_drain, "shutting down");

@@ -42,4 +42,6 @@ pub struct Shared {
     pub pool: Arc<Pool>,
     /// Metric handles.
     pub meters: Arc<Meters>,
+    /// Shutdown has begun: no new clients (what `/readyz` reports).
+    pub draining: std::sync::atomic::AtomicBool,
 }

@@ -68,13 +68,36 @@ pub async fn connect(config: &Config, tls: Option<&TlsConnector>) -> Result<Upst
     let target = &config.upstream;
     tokio::time::timeout(config.connect_timeout, open(config, tls))
         .await
-        .map_err(|_| {
-            let timeout = std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("timed out after {:?}", config.connect_timeout),
-            );
-            Error::upstream_connect(target, timeout)
-        })?
+        .map_err(|_| Error::upstream_connect(target, timed_out(config)))?
+}
+
+/// The error of a connection attempt that ran out of `connect_timeout`.
+fn timed_out(config: &Config) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("timed out after {:?}", config.connect_timeout),
+    )
+}
+
+/// Whether the upstream answers, for readiness checks: connects and asks whether it speaks TLS,
+/// reads the one-byte answer, and hangs up. Postgres logs nothing for a client that leaves after
+/// that answer (unlike a connection closed before a startup message).
+pub async fn probe(config: &Config) -> Result<(), Error> {
+    let target = &config.upstream;
+    let asked = async {
+        let mut tcp = TcpStream::connect((target.host.as_str(), target.port)).await?;
+        tcp.write_all(&SSL_REQUEST).await?;
+        tcp.read_u8().await
+    };
+    match tokio::time::timeout(config.connect_timeout, asked).await {
+        Ok(Ok(b'S' | b'N')) => Ok(()),
+        Ok(Ok(_)) => Err(Error::upstream_refused(
+            target,
+            "answered the TLS request with something other than S or N: is it PostgreSQL?",
+        )),
+        Ok(Err(e)) => Err(Error::upstream_connect(target, e)),
+        Err(_) => Err(Error::upstream_connect(target, timed_out(config))),
+    }
 }
 
 async fn open(config: &Config, tls: Option<&TlsConnector>) -> Result<Upstream, Error> {

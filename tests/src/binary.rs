@@ -166,15 +166,16 @@ impl VeneerProcess {
     /// Starts `veneer --listen 127.0.0.1:<free port> --upstream <test server>` plus `args`, and waits
     /// until it accepts connections.
     pub async fn start(args: &[&str]) -> VeneerProcess {
+        VeneerProcess::start_on(&pg().upstream().to_string(), args).await
+    }
+
+    /// Starts `veneer --listen 127.0.0.1:<free port> --upstream <upstream>` plus `args`, and waits
+    /// until it accepts connections.
+    pub async fn start_on(upstream: &str, args: &[&str]) -> VeneerProcess {
         let addr = SocketAddr::from(([127, 0, 0, 1], crate::free_port()));
         let mut child = veneer_command()
             .await
-            .args([
-                "--listen",
-                &addr.to_string(),
-                "--upstream",
-                &pg().upstream().to_string(),
-            ])
+            .args(["--listen", &addr.to_string(), "--upstream", upstream])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -13,6 +13,7 @@ pub mod binary;
 pub mod cache;
 pub mod client;
 pub mod fuzz;
+pub mod http;
 pub mod pg;
 pub mod privileges;
 pub mod proxy;

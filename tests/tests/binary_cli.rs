@@ -173,21 +173,6 @@ async fn connection_close_is_logged_with_user_database_and_bytes() {
     );
 }
 
-/// GET `path` over plain HTTP/1.0 and return the whole response.
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = within("metrics connect", tokio::net::TcpStream::connect(addr))
-        .await
-        .unwrap();
-    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    within("metrics response", stream.read_to_string(&mut response))
-        .await
-        .unwrap();
-    response
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_are_served_for_prometheus() {
     let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -197,7 +182,7 @@ async fn metrics_are_served_for_prometheus() {
     for _ in 0..3 {
         client.simple_query("SELECT 41 + 1").await.unwrap();
     }
-    let response = http_get(metrics, "/metrics").await;
+    let response = veneer_tests::http::get(metrics, "/metrics").await;
     assert!(
         response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"),
         "{response}"
@@ -247,7 +232,7 @@ async fn tier_metrics_are_served_for_prometheus() {
         for _ in 0..3 {
             client.simple_query("SELECT 41 + 1").await.unwrap();
         }
-        let response = http_get(metrics, "/metrics").await;
+        let response = veneer_tests::http::get(metrics, "/metrics").await;
         response.contains(&up)
             && response.contains("veneer_tier_node_hit_share{node=")
             && response.contains("veneer_hot_request_share")
@@ -257,6 +242,6 @@ async fn tier_metrics_are_served_for_prometheus() {
     assert!(
         served,
         "tier metrics missing from:\n{}",
-        http_get(metrics, "/metrics").await
+        veneer_tests::http::get(metrics, "/metrics").await
     );
 }

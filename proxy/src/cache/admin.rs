@@ -10,7 +10,7 @@ use veneer_cache_node::CacheStore;
 use veneer_config::Replication;
 use veneer_invalidation::Source;
 
-use super::database::{CatalogState, Listener};
+use super::database::{CatalogState, Database, Listener};
 use super::{tier_view, Cache};
 use crate::passthrough::Reason;
 use crate::wire::authored::{error_response, Severity};
@@ -137,7 +137,8 @@ pub async fn answer(cache: &Cache, command: &Command, admin: bool, tx: Transacti
     out.freeze()
 }
 
-async fn status(cache: &Cache) -> Vec<Vec<String>> {
+/// The rows of `SHOW VENEER STATUS`.
+pub async fn status(cache: &Cache) -> Vec<Vec<String>> {
     let usage = cache.store.usage().await;
     let meters = &cache.meters;
     let (hits, misses) = (meters.hits.get(), meters.misses.get());
@@ -180,70 +181,10 @@ async fn status(cache: &Cache) -> Vec<Vec<String>> {
     let mut databases = cache.databases();
     databases.sort_by(|a, b| a.name.cmp(&b.name));
     for db in databases {
-        let replication = match (cache.config.replication, db.listener()) {
-            (Replication::Off, _) => {
-                "replication off: writes elsewhere show after the TTL".to_owned()
-            }
-            (_, Listener::Streaming) => "replication streaming".to_owned(),
-            (_, Listener::Starting) => "replication starting".to_owned(),
-            (_, Listener::Idle) => "replication idle: no client lately, slot released".to_owned(),
-            (_, Listener::AtCap(cap)) => format!(
-                "replication waiting: replication_listeners cap ({cap}) reached by other databases"
-            ),
-            (_, Listener::Held) => {
-                "replication paused: a DROP DATABASE of it is running".to_owned()
-            }
-            (
-                _,
-                Listener::Down {
-                    why,
-                    since,
-                    retry_at,
-                },
-            ) => {
-                let retry = retry_at.saturating_duration_since(tokio::time::Instant::now());
-                format!(
-                    "replication down since {} ({why}); {}",
-                    clock(since),
-                    if retry.is_zero() {
-                        "retrying now".to_owned()
-                    } else {
-                        format!("retrying in {:.1} s", retry.as_secs_f64())
-                    }
-                )
-            }
-        };
-        let serving = if !db.has_catalog() {
-            match db.catalog_state() {
-                CatalogState::Idle => "forwarded: catalog not read (no client lately)".to_owned(),
-                CatalogState::Reading => "forwarded: catalog being read".to_owned(),
-                CatalogState::Failing(e) => {
-                    format!("forwarded: catalog not read ({e}); retrying")
-                }
-            }
-        } else if !cache.serves(&db) {
-            "forwarded: replication not following".to_owned()
-        } else if !db.privileges.ready() {
-            format!(
-                "forwarded: {}",
-                db.privileges.status(cache.config.privilege_check)
-            )
-        } else {
-            "cached".to_owned()
-        };
-        let mut state = vec![serving, replication];
-        if db.privileges.ready() {
-            state.push(db.privileges.status(cache.config.privilege_check));
-        }
-        let outside = db.outside_publication();
-        if !outside.is_empty() {
-            state.push(format!(
-                "outside the publication, cached with TTL only: {}",
-                outside.join(", ")
-            ));
-        }
-        state.push(format!("{} client(s)", db.demand.clients()));
-        rows.push(vec![format!("database {}", db.name), state.join("; ")]);
+        rows.push(vec![
+            format!("database {}", db.name),
+            database_state(cache, &db),
+        ]);
         if cache.config.replication != Replication::Off {
             let (behind, delay) = db.stream.lag();
             rows.push(vec![
@@ -264,6 +205,72 @@ async fn status(cache: &Cache) -> Vec<Vec<String>> {
         }
     }
     rows
+}
+
+/// What a database's cache is doing, in words: serving or forwarded and why, its replication
+/// stream's state, its privilege checks, tables outside the publication, its clients. The status's
+/// `database` row and the status page's.
+pub fn database_state(cache: &Cache, db: &Database) -> String {
+    let replication = match (cache.config.replication, db.listener()) {
+        (Replication::Off, _) => "replication off: writes elsewhere show after the TTL".to_owned(),
+        (_, Listener::Streaming) => "replication streaming".to_owned(),
+        (_, Listener::Starting) => "replication starting".to_owned(),
+        (_, Listener::Idle) => "replication idle: no client lately, slot released".to_owned(),
+        (_, Listener::AtCap(cap)) => format!(
+            "replication waiting: replication_listeners cap ({cap}) reached by other databases"
+        ),
+        (_, Listener::Held) => "replication paused: a DROP DATABASE of it is running".to_owned(),
+        (
+            _,
+            Listener::Down {
+                why,
+                since,
+                retry_at,
+            },
+        ) => {
+            let retry = retry_at.saturating_duration_since(tokio::time::Instant::now());
+            format!(
+                "replication down since {} ({why}); {}",
+                clock(since),
+                if retry.is_zero() {
+                    "retrying now".to_owned()
+                } else {
+                    format!("retrying in {:.1} s", retry.as_secs_f64())
+                }
+            )
+        }
+    };
+    let serving = if !db.has_catalog() {
+        match db.catalog_state() {
+            CatalogState::Idle => "forwarded: catalog not read (no client lately)".to_owned(),
+            CatalogState::Reading => "forwarded: catalog being read".to_owned(),
+            CatalogState::Failing(e) => {
+                format!("forwarded: catalog not read ({e}); retrying")
+            }
+        }
+    } else if !cache.serves(db) {
+        "forwarded: replication not following".to_owned()
+    } else if !db.privileges.ready() {
+        format!(
+            "forwarded: {}",
+            db.privileges.status(cache.config.privilege_check)
+        )
+    } else {
+        "cached".to_owned()
+    };
+    let mut state = vec![serving, replication];
+    if db.privileges.ready() {
+        state.push(db.privileges.status(cache.config.privilege_check));
+    }
+    let outside = db.outside_publication();
+    if !outside.is_empty() {
+        state.push(format!(
+            "outside the publication, cached with TTL only: {}",
+            outside.join(", ")
+        ));
+    }
+    state.push(format!("{} client(s)", db.demand.clients()));
+    state.join("; ")
 }
 
 const QUERY_COLUMNS: [&str; 7] = [

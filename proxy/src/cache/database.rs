@@ -20,7 +20,7 @@ use super::fence::Fence;
 use super::marks::{Marker, Marks};
 use super::point::Point;
 use super::Digests;
-use crate::metrics::StreamMeters;
+use crate::metrics::{DatabaseUse, StreamMeters, TableUse};
 use crate::passthrough::Reason;
 
 /// Plans memoized per database, by query shape; past this many the memo starts over.
@@ -48,6 +48,8 @@ pub enum Action {
         ttl: Duration,
         /// Statistics of its query shape.
         digest: Arc<Digest>,
+        /// The hit and miss counters of the tables it reads.
+        used: Box<[Arc<TableUse>]>,
     },
     /// Forwarded uncached.
     Forward {
@@ -174,6 +176,8 @@ pub struct Database {
     pub demand: Demand,
     /// What its replication stream has applied.
     pub stream: StreamMeters,
+    /// Its hits and misses, and its tables'.
+    pub usage: DatabaseUse,
     /// Where its stream stands, for sessions waiting to read their writes' full effects.
     pub fence: Fence,
     /// Private marks waiting for the stream to report their changes.
@@ -206,6 +210,7 @@ impl Database {
     pub fn new(name: String, shared: bool) -> Database {
         Database {
             stream: StreamMeters::new(&name),
+            usage: DatabaseUse::new(&name),
             name,
             generations: Generations::default(),
             catalog: RwLock::new(None),
@@ -584,11 +589,19 @@ impl Database {
                                 point: None,
                             },
                         };
+                        let used = match &point {
+                            Some(p) => Box::new([self.usage.table(p.table())]) as Box<[_]>,
+                            None => relations
+                                .iter()
+                                .map(|r| self.usage.table(&r.name))
+                                .collect(),
+                        };
                         Action::Cache {
                             dependencies,
                             point,
                             ttl,
                             digest: digests.get(shape.to_owned()),
+                            used,
                         }
                     }
                     Err(reason) => forward(reason, None, false),

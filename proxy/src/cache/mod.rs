@@ -319,6 +319,7 @@ pub async fn report_usage(cache: Weak<Cache>) {
         let usage = cache.store.usage().await;
         cache.meters.entries.set(usage.entries as f64);
         cache.meters.bytes.set(usage.bytes as f64);
+        cache.meters.max_bytes.set(usage.max_bytes as f64);
         cache.meters.evictions.absolute(usage.evictions);
         cache.meters.expirations.absolute(usage.expirations);
         tier_view::report(&cache);

@@ -166,6 +166,30 @@ pub fn hot(cache: &Cache) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// The most-hit query shapes (literals replaced by `?`, so no value a client sent leaves the
+/// proxy's SQL port), with their share of the sampled hits and their estimated hits, most first:
+/// what the metrics endpoint and the status page show without a login. Each sums the hot requests
+/// of its shape that the sketch tracks, so a shape of many lukewarm requests may be undercounted.
+pub fn hot_shapes(cache: &Cache) -> Vec<(String, f64, u64)> {
+    let (top, sampled) = cache.hot.top();
+    let mut shapes: Vec<(String, u64)> = Vec::new();
+    for c in top {
+        let shape = super::digest::shape(describe(&c.key).as_bytes());
+        match shapes.iter_mut().find(|(s, _)| *s == shape) {
+            Some((_, count)) => *count += c.count,
+            None => shapes.push((shape, c.count)),
+        }
+    }
+    shapes.sort_by_key(|(_, count)| std::cmp::Reverse(*count));
+    shapes
+        .into_iter()
+        .map(|(shape, count)| {
+            let share = count as f64 / sampled.max(1) as f64;
+            (shape, share, count * super::hot::SAMPLE)
+        })
+        .collect()
+}
+
 /// The SQL a request runs: a simple query's text, or the statement an extended run parses or
 /// executes.
 fn describe(key: &CacheKey) -> String {

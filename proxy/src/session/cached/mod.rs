@@ -318,6 +318,8 @@ impl Session {
             unreachable!("admin units returned above and forwarded ones are never current")
         };
         let (ttl, digest) = candidate.ttl_and_digest();
+        candidate.count_tables(false);
+        c.db.usage.count(false);
         c.fill = Some(Fill {
             key,
             ttl,
@@ -481,6 +483,8 @@ impl Session {
         let elapsed = started.elapsed();
         let (_, digest) = candidate.ttl_and_digest();
         digest.hit(elapsed, len);
+        candidate.count_tables(true);
+        c.db.usage.count(true);
         c.cache.meters.hits.add(1);
         c.cache.meters.hit_seconds.record(elapsed);
     }

@@ -135,6 +135,15 @@ impl Candidate {
         Some(slot)
     }
 
+    /// Counts a hit (`true`) or a miss of the unit against the tables its statements read.
+    pub(super) fn count_tables(&self, hit: bool) {
+        for plan in self.plans.iter().flatten() {
+            if let Action::Cache { used, .. } = &plan.action {
+                used.iter().for_each(|t| t.count(hit));
+            }
+        }
+    }
+
     /// The shortest TTL among the unit's statements, and the digest of the first.
     pub(super) fn ttl_and_digest(&self) -> (std::time::Duration, Arc<Digest>) {
         let mut ttl = None;
