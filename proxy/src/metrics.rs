@@ -152,6 +152,9 @@ pub struct StreamMeters {
     delay: Histogram,
     /// The same of the last transaction applied.
     last_delay: Gauge,
+    /// 1 while the stream is down (lost or refused, waiting to retry), else 0: what an alert on
+    /// freshness watches.
+    is_down: Gauge,
     /// Bytes of WAL the server had beyond what was applied, at its last report.
     lag_bytes: Gauge,
     last_lag_bytes: AtomicU64,
@@ -182,6 +185,7 @@ impl StreamMeters {
             joins: Tally::new(counter!("veneer_fleet_joins_total", "database" => database.clone())),
             delay: histogram!("veneer_replication_delay_seconds", "database" => database.clone()),
             last_delay: gauge!("veneer_replication_lag_seconds", "database" => database.clone()),
+            is_down: gauge!("veneer_replication_down", "database" => database.clone()),
             lag_bytes: gauge!("veneer_replication_lag_bytes", "database" => database.clone()),
             last_lag_bytes: AtomicU64::new(0),
             retained_bytes: gauge!("veneer_replication_slot_retained_bytes", "database" => database.clone()),
@@ -218,6 +222,11 @@ impl StreamMeters {
             counter.increment(1);
             counters.insert(table.clone(), counter);
         }
+    }
+
+    /// The stream went down (`true`) or is otherwise (starting, streaming, idle).
+    pub fn down(&self, down: bool) {
+        self.is_down.set(f64::from(u8::from(down)));
     }
 
     /// The server reported how far behind the stream is, in bytes of WAL.

@@ -19,6 +19,7 @@ use crate::tools::ToolOutput;
 
 static BINARY: OnceLock<PathBuf> = OnceLock::new();
 static CACHE_NODE: OnceLock<PathBuf> = OnceLock::new();
+static EXAMPLE_APP: OnceLock<PathBuf> = OnceLock::new();
 
 /// The path of an up-to-date `veneer` binary, built on first call.
 pub async fn veneer_bin() -> PathBuf {
@@ -40,6 +41,18 @@ pub async fn cache_node_bin() -> PathBuf {
     })
     .await
     .expect("building veneer-cache-node panicked")
+}
+
+/// The path of an up-to-date `shop-latency` (the example application in `examples/app`), built on
+/// first call.
+pub async fn example_app_bin() -> PathBuf {
+    tokio::task::spawn_blocking(|| {
+        EXAMPLE_APP
+            .get_or_init(|| build("veneer-example-app", "shop-latency"))
+            .clone()
+    })
+    .await
+    .expect("building shop-latency panicked")
 }
 
 /// Builds binary `bin` of `package`; returns its path.

@@ -265,6 +265,7 @@ impl Database {
     pub(super) fn set_listener(&self, state: Listener) {
         self.streaming
             .store(state == Listener::Streaming, Ordering::Release);
+        self.stream.down(matches!(state, Listener::Down { .. }));
         self.listener.send_replace(state);
     }
 
