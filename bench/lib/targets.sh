@@ -243,7 +243,8 @@ stop_targets() {
   for t in "${!TARGET_PID[@]}"; do
     kill -CONT "${TARGET_PID[$t]}" 2>/dev/null # one paused by pause_streams would not see SIGTERM
     stop_pid "${TARGET_PID[$t]}" "$t"
-    wait "${TARGET_PID[$t]}" 2>/dev/null
+    # A target read from a pid file (PgBouncer, Pgpool-II) is no child of this shell: wait says 127.
+    wait "${TARGET_PID[$t]}" 2>/dev/null || true
   done
 }
 
