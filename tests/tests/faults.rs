@@ -316,7 +316,7 @@ async fn the_status_names_why_the_catalog_is_not_read() {
     let line = std::sync::Mutex::new(String::new());
     let told = wait_for(STEP_TIMEOUT, || async {
         let now = veneer_tests::cache::status(&client).await["database faults_catalog"].clone();
-        let told = now.contains("catalog not read (");
+        let told = now.contains("catalog not read (") && now.contains("); retrying");
         *line.lock().unwrap() = now;
         told
     })

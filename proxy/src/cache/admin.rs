@@ -242,6 +242,10 @@ pub fn database_state(cache: &Cache, db: &Database) -> String {
     };
     let serving = if !db.has_catalog() {
         match db.catalog_state() {
+            // A client's arrival starts the reader: for a moment it is idle with a client.
+            CatalogState::Idle if db.demand.clients() > 0 => {
+                "forwarded: catalog read starting".to_owned()
+            }
             CatalogState::Idle => "forwarded: catalog not read (no client lately)".to_owned(),
             CatalogState::Reading => "forwarded: catalog being read".to_owned(),
             CatalogState::Failing(e) => {
