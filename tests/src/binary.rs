@@ -23,36 +23,29 @@ static EXAMPLE_APP: OnceLock<PathBuf> = OnceLock::new();
 
 /// The path of an up-to-date `veneer` binary, built on first call.
 pub async fn veneer_bin() -> PathBuf {
-    tokio::task::spawn_blocking(|| {
-        BINARY
-            .get_or_init(|| build("veneer-proxy", "veneer"))
-            .clone()
-    })
-    .await
-    .expect("building veneer panicked")
+    built(&BINARY, "veneer-proxy", "veneer").await
 }
 
 /// The path of an up-to-date `veneer-cache-node` binary, built on first call.
 pub async fn cache_node_bin() -> PathBuf {
-    tokio::task::spawn_blocking(|| {
-        CACHE_NODE
-            .get_or_init(|| build("veneer-cache-node", "veneer-cache-node"))
-            .clone()
-    })
-    .await
-    .expect("building veneer-cache-node panicked")
+    built(&CACHE_NODE, "veneer-cache-node", "veneer-cache-node").await
 }
 
 /// The path of an up-to-date `shop-latency` (the example application in `examples/app`), built on
 /// first call.
 pub async fn example_app_bin() -> PathBuf {
-    tokio::task::spawn_blocking(|| {
-        EXAMPLE_APP
-            .get_or_init(|| build("veneer-example-app", "shop-latency"))
-            .clone()
-    })
-    .await
-    .expect("building shop-latency panicked")
+    built(&EXAMPLE_APP, "veneer-example-app", "shop-latency").await
+}
+
+/// Binary `bin` of `package`, built once per test process (`cell` keeps its path).
+async fn built(
+    cell: &'static OnceLock<PathBuf>,
+    package: &'static str,
+    bin: &'static str,
+) -> PathBuf {
+    tokio::task::spawn_blocking(move || cell.get_or_init(|| build(package, bin)).clone())
+        .await
+        .unwrap_or_else(|_| panic!("building {bin} panicked"))
 }
 
 /// Builds binary `bin` of `package`; returns its path.
