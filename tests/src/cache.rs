@@ -240,6 +240,28 @@ pub async fn fleet_position(client: &Client, database: &str, label: &str) -> Opt
         .map(str::to_owned)
 }
 
+/// A WAL position from its text form (`16/B374D848`).
+pub fn lsn(text: &str) -> u64 {
+    let (high, low) = text.split_once('/').expect("a WAL position");
+    u64::from_str_radix(high, 16).expect("hex") << 32 | u64::from_str_radix(low, 16).expect("hex")
+}
+
+/// Waits until the stream of `database` in the proxy `client` is connected to has applied the
+/// server's WAL up to where it ends now (read on `direct`, a session straight to the server).
+pub async fn wait_applied_all(direct: &Client, client: &Client, database: &str) {
+    let end: String = crate::client::scalar(direct, "SELECT pg_current_wal_lsn()::text").await;
+    let applied = wait_for(Duration::from_secs(20), || async {
+        let at = fleet_position(client, database, "applied ").await;
+        at.as_deref().map(lsn) >= Some(lsn(&end))
+    })
+    .await;
+    assert!(
+        applied,
+        "the stream never applied up to {end}: {:?}",
+        status(client).await
+    );
+}
+
 /// Whether a generations snapshot in the shared tier covers everything the proxy applied.
 pub async fn snapshot_covers_applied(client: &Client, database: &str) -> bool {
     let applied = fleet_position(client, database, "applied ").await;

@@ -959,3 +959,56 @@ async fn a_stream_of_multi_statement_writes_keeps_the_cache_on() {
         status(&reader).await
     );
 }
+
+/// A statement prepared while the proxy has no catalog (here: right after DDL through it, which drops
+/// the catalog until it is read again) is planned again once the catalog is back: its writes then
+/// invalidate what they touch, not every result of the database at each execution, as a pool that
+/// prepares its statements at startup would otherwise have them do for the life of its connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_prepared_before_the_catalog_is_read_is_planned_again() {
+    setup(
+        "CREATE TABLE replan_kept (id int PRIMARY KEY, v int); INSERT INTO replan_kept VALUES (1, 1);",
+    )
+    .await;
+    let proxy = cached_proxy().await;
+    let client = connect_as(proxy.addr(), "cache-replan").await;
+    client
+        .batch_execute(
+            "CREATE TABLE replan_written (id int PRIMARY KEY, v int);
+             INSERT INTO replan_written VALUES (1, 1)",
+        )
+        .await
+        .unwrap();
+    let update = client
+        .prepare("UPDATE replan_written SET v = v + 1 WHERE id = $1")
+        .await
+        .unwrap();
+    // The catalog is back once a read of the new table is served from the cache.
+    let back = wait_for(Duration::from_secs(20), || async {
+        let hits = figure(&client, "hits").await;
+        column(&client, "SELECT v FROM replan_written WHERE id = 1").await;
+        figure(&client, "hits").await > hits
+    })
+    .await;
+    assert!(back, "the catalog was never read again after the DDL");
+
+    let read = "SELECT v FROM replan_kept WHERE id = 1";
+    column(&client, read).await;
+    let hits = figure(&client, "hits").await;
+    column(&client, read).await;
+    assert_eq!(figure(&client, "hits").await, hits + 1, "cached");
+    for round in 1..=3 {
+        client.execute(&update, &[&1i32]).await.unwrap();
+        assert_eq!(column(&client, read).await, vec![Some("1".into())]);
+        assert_eq!(
+            figure(&client, "hits").await,
+            hits + 1 + round,
+            "a write of another table's row dropped the result (execution {round})"
+        );
+    }
+    assert_eq!(
+        column(&client, "SELECT v FROM replan_written WHERE id = 1").await,
+        vec![Some("4".into())],
+        "the writes are read at once"
+    );
+}

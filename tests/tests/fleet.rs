@@ -110,12 +110,6 @@ async fn tier_rows(client: &Conn) -> Vec<(String, String)> {
         .collect()
 }
 
-/// A WAL position from its text form (`16/B374D848`).
-fn lsn(text: &str) -> u64 {
-    let (high, low) = text.split_once('/').expect("a WAL position");
-    u64::from_str_radix(high, 16).expect("hex") << 32 | u64::from_str_radix(low, 16).expect("hex")
-}
-
 /// Waits until `sql` through `client` answers `expected`; returns how long that took.
 async fn seen_within(client: &Conn, sql: &str, expected: &str, limit: Duration) -> Duration {
     let started = Instant::now();
@@ -548,15 +542,8 @@ async fn a_mixed_workload_through_three_proxies_leaves_no_stale_row() {
         done.expect("a client");
     }
     // Every proxy has applied everything committed.
-    let end: String =
-        veneer_tests::client::scalar(&direct, "SELECT pg_current_wal_lsn()::text").await;
     for c in &probes {
-        let applied = wait_for(Duration::from_secs(10), || async {
-            let at = veneer_tests::cache::fleet_position(c, "fleet_mixed", "applied ").await;
-            at.as_deref().map(lsn) >= Some(lsn(&end))
-        })
-        .await;
-        assert!(applied, "{:?}", status(c).await);
+        veneer_tests::cache::wait_applied_all(&direct, c, "fleet_mixed").await;
     }
     let mut stale = Vec::new();
     for id in 1..=KEYS {

@@ -62,6 +62,7 @@ async fn a_server_restored_to_an_earlier_state_serves_nothing_newer() {
     wait_database_cached(&client, "restored").await;
     let direct = connect(&on(pg().addr(), "restored")).await.unwrap();
     let read = "SELECT v FROM acct WHERE id = 1";
+    let scaled = "SELECT v * 10 FROM acct WHERE id = 1";
     direct
         // With much WAL in the same transaction: the restored server's WAL then ends well before
         // this commit, so positions up to it are handed out again after the restore.
@@ -71,7 +72,9 @@ async fn a_server_restored_to_an_earlier_state_serves_nothing_newer() {
         )
         .await
         .unwrap();
-    veneer_tests::cache::until_seen(&client, read, "2").await;
+    // Once the stream has applied it, reads are stored under the write's position: the stamp a
+    // proxy that takes in the fleet's generations computes too.
+    veneer_tests::cache::wait_applied_all(&direct, &client, "restored").await;
     assert_eq!(first(&client, read).await.as_deref(), Some("2"));
     // The tier's generations snapshot covers that write.
     let covered = wait_for(std::time::Duration::from_secs(10), || {
@@ -79,8 +82,10 @@ async fn a_server_restored_to_an_earlier_state_serves_nothing_newer() {
     })
     .await;
     assert!(covered, "{:?}", veneer_tests::cache::status(&client).await);
-    // Read again now that the stream has applied the write: stored under the write's position.
-    assert_eq!(first(&client, read).await.as_deref(), Some("2"));
+    // Another read of the row, stored under the write's position too. It is one that a later
+    // proxy's first read of the table (which goes upstream to check privileges, and stores its
+    // answer under the same key) leaves in place.
+    assert_eq!(first(&client, scaled).await.as_deref(), Some("20"));
     drop((client, direct));
 
     // The snapshot put back: the row is 1 again, and the slot is where the snapshot left it.
@@ -106,11 +111,21 @@ async fn a_server_restored_to_an_earlier_state_serves_nothing_newer() {
     })
     .await;
     assert!(settled, "{:?}", veneer_tests::cache::status(&client).await);
-    for _ in 0..3 {
+    // Once it serves reads of the table from the cache (its privileges are checked: until then a
+    // read goes upstream and stores its answer, which would replace a result of the lost history
+    // under the same key), with a read nobody made before the restore.
+    let serving = wait_for(std::time::Duration::from_secs(10), || async {
+        let hits = veneer_tests::cache::figure(&client, "hits").await;
+        first(&client, "SELECT v + 0 FROM acct WHERE id = 1").await;
+        veneer_tests::cache::figure(&client, "hits").await > hits
+    })
+    .await;
+    assert!(serving, "{:?}", veneer_tests::cache::status(&client).await);
+    for (sql, now) in [(scaled, "10"), (read, "1"), (scaled, "10"), (read, "1")] {
         assert_eq!(
-            first(&client, read).await.as_deref(),
-            Some("1"),
-            "a proxy started after the restore served a result of the lost history"
+            first(&client, sql).await.as_deref(),
+            Some(now),
+            "a proxy started after the restore served a result of the lost history: {sql}"
         );
     }
 }

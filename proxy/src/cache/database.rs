@@ -83,6 +83,14 @@ pub enum Bump {
 }
 
 impl Plan {
+    /// Whether the plan was made with `db`'s current catalog. A plan kept past a catalog change (a
+    /// prepared statement's, made at its Parse) is made again: made before the catalog was read it
+    /// treats every write as touching everything, and made before DDL it may miss a trigger's
+    /// effects.
+    pub fn is_current(&self, db: &Database) -> bool {
+        self.version == db.version()
+    }
+
     /// The point lookup the plan's statement reads, or the row key its write pins.
     pub fn point(&self) -> Option<&Point> {
         match &self.action {

@@ -25,6 +25,8 @@ pub(super) const MAX_HELD_RUN: usize = 64 * 1024;
 
 /// A statement as forwarded in a Parse.
 pub(super) struct Forwarded {
+    /// Its text, to plan again when the catalog changes while the statement lives.
+    pub(super) sql: Bytes,
     pub(super) plan: Arc<Plan>,
     /// The row key its text alone gives.
     pub(super) key: Option<Key>,

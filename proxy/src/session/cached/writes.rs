@@ -74,14 +74,19 @@ pub(super) fn track(
                 if name.is_empty() {
                     c.unnamed_stale = false;
                 }
-                let types = body.slice_ref(types);
-                c.statements
-                    .insert(name.to_owned(), Forwarded { plan, key, types });
+                let forwarded = Forwarded {
+                    sql: body.slice_ref(sql),
+                    plan,
+                    key,
+                    types: body.slice_ref(types),
+                };
+                c.statements.insert(name.to_owned(), forwarded);
             }
         }
         b'B' => {
             if let Some((portal, rest)) = cstr(body) {
                 let statement = cstr(rest).map(|(s, _)| s).unwrap_or_default();
+                replan_if_stale(c, statement, &same_encoding);
                 match c.statements.get(statement) {
                     Some(forwarded) => {
                         let bind = Bind {
@@ -182,6 +187,22 @@ pub(super) fn note_write(c: &mut SessionCache, plan: &Plan, key: Option<Key>) {
         if let Some(name) = drops_database {
             c.dropping = Some((name.clone(), c.readies_sent + 1));
         }
+    }
+}
+
+/// Plans prepared statement `name` again if the catalog changed since its Parse, so that what its
+/// executions bump follows the catalog as a simple Query's does.
+fn replan_if_stale(c: &mut SessionCache, name: &str, same_encoding: &dyn Fn() -> bool) {
+    let Some(forwarded) = c.statements.get(name) else {
+        return;
+    };
+    if forwarded.plan.is_current(&c.db) {
+        return;
+    }
+    let sql = forwarded.sql.clone();
+    let (plan, key) = c.plan_keyed(&sql, None, same_encoding);
+    if let Some(forwarded) = c.statements.get_mut(name) {
+        (forwarded.plan, forwarded.key) = (plan, key);
     }
 }
 
