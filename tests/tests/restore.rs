@@ -100,10 +100,13 @@ async fn a_server_restored_to_an_earlier_state_serves_nothing_newer() {
         Some("1"),
         "a result newer than the restored server was served"
     );
-    // A proxy started after the restore, on the same tier.
+    // A proxy started after the restore, on the same tier. Its reads come from a session that
+    // starts once the proxy has read the role's settings (a session that starts before has a
+    // scope of its own, which would never meet the first proxy's results whatever the stamps).
     let later = ProxyHandle::start_with(on_tier).await;
+    let first_session = connect(&on(later.addr(), "restored")).await.unwrap();
+    wait_database_cached(&first_session, "restored").await;
     let client = connect(&on(later.addr(), "restored")).await.unwrap();
-    wait_database_cached(&client, "restored").await;
     // Once it has settled with the tier's generations (taken them in, or published its own).
     let settled = wait_for(std::time::Duration::from_secs(10), || async {
         let row = veneer_tests::cache::status(&client).await["fleet restored"].clone();
