@@ -117,10 +117,8 @@ async fn a_server_restored_to_an_earlier_state_serves_nothing_newer() {
     // Once it serves reads of the table from the cache (its privileges are checked: until then a
     // read goes upstream and stores its answer, which would replace a result of the lost history
     // under the same key), with a read nobody made before the restore.
-    let serving = wait_for(std::time::Duration::from_secs(10), || async {
-        let hits = veneer_tests::cache::figure(&client, "hits").await;
-        first(&client, "SELECT v + 0 FROM acct WHERE id = 1").await;
-        veneer_tests::cache::figure(&client, "hits").await > hits
+    let serving = wait_for(std::time::Duration::from_secs(10), || {
+        veneer_tests::privileges::hit(&client, &client, "SELECT v + 0 FROM acct WHERE id = 1")
     })
     .await;
     assert!(serving, "{:?}", veneer_tests::cache::status(&client).await);
